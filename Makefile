@@ -1,0 +1,29 @@
+# Every target creates .venv on first use. torch is pinned to the locally available CPU
+# build first, so the project's own range is already satisfied and pip fetches nothing larger.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	.venv/bin/pol demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pytest -q tests/bench --benchmark-enable --benchmark-only
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+	.venv/bin/mypy protocol gpu_ops
+
+clean:
+	rm -rf .venv build *.egg-info
