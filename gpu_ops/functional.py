@@ -1,0 +1,385 @@
+"""Differentiable reproducible ops: ``torch.autograd.Function`` with hand-written backward.
+
+Autograd itself only ever adds two gradient contributions for one tensor (each model is
+built so that no activation has more than two consumers), and a sum of two terms is
+commutative, so the engine's scheduling cannot change any bit. Broadcasting is never left
+to autograd (its ``sum_to_size`` has an unspecified order): every op that broadcasts
+reduces its own gradient with ``exact_sum``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from . import ref
+
+F32 = torch.float32
+
+
+def _c(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=F32)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        y = ref.matmul(x, w.t())
+        return y + b if b is not None else y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        x, w = ctx.saved_tensors
+        dx = ref.matmul(dy, w)
+        dw = ref.matmul(dy.t().contiguous(), x)
+        db = ref.exact_sum(dy, dim=0) if ctx.has_bias else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ w.T + b for x of shape [..., in]; w is [out, in]."""
+    lead = x.shape[:-1]
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), w, b)
+    return y.reshape(*lead, w.shape[0])
+
+
+class _ReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        pos = x > 0
+        ctx.save_for_backward(pos)
+        return torch.where(pos, x, torch.zeros_like(x))
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (pos,) = ctx.saved_tensors
+        return torch.where(pos, dy, torch.zeros_like(dy))
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return _ReLU.apply(x)
+
+
+class _Tanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = ref.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return dy * (_c(1.0) - y * y)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    return _Tanh.apply(x)
+
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+class _GELU(torch.autograd.Function):
+    """GELU, tanh form: 0.5*x*(1 + tanh(k*(x + c*x^3)))."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x3 = x * x * x
+        u = _c(_GELU_K) * (x + _c(_GELU_C) * x3)
+        th = ref.tanh(u)
+        ctx.save_for_backward(x, th)
+        return (_c(0.5) * x) * (_c(1.0) + th)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        x, th = ctx.saved_tensors
+        du = _c(_GELU_K) * (_c(1.0) + _c(3.0 * _GELU_C) * (x * x))
+        d = _c(0.5) * (_c(1.0) + th) + (_c(0.5) * x) * (_c(1.0) - th * th) * du
+        return dy * d
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return _GELU.apply(x)
+
+
+ACTIVATIONS = {"relu": relu, "tanh": tanh, "gelu": gelu}
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+        mean = ref.exact_mean(x, -1, keepdim=True)
+        xc = x - mean
+        var = ref.exact_mean(xc * xc, -1, keepdim=True)
+        rstd = _c(1.0) / ref.sqrt(var + _c(eps))
+        xhat = xc * rstd
+        ctx.save_for_backward(xhat, rstd, g)
+        return xhat * g + b
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        xhat, rstd, g = ctx.saved_tensors
+        dg = ref.exact_sum(dy * xhat, dim=0)
+        db = ref.exact_sum(dy, dim=0)
+        dxhat = dy * g
+        a = ref.exact_mean(dxhat, -1, keepdim=True)
+        c = ref.exact_mean(dxhat * xhat, -1, keepdim=True)
+        dx = ((dxhat - a) - xhat * c) * rstd
+        return dx, dg, db, None
+
+
+def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    lead = x.shape[:-1]
+    y = _LayerNorm.apply(x.reshape(-1, x.shape[-1]), g, b, eps)
+    return y.reshape(*lead, x.shape[-1])
+
+
+def softmax_forward(x: torch.Tensor) -> torch.Tensor:
+    z = x - x.amax(dim=-1, keepdim=True)
+    e = ref.exp(z)
+    return e / ref.exact_sum(e, -1, keepdim=True)
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = softmax_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return y * (dy - ref.exact_sum(dy * y, -1, keepdim=True))
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return _Softmax.apply(x)
+
+
+def log_softmax_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (log p, exp(z), row sums) so callers can reuse the exponentials."""
+    z = x - x.amax(dim=-1, keepdim=True)
+    e = ref.exp(z)
+    s = ref.exact_sum(e, -1, keepdim=True)
+    return z - ref.log(s), e, s
+
+
+class _LogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        logp, e, s = log_softmax_forward(x)
+        ctx.save_for_backward(e / s)
+        return logp
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (p,) = ctx.saved_tensors
+        return dy - p * ref.exact_sum(dy, -1, keepdim=True)
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    return _LogSoftmax.apply(x)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean negative log-likelihood of integer targets over the rows of ``logits``."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp, e, s = log_softmax_forward(logits)
+        picked = logp.gather(1, target.view(-1, 1)).view(-1)
+        loss = -ref.exact_mean(picked)
+        ctx.save_for_backward(e / s, target)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, dloss: torch.Tensor) -> Any:
+        p, target = ctx.saved_tensors
+        onehot = torch.zeros_like(p)
+        onehot.scatter_(1, target.view(-1, 1), 1.0)
+        g = (p - onehot) / _c(float(p.shape[0]))
+        return g * dloss, None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+class _Embedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.vocab = w.shape[0]
+        return w[idx]
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        (idx,) = ctx.saved_tensors
+        flat = idx.reshape(-1)
+        onehot_t = torch.zeros(ctx.vocab, flat.numel(), dtype=F32)
+        onehot_t[flat, torch.arange(flat.numel())] = 1.0
+        # Repeated indices accumulate through the exact matmul, never through scatter-add.
+        return None, ref.matmul(onehot_t, dy.reshape(flat.numel(), -1))
+
+
+def embedding(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _Embedding.apply(idx, w)
+
+
+class _AddBroadcast(torch.autograd.Function):
+    """x[B, ...] + p[...]: the gradient of p is an exact sum over the batch dimension."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return x + p
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        return dy, ref.exact_sum(dy, dim=0)
+
+
+def add_broadcast(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return _AddBroadcast.apply(x, p)
+
+
+class _Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return ref.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx: Any, dc: torch.Tensor) -> Any:
+        a, b = ctx.saved_tensors
+        return ref.matmul(dc, b.transpose(-1, -2)), ref.matmul(a.transpose(-1, -2), dc)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _Matmul.apply(a, b)
+
+
+class _ScaleMask(torch.autograd.Function):
+    """Causal attention scores: s * scale, with -inf above the diagonal."""
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, scale: float) -> torch.Tensor:
+        t = s.shape[-1]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return torch.where(mask, torch.full_like(s, -math.inf), s * _c(scale))
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, torch.zeros_like(dy), dy * _c(ctx.scale)), None
+
+
+class _SplitQKV(torch.autograd.Function):
+    """[B, T, 3D] -> q, k, v as [B, H, T, D/H]; one consumer for the fused projection."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, n_heads: int) -> Any:
+        b, t, d3 = qkv.shape
+        d = d3 // 3
+        ctx.shape = (b, t, d, n_heads)
+        parts = qkv.view(b, t, 3, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
+        return parts[0].contiguous(), parts[1].contiguous(), parts[2].contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> Any:
+        b, t, d, h = ctx.shape
+        stacked = torch.stack([dq, dk, dv])  # [3, B, H, T, dh]
+        return stacked.permute(1, 3, 0, 2, 4).reshape(b, t, 3 * d), None
+
+
+class _MergeHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        b, h, t, dh = x.shape
+        ctx.shape = x.shape
+        return x.permute(0, 2, 1, 3).reshape(b, t, h * dh)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        b, h, t, dh = ctx.shape
+        return dy.view(b, t, h, dh).permute(0, 2, 1, 3).contiguous()
+
+
+def causal_attention(qkv: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Multi-head causal self-attention core: qkv [B, T, 3D] -> [B, T, D]."""
+    q, k, v = _SplitQKV.apply(qkv, n_heads)
+    dh = q.shape[-1]
+    scores = _ScaleMask.apply(matmul(q, k.transpose(-1, -2)), 1.0 / math.sqrt(dh))
+    return _MergeHeads.apply(matmul(softmax(scores), v))
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale_mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale_mask)
+        return x * scale_mask
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        (m,) = ctx.saved_tensors
+        return dy * m, None
+
+
+def dropout_mask(words: torch.Tensor, p: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """Keep element i iff u32[i] >= floor(p * 2^32); kept elements scale by f32(1/(1-p))."""
+    threshold = int(math.floor(p * 2.0**32))
+    keep = words.to(torch.int64) >= threshold
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=F32)
+    return torch.where(keep, scale, torch.zeros((), dtype=F32)).reshape(shape)
+
+
+def dropout(x: torch.Tensor, scale_mask: torch.Tensor) -> torch.Tensor:
+    return _Dropout.apply(x, scale_mask)
+
+
+class _Conv2d(torch.autograd.Function):
+    """3x3/5x5 convolution, stride 1, zero padding k//2, as im2col + exact matmul.
+
+    The input gradient sums the k*k shifted patch gradients in row-major offset order, one
+    float32 add at a time (fold's scatter-add has no specified order).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n, c, h, wd = x.shape
+        o, _, k, _ = w.shape
+        cols = torch.nn.functional.unfold(x, k, padding=k // 2)  # [N, C*k*k, H*W], pure gather
+        cols_t = cols.transpose(1, 2).reshape(n * h * wd, c * k * k)
+        ctx.save_for_backward(cols_t, w)
+        ctx.geom = (n, c, h, wd, k)
+        y = ref.matmul(cols_t, w.reshape(o, -1).t()) + b
+        return y.view(n, h, wd, o).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        cols_t, w = ctx.saved_tensors
+        n, c, h, wd, k = ctx.geom
+        o = w.shape[0]
+        dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
+        dw = ref.matmul(dy2.t().contiguous(), cols_t).view_as(w)
+        db = ref.exact_sum(dy2, dim=0)
+        dcols = ref.matmul(dy2, w.reshape(o, -1)).view(n, h, wd, c, k, k)
+        pad = k // 2
+        dxp = torch.zeros(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
+        for i in range(k):
+            for j in range(k):
+                dxp[:, :, i:i + h, j:j + wd] = dxp[:, :, i:i + h, j:j + wd] + dcols[:, :, :, :, i, j].permute(
+                    0, 3, 1, 2)
+        return dxp[:, :, pad:pad + h, pad:pad + wd].contiguous(), dw, db
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _Conv2d.apply(x, w, b)

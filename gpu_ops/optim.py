@@ -1,0 +1,77 @@
+"""Reproducible SGD (with momentum) and AdamW, plus clipping by global norm (SPEC.md §10.6).
+
+Every update is a sequence of separately rounded float32 operations in the order written
+here; scalar coefficients are computed in float64 on the host (IEEE double, the same on
+every machine) and rounded to float32 once. torch.optim is never used: its foreach and
+fused kernels contract multiply-adds differently on different CPUs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ref
+
+F32 = torch.float32
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=F32)
+
+
+def compute_pow(base: float, exponent: int) -> float:
+    """base**exponent in float64 by square-and-multiply over the exponent's bits, high to low.
+
+    math.pow is not correctly rounded on every libm; this fixed sequence of IEEE multiplies is.
+    """
+    result = 1.0
+    for bit in bin(exponent)[2:]:
+        result = result * result
+        if bit == "1":
+            result = result * base
+    return result
+
+
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale grads in place when their global L2 norm exceeds ``max_norm``; returns the norm.
+
+    The squared norm is one exact sum over all elements of all grads in canonical order.
+    """
+    flat = torch.cat([(g * g).reshape(-1) for g in grads])
+    norm = ref.sqrt(ref.exact_sum(flat).reshape(1)).reshape(())
+    if float(norm) > max_norm:
+        coef = _f32(max_norm) / (norm + _f32(1e-6))
+        for g in grads:
+            g.mul_(coef)
+    return norm
+
+
+def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
+             weight_decay: float) -> None:
+    """SGD with heavy-ball momentum (dampening 0), unfused, in place.
+
+    The momentum buffer starts at zeros (torch starts it at the first gradient; the two
+    differ only in the sign of zero entries).
+    """
+    if weight_decay != 0.0:
+        g = g + _f32(weight_decay) * p
+    if buf is not None:
+        buf.copy_(_f32(momentum) * buf + g)
+        g = buf
+    p.sub_(_f32(lr) * g)
+
+
+def adamw_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
+               beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """AdamW (decoupled weight decay) with bias correction; ``step`` counts from 1. In place."""
+    if weight_decay != 0.0:
+        p.sub_(_f32(lr * weight_decay) * p)
+    m.copy_(_f32(beta1) * m + _f32(1.0 - beta1) * g)
+    v.copy_(_f32(beta2) * v + _f32(1.0 - beta2) * (g * g))
+    bc1 = 1.0 - compute_pow(beta1, step)
+    bc2 = 1.0 - compute_pow(beta2, step)
+    step_size = _f32(lr / bc1)
+    denom = ref.sqrt(v) / _f32(math.sqrt(bc2)) + _f32(eps)
+    p.sub_(step_size * (m / denom))

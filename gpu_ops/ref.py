@@ -1,0 +1,168 @@
+"""Reference primitives in plain torch: the oracle every fast path must match bit for bit.
+
+Allowed building blocks (SPEC.md §10.1): float32/float64 add, sub, mul, div as single torch
+calls (each rounds once; torch never contracts a lone add or mul into an FMA), conversions
+with round-to-nearest-even, comparisons, select, floor/trunc, abs, max (order-free), integer
+and bit operations, float64 sqrt (correctly rounded), and float64 sums of integer-valued
+terms whose every partial sum is an integer below 2^53 (exact in any order).
+Forbidden: torch's own exp/log/tanh/sqrt(float32)/softmax/matmul(float32), fused ops
+(addcmul, lerp, add with alpha, addmm) and torch.optim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+F32 = torch.float32
+F64 = torch.float64
+
+
+def pow2_f64(k: torch.Tensor) -> torch.Tensor:
+    """Exact 2**k in float64 for integer tensor k in [-1022, 1023], built from bits."""
+    return ((k.to(torch.int64) + 1023) << 52).view(F64)
+
+
+def pow2_f32(k: torch.Tensor) -> torch.Tensor:
+    """Exact 2**k in float32 for integer tensor k in [-126, 127], built from bits."""
+    return ((k.to(torch.int32) + 127) << 23).view(F32)
+
+
+def max_exponent(x: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """Smallest integer e with |x| < 2**e for every element of the reduced group (0 if all zero)."""
+    a = x.abs()
+    m = a.amax() if dim is None else a.amax(dim=dim, keepdim=True)
+    _, e = torch.frexp(m)
+    return e.to(torch.int64)
+
+
+def grid_bits(n: int) -> int:
+    """Grid precision P for exact sums of n terms: n * 2**P <= 2**52."""
+    return 52 - max(0, math.ceil(math.log2(n))) if n > 1 else 52
+
+
+def exact_sum(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Order-free float32 sum (SPEC.md §10.2).
+
+    Each term is truncated to the grid 2**(e-P) (e from the group's max |x|, P from the
+    group size), the integer-valued float64 terms are summed (exact in any order), and
+    the total is rounded once to float32.
+    """
+    n = x.numel() if dim is None else x.shape[dim]
+    p = grid_bits(n)
+    e = max_exponent(x, dim)
+    q = torch.trunc(x.to(F64) * pow2_f64(p - e))
+    s = q.sum() if dim is None else q.sum(dim=dim, keepdim=True)
+    out = (s * pow2_f64(e - p)).to(F32)
+    if dim is not None and not keepdim:
+        out = out.squeeze(dim)
+    return out
+
+
+def exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    n = x.numel() if dim is None else x.shape[dim]
+    return exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
+
+
+def slice_bits(k: int) -> int:
+    """Slice width t for an exact matmul with inner dimension k: k * 2**(2t) <= 2**53."""
+    return (53 - max(0, math.ceil(math.log2(k)))) // 2 if k > 1 else 26
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact-slice matmul (SPEC.md §10.3), batched over leading dims like torch.matmul.
+
+    Rows of ``a`` and columns of ``b`` are truncated to t-bit integers relative to their own
+    max exponent; the integer products are summed exactly by a float64 GEMM (any blocking or
+    thread count gives the same integers) and scaled back, then rounded once to float32.
+    Row i of the result depends only on row i of ``a``: batch-invariant by construction.
+    """
+    k = a.shape[-1]
+    t = slice_bits(k)
+    ea = max_exponent(a, -1)  # [..., m, 1]
+    eb = max_exponent(b, -2)  # [..., 1, n]
+    ai = torch.trunc(a.to(F64) * pow2_f64(t - ea))
+    bi = torch.trunc(b.to(F64) * pow2_f64(t - eb))
+    s = torch.matmul(ai, bi)
+    return (s * pow2_f64(ea - t) * pow2_f64(eb - t)).to(F32)
+
+
+def sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt: float64 sqrt then one rounding (double is wide enough)."""
+    return torch.sqrt(x.to(F64)).to(F32)
+
+
+# Cephes expf/logf coefficients as float32 (SPEC.md §10.4 lists their bit patterns).
+_LOG2E = 1.44269504088896341
+_EXP_C1 = 0.693359375
+_EXP_C2 = -2.12194440e-4
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+_EXP_HI = 88.72283935546875  # float32 below which exp is finite
+_EXP_LO = -103.972084045410  # float32 below which exp rounds to +0
+_LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+          -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+_SQRTHF = 0.707106781186547524
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+
+
+def _c(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=F32)
+
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 exp: Cephes range reduction and polynomial, each op rounded once."""
+    x = x.to(F32)
+    xc = torch.clamp(x, _EXP_LO, _EXP_HI)
+    n = torch.floor(xc * _c(_LOG2E) + _c(0.5))
+    r = xc - n * _c(_EXP_C1)
+    r = r - n * _c(_EXP_C2)
+    p = _c(_EXP_P[0])
+    for coef in _EXP_P[1:]:
+        p = p * r + _c(coef)
+    r2 = r * r
+    y = p * r2 + r + _c(1.0)
+    # 2**n may be subnormal; split it into two normal factors so nothing is lost early.
+    ni = n.to(torch.int32)
+    n1 = torch.div(ni, 2, rounding_mode="floor")
+    y = y * pow2_f32(n1) * pow2_f32(ni - n1)
+    y = torch.where(x > _c(_EXP_HI), torch.full_like(y, math.inf), y)
+    y = torch.where(x < _c(_EXP_LO), torch.zeros_like(y), y)
+    return torch.where(torch.isnan(x), x, y)
+
+
+def log(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 natural log for x > 0 (Cephes logf); log(0) = -inf, x < 0 -> NaN."""
+    x = x.to(F32)
+    tiny = x < _c(1.1754943508222875e-38)
+    # Scale subnormals into the normal range first so the exponent split below is exact.
+    xs = torch.where(tiny, x * _c(2.0**23), x)
+    bits = xs.view(torch.int32)
+    e = ((bits >> 23) & 0xFF) - 126
+    m = ((bits & 0x007FFFFF) | (126 << 23)).view(F32)  # mantissa in [0.5, 1)
+    e = torch.where(tiny, e - 23, e)
+    small = m < _c(_SQRTHF)
+    e = torch.where(small, e - 1, e)
+    m = torch.where(small, m + m, m)
+    z = m - _c(1.0)
+    z2 = z * z
+    p = _c(_LOG_P[0])
+    for coef in _LOG_P[1:]:
+        p = p * z + _c(coef)
+    y = p * z * z2
+    fe = e.to(F32)
+    y = y + fe * _c(_LN2_LO)
+    y = y - _c(0.5) * z2
+    y = z + y
+    y = y + fe * _c(_LN2_HI)
+    y = torch.where(x == _c(0.0), torch.full_like(y, -math.inf), y)
+    y = torch.where(x < _c(0.0), torch.full_like(y, math.nan), y)
+    y = torch.where(torch.isinf(x) & (x > 0), x, y)
+    return torch.where(torch.isnan(x), x, y)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) = 1 - 2 / (exp(2x) + 1), with the deterministic exp."""
+    one = _c(1.0)
+    return one - _c(2.0) / (exp(x + x) + one)

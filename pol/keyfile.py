@@ -1,0 +1,66 @@
+"""Key files: a BLS signing key (claims, samples, votes) and a libp2p identity seed.
+
+JSON, mode 0600, never overwritten::
+
+    {"version": 1, "bls_secret_key": "<64 hex>", "node_seed": "<64 hex>"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol import bls
+
+
+class KeyFileError(Exception):
+    """The key file is missing, unreadable or malformed (the operator's problem)."""
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    bls_secret_key: bytes
+    node_seed: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return bls.compute_public_key(self.bls_secret_key)
+
+
+def generate_keyfile() -> KeyFile:
+    return KeyFile(bls.compute_secret_key(secrets.token_bytes(32)), secrets.token_bytes(32))
+
+
+def save_keyfile(path: Path, key: KeyFile) -> None:
+    doc = {"version": 1, "bls_secret_key": key.bls_secret_key.hex(), "node_seed": key.node_seed.hex()}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_keyfile(path: Path) -> KeyFile:
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("version") != 1:
+            raise KeyFileError(f"{path}: unsupported key file version {doc.get('version')!r}")
+        key = KeyFile(bytes.fromhex(doc["bls_secret_key"]), bytes.fromhex(doc["node_seed"]))
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist (create one with `pol keys new --out {path}`)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeyFileError(f"key file {path} is malformed: {exc}") from None
+    if len(key.bls_secret_key) != 32 or len(key.node_seed) != 32:
+        raise KeyFileError(f"key file {path}: keys must be 32 bytes each")
+    try:
+        bls.compute_public_key(key.bls_secret_key)
+    except Exception as exc:
+        raise KeyFileError(f"key file {path}: BLS secret key is invalid: {exc}") from None
+    return key

@@ -1,0 +1,1 @@
+"""The prover: deterministic training, crash-safe checkpoint transcript, signed claims."""

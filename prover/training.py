@@ -1,0 +1,159 @@
+"""The deterministic training step shared by provers and verifiers (SPEC.md §13).
+
+Training is a pure function of the task: ``state(t+1) = step(task, state(t))``. The state
+holds parameters, optimizer slots and the step counter; the data batch, dropout masks and
+learning rate of step t are derived from the task and t alone. A verifier replays with this
+very module, so a prover that trained any other way produces different state roots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gpu_ops import nn, optim
+from protocol.errors import InvalidCheckpoint, ReplayError
+from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root
+from protocol.task import Task
+
+from .datasets import Dataset, load_dataset
+
+OPT_SLOTS = {"sgd": ("momentum",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+@dataclass
+class TrainState:
+    """Mutable training state; ``step`` is the number of optimizer steps already taken."""
+
+    params: dict[str, torch.Tensor]
+    slots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a task needs at run time besides the state: data, model and parameter specs."""
+
+    task: Task
+    dataset: Dataset
+    specs: tuple[nn.ParamSpec, ...]
+    forward: nn.Forward
+
+    @staticmethod
+    def for_task(task: Task) -> "Runtime":
+        dataset = load_dataset(task.data)
+        specs = nn.get_param_specs(task, dataset.in_features, dataset.n_classes)
+        return Runtime(task, dataset, tuple(specs), nn.get_forward(task))
+
+
+def get_slot_names(task: Task) -> tuple[str, ...]:
+    if task.optim.name == "sgd" and task.optim.momentum == 0.0:
+        return ()
+    return OPT_SLOTS[task.optim.name]
+
+
+def init_state(rt: Runtime) -> TrainState:
+    params = nn.init_params(list(rt.specs), rt.task.seed)
+    slots = {slot: {k: torch.zeros_like(v) for k, v in params.items()} for slot in get_slot_names(rt.task)}
+    return TrainState(params=params, slots=slots, step=0)
+
+
+def compute_lr(task: Task, step: int) -> float:
+    """Learning rate of step ``step`` in float64 (the optimizer rounds it to float32 once)."""
+    s = task.schedule
+    lr = task.optim.lr
+    if step < s.warmup_steps:
+        return lr * (step + 1) / s.warmup_steps
+    if s.name == "linear" and task.total_steps > s.warmup_steps:
+        frac = (step - s.warmup_steps) / (task.total_steps - s.warmup_steps)
+        return lr * (1.0 - frac * (1.0 - s.final_lr_fraction))
+    return lr
+
+
+def train_step(rt: Runtime, state: TrainState) -> float:
+    """Take one optimizer step in place; returns the step's loss."""
+    task = rt.task
+    x, y = rt.dataset.get_batch(task, state.step)
+    names = sorted(state.params)
+    leaves = {k: state.params[k].detach().requires_grad_(True) for k in names}
+    loss = rt.forward(leaves, x, y, state.step)
+    if not torch.isfinite(loss):
+        raise ReplayError(f"loss became {float(loss)} at step {state.step}: the task diverges")
+    loss.backward()
+    grads = []
+    for k in names:
+        g = leaves[k].grad
+        grads.append(torch.zeros_like(state.params[k]) if g is None else g)
+    if task.optim.grad_clip > 0.0:
+        optim.clip_grad_norm(grads, task.optim.grad_clip)
+    lr = compute_lr(task, state.step)
+    o = task.optim
+    with torch.no_grad():
+        for k, g in zip(names, grads):
+            p = state.params[k]
+            if o.name == "sgd":
+                buf = state.slots["momentum"][k] if "momentum" in state.slots else None
+                optim.sgd_step(p, g, buf, lr, o.momentum, o.weight_decay)
+            else:
+                optim.adamw_step(p, g, state.slots["exp_avg"][k], state.slots["exp_avg_sq"][k], state.step + 1, lr,
+                                 o.beta1, o.beta2, o.eps, o.weight_decay)
+    state.step += 1
+    return float(loss.detach())
+
+
+def get_state_leaves(state: TrainState) -> list[TensorLeaf]:
+    """The canonical leaves of a state (SPEC.md §5): params, optimizer slots and the step."""
+    leaves = [TensorLeaf(STEP_TENSOR, "i64", (), np.int64(state.step).tobytes())]
+    for name, t in state.params.items():
+        leaves.append(_leaf(f"param/{name}", t))
+    for slot, tensors in state.slots.items():
+        for name, t in tensors.items():
+            leaves.append(_leaf(f"opt/{slot}/{name}", t))
+    return leaves
+
+
+def _leaf(name: str, t: torch.Tensor) -> TensorLeaf:
+    arr = t.detach().contiguous().numpy()
+    return TensorLeaf(name, "f32", tuple(arr.shape), arr.astype("<f4", copy=False).tobytes())
+
+
+def compute_root(state: TrainState) -> bytes:
+    return compute_state_root(get_state_leaves(state))
+
+
+def get_state_from_leaves(rt: Runtime, leaves: list[TensorLeaf]) -> TrainState:
+    """Rebuild a state from leaves, insisting on exactly the names and shapes the task implies."""
+    expected = {f"param/{s.name}": s.shape for s in rt.specs}
+    for slot in get_slot_names(rt.task):
+        expected.update({f"opt/{slot}/{s.name}": s.shape for s in rt.specs})
+    by_name = {leaf.name: leaf for leaf in leaves}
+    missing = sorted(set(expected) - set(by_name) - {STEP_TENSOR})
+    extra = sorted(set(by_name) - set(expected) - {STEP_TENSOR})
+    if missing or extra:
+        raise InvalidCheckpoint(f"checkpoint tensors do not match the task: missing {missing[:5]}, extra {extra[:5]}")
+    state = TrainState(params={}, slots={slot: {} for slot in get_slot_names(rt.task)})
+    for name, shape in expected.items():
+        leaf = by_name[name]
+        if leaf.dtype != "f32" or leaf.shape != shape:
+            raise InvalidCheckpoint(f"tensor {name} is {leaf.dtype}{list(leaf.shape)}, expected f32{list(shape)}")
+        tensor = torch.from_numpy(leaf.array().copy())
+        if name.startswith("param/"):
+            state.params[name[len("param/"):]] = tensor
+        else:
+            _, slot, pname = name.split("/", 2)
+            state.slots[slot][pname] = tensor
+    step_leaf = by_name.get(STEP_TENSOR)
+    if step_leaf is None or step_leaf.dtype != "i64" or step_leaf.shape != ():
+        raise InvalidCheckpoint(f"checkpoint lacks a scalar i64 {STEP_TENSOR}")
+    state.step = int(step_leaf.array())
+    if not 0 <= state.step <= rt.task.total_steps:
+        raise InvalidCheckpoint(f"checkpoint step {state.step} outside [0, {rt.task.total_steps}]")
+    return state
+
+
+def estimate_flops_per_step(rt: Runtime) -> int:
+    """Rough multiply-add count of one step (for progress displays only)."""
+    return 6 * rt.task.batch_size * sum(math.prod(s.shape) for s in rt.specs)

@@ -1,0 +1,145 @@
+"""The proof directory and its transcript (SPEC.md §14).
+
+``DIR/transcript.jsonl`` has one JSON object per durable checkpoint, appended and fsynced
+only after the checkpoint file itself is durable::
+
+    {"index": 3, "step": 75, "root": "<64 hex>", "file": "checkpoints/ckpt-000003.safetensors", "loss": 1.23}
+
+A torn last line (power loss mid-append) is ignored and cut off on resume; every earlier
+line must parse and be in sequence, otherwise the transcript is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.claim import Claim, decode_claim, encode_claim
+from protocol.errors import InvalidCheckpoint, InvalidClaim, InvalidTask
+from protocol.task import Task, parse_task_toml
+
+from .checkpoint import get_checkpoint_name, write_atomic
+
+TASK_FILE = "task.toml"
+CLAIM_FILE = "claim.msgpack"
+TRANSCRIPT_FILE = "transcript.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+MAX_TRANSCRIPT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    index: int
+    step: int
+    root: bytes
+    loss: float | None
+
+
+@dataclass(frozen=True)
+class ProofDir:
+    """Paths of a proof directory."""
+
+    path: Path
+
+    @property
+    def task_file(self) -> Path:
+        return self.path / TASK_FILE
+
+    @property
+    def claim_file(self) -> Path:
+        return self.path / CLAIM_FILE
+
+    @property
+    def transcript_file(self) -> Path:
+        return self.path / TRANSCRIPT_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def checkpoint(self, index: int) -> Path:
+        return self.checkpoint_dir / get_checkpoint_name(index)
+
+    def read_task(self) -> Task:
+        try:
+            text = self.task_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InvalidTask(f"{self.task_file} is missing") from None
+        except UnicodeDecodeError:
+            raise InvalidTask(f"{self.task_file} is not UTF-8") from None
+        return parse_task_toml(text)
+
+    def read_claim(self) -> Claim:
+        try:
+            data = self.claim_file.read_bytes()
+        except FileNotFoundError:
+            raise InvalidClaim(f"{self.claim_file} is missing: the proof was never completed") from None
+        return decode_claim(data)
+
+    def write_claim(self, claim: Claim) -> None:
+        write_atomic(self.claim_file, encode_claim(claim))
+
+
+def parse_transcript(data: bytes, task: Task, *, allow_torn_tail: bool) -> tuple[list[TranscriptEntry], int]:
+    """Entries and the byte length of the valid prefix. Raises ``InvalidCheckpoint`` when malformed."""
+    if len(data) > MAX_TRANSCRIPT_BYTES:
+        raise InvalidCheckpoint("transcript exceeds the size limit")
+    entries: list[TranscriptEntry] = []
+    offset = 0
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines):
+        is_last = n == len(lines) - 1
+        if is_last:
+            if line and not allow_torn_tail:
+                raise InvalidCheckpoint("transcript's last line is incomplete (no newline)")
+            break
+        try:
+            obj = json.loads(line)
+            entry = TranscriptEntry(int(obj["index"]), int(obj["step"]), bytes.fromhex(obj["root"]),
+                                    None if obj.get("loss") is None else float(obj["loss"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidCheckpoint(f"transcript line {n + 1} is malformed: {exc}") from None
+        j = len(entries)
+        if entry.index != j or entry.step != j * task.checkpoint_interval or len(entry.root) != 32:
+            raise InvalidCheckpoint(
+                f"transcript line {n + 1}: expected checkpoint {j} at step {j * task.checkpoint_interval}, "
+                f"found index {entry.index} at step {entry.step}"
+            )
+        entries.append(entry)
+        offset += len(line) + 1
+    if len(entries) > task.num_checkpoints:
+        raise InvalidCheckpoint(f"transcript has {len(entries)} entries, the task has {task.num_checkpoints}")
+    return entries, offset
+
+
+def read_transcript(pdir: ProofDir, task: Task, *, allow_torn_tail: bool = False) -> list[TranscriptEntry]:
+    try:
+        data = pdir.transcript_file.read_bytes()
+    except FileNotFoundError:
+        if allow_torn_tail:
+            return []
+        raise InvalidCheckpoint(f"{pdir.transcript_file} is missing") from None
+    entries, valid = parse_transcript(data, task, allow_torn_tail=allow_torn_tail)
+    if allow_torn_tail and valid != len(data):
+        with open(pdir.transcript_file, "r+b") as fh:  # drop the torn record before appending again
+            fh.truncate(valid)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return entries
+
+
+def append_transcript(pdir: ProofDir, entry: TranscriptEntry) -> None:
+    record = {
+        "index": entry.index,
+        "step": entry.step,
+        "root": entry.root.hex(),
+        "file": f"{CHECKPOINT_DIR}/{get_checkpoint_name(entry.index)}",
+        "loss": entry.loss,
+    }
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(pdir.transcript_file, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,1 @@
+"""The verifier: replays sampled segments bit for bit and decides accept or reject."""

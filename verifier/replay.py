@@ -1,0 +1,61 @@
+"""Replaying segments: the core a verifier and an auditor share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prover.checkpoint import read_checkpoint
+from prover.training import Runtime, TrainState, compute_root, get_state_from_leaves, init_state, train_step
+from prover.transcript import ProofDir
+from protocol.errors import InvalidCheckpoint, InvalidSegment
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    index: int
+    start_step: int
+    end_step: int
+    claimed_root: bytes
+    replayed_root: bytes
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.claimed_root == self.replayed_root
+
+
+def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> None:
+    """The first checkpoint must be exactly the state the task's seed defines."""
+    expected = compute_root(init_state(rt))
+    if committed_root != expected:
+        raise InvalidCheckpoint(
+            f"checkpoint 0 root {committed_root.hex()} is not the initial state of this task's seed "
+            f"({expected.hex()}): the weights were not initialised from the task seed"
+        )
+    read_checkpoint(pdir.checkpoint(0), expected_root=committed_root)
+
+
+def load_state(rt: Runtime, pdir: ProofDir, index: int, committed_root: bytes) -> TrainState:
+    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root)
+    state = get_state_from_leaves(rt, leaves)
+    if state.step != index * rt.task.checkpoint_interval:
+        raise InvalidCheckpoint(f"checkpoint {index} holds step {state.step}, expected "
+                                f"{index * rt.task.checkpoint_interval}")
+    return state
+
+
+def replay_segment(rt: Runtime, state: TrainState, index: int, claimed_end_root: bytes) -> SegmentResult:
+    """Run k steps from ``state`` (at the segment's start) and compare with the claimed end root."""
+    start = time.perf_counter()
+    first = state.step
+    for _ in range(rt.task.checkpoint_interval):
+        train_step(rt, state)
+    replayed = compute_root(state)
+    return SegmentResult(index, first, state.step, claimed_end_root, replayed, time.perf_counter() - start)
+
+
+def validate_segment(result: SegmentResult) -> None:
+    if not result.ok:
+        raise InvalidSegment(result.index, result.claimed_root, result.replayed_root,
+                             f"steps {result.start_step}..{result.end_step}")

@@ -1,0 +1,151 @@
+"""``pol verify``: check a proof directory and replay sampled segments (SPEC.md §15).
+
+Checks run in a fixed order and the first failure decides the verdict:
+
+1. ``task``        the task file parses, names built-in parts, and the dataset hash matches
+2. ``claim``       the claim decodes, is signed by its prover key, names this task
+3. ``transcript``  the transcript parses and its roots hash to the claim's commitment
+4. ``init``        checkpoint 0 is the initial state of the task's seed
+5. ``segment``     each sampled segment's start checkpoint matches its root and replaying
+                   k steps from it reproduces the next root bit for bit
+
+A ``ReplayError`` (our environment, not the prover) is an error, never a reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from prover.training import Runtime
+from prover.transcript import ProofDir, read_transcript
+from protocol import bls
+from protocol.claim import Claim, compute_claim_id, validate_claim_against_task, validate_claim_signature
+from protocol.claim import validate_transcript_roots
+from protocol.detection import compute_escape_probability
+from protocol.errors import InvalidInput, InvalidSegment
+from protocol.sampling import SampleProof, compute_sample_proof, compute_segment_sample
+from protocol.task import compute_task_id
+
+from .replay import SegmentResult, check_init, load_state, replay_segment, validate_segment
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "accept"
+REJECT = "reject"
+
+
+@dataclass
+class VerifyReport:
+    verdict: str = REJECT
+    failed_check: str | None = None
+    reason: str | None = None
+    claim_id: bytes | None = None
+    task_id: bytes | None = None
+    num_segments: int = 0
+    sample: list[int] = field(default_factory=list)
+    sample_proof: SampleProof | None = None
+    segments: list[SegmentResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        s = self.num_segments
+        esc = {}
+        if s and self.sample:
+            for label, c in (("one_segment_faked", 1), ("ten_percent_faked", max(1, s // 10))):
+                esc[label] = float(compute_escape_probability(s, c, len(self.sample)))
+        return {
+            "verdict": self.verdict,
+            "failed_check": self.failed_check,
+            "reason": self.reason,
+            "claim_id": self.claim_id.hex() if self.claim_id else None,
+            "task_id": self.task_id.hex() if self.task_id else None,
+            "num_segments": s,
+            "sample": self.sample,
+            "sample_proof": None if self.sample_proof is None else {
+                "verifier": self.sample_proof.verifier.hex(), "signature": self.sample_proof.signature.hex()},
+            "escape_probability": esc,
+            "segments": [
+                {"index": r.index, "start_step": r.start_step, "end_step": r.end_step, "ok": r.ok,
+                 "claimed_root": r.claimed_root.hex(), "replayed_root": r.replayed_root.hex(),
+                 "seconds": round(r.seconds, 4)}
+                for r in self.segments
+            ],
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+SegmentCallback = Callable[[SegmentResult], None]
+
+
+def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
+               on_segment: SegmentCallback | None = None) -> VerifyReport:
+    """Verify the proof in ``path``. ``segments=None`` replays every segment.
+
+    Returns a report with verdict accept or reject. Raises ``ReplayError`` (or OSError) when
+    the verifier itself cannot proceed.
+    """
+    report = VerifyReport()
+    pdir = ProofDir(path)
+    clock = time.perf_counter
+    check = "task"
+    try:
+        t0 = clock()
+        task = pdir.read_task()
+        report.task_id = compute_task_id(task)
+        report.num_segments = task.num_segments
+        rt = Runtime.for_task(task)  # checks the dataset hash
+        report.timings["load_task"] = clock() - t0
+
+        check = "claim"
+        t0 = clock()
+        claim: Claim = pdir.read_claim()
+        report.claim_id = compute_claim_id(claim.body)
+        validate_claim_signature(claim)
+        validate_claim_against_task(claim, task, report.task_id)
+        report.timings["claim"] = clock() - t0
+
+        check = "transcript"
+        entries = read_transcript(pdir, task)
+        roots = [e.root for e in entries]
+        validate_transcript_roots(claim, roots)
+
+        check = "init"
+        t0 = clock()
+        check_init(rt, pdir, roots[0])
+        report.timings["init"] = clock() - t0
+
+        check = "sample"
+        key = secret_key if secret_key is not None else bls.compute_secret_key(secrets.token_bytes(32))
+        report.sample_proof = compute_sample_proof(key, report.claim_id)
+        count = task.num_segments if segments is None else segments
+        report.sample = compute_segment_sample(report.sample_proof.signature, task.num_segments, count)
+        log.info("claim %s: replaying segments %s of %d", report.claim_id.hex()[:16], report.sample,
+                 task.num_segments)
+
+        check = "segment"
+        t0 = clock()
+        for j in report.sample:
+            state = load_state(rt, pdir, j, roots[j])
+            result = replay_segment(rt, state, j, roots[j + 1])
+            report.segments.append(result)
+            if on_segment is not None:
+                on_segment(result)
+            validate_segment(result)
+            log.info("segment %d (steps %d..%d) matches: %s", j, result.start_step, result.end_step,
+                     result.replayed_root.hex()[:16])
+        report.timings["replay"] = clock() - t0
+    except InvalidSegment as exc:
+        report.failed_check, report.reason = "segment", str(exc)
+        log.warning("REJECT claim: %s", exc)
+        return report
+    except InvalidInput as exc:
+        report.failed_check, report.reason = check, str(exc)
+        log.warning("REJECT claim at check %r: %s", check, exc)
+        return report
+    report.verdict = ACCEPT
+    return report
