@@ -30,3 +30,31 @@ MAX_TENSORS_PER_STATE: Final = 4096
 MAX_TENSOR_ELEMENTS: Final = 1 << 28
 MAX_TOTAL_STEPS: Final = 10_000_000
 MAX_CHECKPOINTS: Final = 100_000
+
+# --- Network layer (SPEC.md network chapter) ---
+DOMAIN_VOTE: Final = b"pol/v1/vote"  # || claim_id || verdict byte: identical for all voters of a verdict
+DOMAIN_EVIDENCE: Final = b"pol/v1/evidence"  # || claim_id || canonical evidence: binds a reject's proof
+DOMAIN_DISPUTE_ID: Final = b"pol/v1/dispute-id"  # || claim_id || u64be(segment)
+DOMAIN_DISPUTE_VOTE: Final = b"pol/v1/dispute-vote"  # || dispute_id || verdict byte
+DOMAIN_TASK_POSTED: Final = b"pol/v1/task-posted"  # || canonical posting body, signed by the requester
+DOMAIN_MESSAGE_ID: Final = b"pol/v1/message-id"  # || envelope bytes: gossip de-duplication id
+DOMAIN_GENESIS: Final = b"pol/v1/genesis"  # || canonical genesis document: network id
+
+VERDICT_REJECT: Final = 0  # for disputes: the dispute failed (the prover's root stands)
+VERDICT_ACCEPT: Final = 1  # for disputes: the dispute is upheld (the prover's root is false)
+
+BPS: Final = 10_000  # basis points: every fraction of money is an integer number of 1/10000
+MAX_VERIFIERS: Final = 1024
+MAX_ACCOUNTS: Final = 65_536
+MAX_PEER_ID_LEN: Final = 128
+MAX_GENESIS_BYTES: Final = 4 * 1024 * 1024
+MAX_AMOUNT: Final = 2**63 - 1  # every balance, stake, bond and reward fits a signed 64-bit integer
+MAX_SAMPLES: Final = 4096  # segments one vote may list
+MAX_VOTE_BYTES: Final = 64 * 1024
+MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+MAX_GOSSIP_BYTES: Final = 128 * 1024  # any gossip envelope; below libp2p's 1 MiB frame
+MAX_CHUNK_LENGTH: Final = 1 << 20  # tensor bytes per checkpoint-chunk response
+MAX_STREAM_BYTES: Final = (1 << 20) + 64 * 1024  # a chunk or sync response, with its proofs
+MAX_SYNC_ITEMS: Final = 256
+MAX_FETCH_HINTS: Final = 8
+MAX_FETCH_HINT_LEN: Final = 256

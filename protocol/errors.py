@@ -59,3 +59,43 @@ class InvalidSegment(InvalidInput):
 
 class ReplayError(PolError):
     """We could not replay: environment or implementation problem, not the prover's fault."""
+
+
+class InvalidGenesis(InvalidInput):
+    """A genesis document that is malformed, inconsistent or has a bad proof of possession."""
+
+
+class InvalidVote(InvalidInput):
+    """A vote, dispute vote or double-vote proof whose fields, sample or signature are wrong."""
+
+
+class InvalidCertificate(InvalidInput):
+    """A certificate with unknown or repeated signers, too little stake or a bad aggregate."""
+
+
+class InvalidTransition(InvalidInput):
+    """A well-formed input that the ledger state does not allow (unknown task, spent escrow, ...)."""
+
+
+class InsufficientFunds(InvalidTransition):
+    """An account's balance does not cover the reward or bond it must lock."""
+
+
+class InvalidMessage(InvalidInput):
+    """A gossip or stream envelope with a wrong type, schema or size."""
+
+
+class GossipReject(PolError):
+    """Gossip that is invalid for everyone: drop it and penalise the forwarding peer."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class GossipIgnore(PolError):
+    """Gossip that is useless to us now (duplicate, stale, unknown context): drop, no penalty."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
