@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None, help="where to put the demo files (default: a temp dir)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from node.cli import register as register_node_commands
+
+    register_node_commands(sub)
     return p
 
 
