@@ -1,0 +1,67 @@
+"""Re-commit and re-sign a proof directory from its checkpoint files.
+
+Auditors use this to rebuild a transcript from checkpoints; the devnet and the tests use it
+(with ``perturb_checkpoint``) to play a dishonest prover whose transcript is internally
+consistent and correctly signed, so that only replay can expose it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol import bls
+from protocol.claim import ClaimBody, Claim, compute_commitment, compute_signed_claim
+from protocol.state import TensorLeaf, compute_state_root
+from protocol.task import compute_task_id
+
+from .checkpoint import decode_checkpoint, write_checkpoint
+from .transcript import ProofDir, TranscriptEntry, read_transcript, TRANSCRIPT_FILE
+from .checkpoint import write_atomic
+
+
+def recommit(pdir: ProofDir, secret_key: bytes) -> Claim:
+    """Recompute every checkpoint root, rewrite the transcript and sign a fresh claim."""
+    task = pdir.read_task()
+    old = read_transcript(pdir, task)
+    entries = []
+    for e in old:
+        leaves = decode_checkpoint(pdir.checkpoint(e.index).read_bytes())
+        entries.append(TranscriptEntry(e.index, e.step, compute_state_root(leaves), e.loss))
+    lines = b"".join(
+        (
+            '{"file": "checkpoints/%s", "index": %d, "loss": %s, "root": "%s", "step": %d}\n'
+            % (pdir.checkpoint(e.index).name, e.index, "null" if e.loss is None else repr(e.loss), e.root.hex(), e.step)
+        ).encode()
+        for e in entries
+    )
+    write_atomic(pdir.path / TRANSCRIPT_FILE, lines)
+    roots = [e.root for e in entries]
+    body = ClaimBody(
+        task_id=compute_task_id(task),
+        prover=bls.compute_public_key(secret_key),
+        commitment=compute_commitment(roots),
+        final_root=roots[-1],
+        num_checkpoints=len(roots),
+        total_steps=task.total_steps,
+        checkpoint_interval=task.checkpoint_interval,
+    )
+    claim = compute_signed_claim(secret_key, body)
+    pdir.write_claim(claim)
+    return claim
+
+
+def perturb_checkpoint(pdir: ProofDir, index: int, tensor: str | None = None, delta: float = 1e-3) -> str:
+    """Add ``delta`` to one weight of checkpoint ``index`` (rewriting the file); returns the tensor name."""
+    leaves = decode_checkpoint(pdir.checkpoint(index).read_bytes())
+    params = sorted(leaf.name for leaf in leaves if leaf.name.startswith("param/"))
+    name = tensor or params[0]
+    out: list[TensorLeaf] = []
+    for leaf in leaves:
+        if leaf.name == name:
+            arr = leaf.array().copy()
+            arr.reshape(-1)[0] += np.float32(delta)
+            leaf = TensorLeaf(leaf.name, leaf.dtype, leaf.shape, arr.astype("<f4").tobytes())
+        out.append(leaf)
+    task = pdir.read_task()
+    write_checkpoint(pdir.checkpoint(index), out, compute_state_root(out), compute_task_id(task))
+    return name
