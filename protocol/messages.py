@@ -426,5 +426,5 @@ def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: Abs
     return msg
 
 
-def encode_claim_announced(claim: Claim, fetch: tuple[str, ...]) -> ClaimAnnounced:
+def compute_claim_announced(claim: Claim, fetch: tuple[str, ...]) -> ClaimAnnounced:
     return ClaimAnnounced(encode_claim(claim), fetch)
