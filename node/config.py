@@ -1,0 +1,115 @@
+"""Node configuration: one TOML file per node (``pol node --config NODE.toml``).
+
+::
+
+    role = "verifier"            # or "prover"
+    key = "keys/v0.json"         # pol.keyfile key file (BLS key + libp2p seed)
+    genesis = "genesis.msgpack"  # protocol.genesis.encode_genesis bytes
+    data_dir = "v0"              # SQLite database, checkpoints, proofs, log
+    listen_port = 41000          # libp2p TCP port on 127.0.0.1 (0 = any)
+    http_port = 42000            # JSON API on 127.0.0.1 (0 = any)
+    bootstrap = ["/ip4/127.0.0.1/tcp/41000/p2p/12D3Koo..."]
+    log_file = "v0/node.log"     # optional
+    log_level = "INFO"
+    # prover only
+    prove_tasks = ["<task id hex>"]   # tasks this prover claims ("*" = any open task)
+    cheat = ""                        # "" honest, "tamper": alters one checkpoint and re-signs
+
+Relative paths are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("prover", "verifier")
+CHEATS = ("", "tamper")
+
+
+class ConfigError(Exception):
+    """The node configuration is unusable (operator error)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    role: str
+    key: Path
+    genesis: Path
+    data_dir: Path
+    listen_port: int = 0
+    http_port: int = 0
+    bootstrap: tuple[str, ...] = ()
+    log_file: Path | None = None
+    log_level: str = "INFO"
+    prove_tasks: tuple[str, ...] = ()
+    cheat: str = ""
+    tick_s: float = 0.5
+    sync_interval_s: float = 2.0
+    fetch_timeout_s: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    base = Path(path).resolve().parent
+
+    def rel(value: Any, key: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {key} must be a non-empty string")
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    known = {"role", "key", "genesis", "data_dir", "listen_port", "http_port", "bootstrap", "log_file",
+             "log_level", "prove_tasks", "cheat", "tick_s", "sync_interval_s", "fetch_timeout_s"}
+    for key in ("role", "key", "genesis", "data_dir"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    role = raw["role"]
+    if role not in ROLES:
+        raise ConfigError(f"{path}: role must be one of {ROLES}, not {role!r}")
+    cheat = raw.get("cheat", "")
+    if cheat not in CHEATS:
+        raise ConfigError(f"{path}: cheat must be one of {CHEATS}")
+    try:
+        return NodeConfig(
+            role=role, key=rel(raw["key"], "key"), genesis=rel(raw["genesis"], "genesis"),
+            data_dir=rel(raw["data_dir"], "data_dir"),
+            listen_port=int(raw.get("listen_port", 0)), http_port=int(raw.get("http_port", 0)),
+            bootstrap=tuple(str(b) for b in raw.get("bootstrap", [])),
+            log_file=rel(raw["log_file"], "log_file") if raw.get("log_file") else None,
+            log_level=str(raw.get("log_level", "INFO")).upper(),
+            prove_tasks=tuple(str(t) for t in raw.get("prove_tasks", [])), cheat=cheat,
+            tick_s=float(raw.get("tick_s", 0.5)), sync_interval_s=float(raw.get("sync_interval_s", 2.0)),
+            fetch_timeout_s=float(raw.get("fetch_timeout_s", 10.0)),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def format_config_toml(doc: dict[str, Any]) -> str:
+    """Minimal TOML writer for flat documents of str/int/float/bool/list[str] (the devnet's configs)."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        elif isinstance(value, (list, tuple)):
+            text = "[" + ", ".join(_quote(str(v)) for v in value) + "]"
+        else:
+            text = _quote(str(value))
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,368 @@
+"""What a node does with what it learns: provers train and announce, verifiers fetch, replay and vote.
+
+CPU work (training, replay, loading a task's data set) runs in worker threads so the event loop
+stays responsive. Checkpoints are fetched from the claim's fetch hints first, then from any other
+connected peer (every verifier serves what it fetched); each one is checked against the root the
+claim commits to before it is used, so a lying holder only costs a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prover.checkpoint import decode_checkpoint, write_atomic
+from prover.transcript import ProofDir, read_transcript
+from protocol.claim import compute_claim_id, compute_commitment, decode_claim
+from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
+from protocol.encoding import decode_canonical, encode_canonical
+from protocol.errors import InvalidInput, InvalidMessage
+from protocol.genesis import get_field, validate_keys
+from protocol.ledger import TASK_OPEN, TaskPosted, get_claim_context
+from protocol.merkle import compute_merkle_proof
+from protocol.messages import ClaimAnnounced, decode_message, compute_claim_announced, encode_message
+from protocol.sampling import compute_sample_proof, compute_segment_sample
+from protocol.state import compute_state_root
+from protocol.task import Task, compute_task_id, decode_task
+from protocol.vote import compute_dispute_vote, compute_evidence, compute_vote
+
+if TYPE_CHECKING:
+    from .app import Node
+
+log = logging.getLogger(__name__)
+MAX_CHECKPOINT_FETCH = 64 << 20
+RETRY_S = 2.0
+
+
+class FetchFailed(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.sk = node.key.bls_secret_key
+        self._runtimes: dict[bytes, Any] = {}
+        self._runtime_lock = asyncio.Lock()
+        self._cpu = asyncio.Semaphore(1)  # one training/replay at a time per node
+        self._active: set[bytes] = set()
+        self._roots: dict[bytes, list[bytes]] = {}
+        self._replays: dict[tuple[bytes, int], bytes] = {}
+        self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """After a (re)start: pick up every unfinished duty found in the replayed log."""
+        for posting in list(self.node.chain.postings.values()):
+            self.on_task(posting)
+        for claim_id, info in list(self.node.chain.claims.items()):
+            self.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
+        for dispute_id, dispute in list(self.node.chain.state.disputes.items()):
+            if dispute.status == "open":
+                self.on_dispute(dispute_id)
+
+    def _staked(self) -> bool:
+        index = self.node.verifier_index
+        return index is not None and self.node.chain.state.verifiers[index].stake > 0
+
+    def _start(self, key: bytes, coro: Any) -> None:
+        if key in self._active:
+            coro.close()
+            return
+        self._active.add(key)
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                self._active.discard(key)
+
+        self.node.spawn(run())
+
+    def on_task(self, posting: TaskPosted) -> None:
+        cfg = self.node.config
+        if cfg.role != "prover":
+            return
+        task_id = compute_task_id(decode_task(posting.task))
+        if "*" not in cfg.prove_tasks and task_id.hex() not in cfg.prove_tasks:
+            return
+        record = self.node.chain.state.tasks.get(task_id)
+        if record is None or record.status != TASK_OPEN:
+            return
+        self._start(b"task" + task_id, self.prove_task(task_id))
+
+    def on_claim(self, msg: ClaimAnnounced, claim_id: bytes | None = None) -> None:
+        if self.node.config.role != "verifier" or not self._staked():
+            return
+        if claim_id is None:
+            claim_id = compute_claim_id(decode_claim(msg.claim).body)
+        record = self.node.chain.state.claims.get(claim_id)
+        if record is None or record.status != "pending":
+            return
+        mine = self.node.store.get_my_vote(claim_id)
+        if mine is not None:
+            if self.node.pubkey not in self.node.chain.votes.get(claim_id, {}):
+                self.node.spawn(self.node.publish_local(decode_message(mine)))  # crashed before publishing
+            return
+        self._start(b"claim" + claim_id, self.verify_claim(claim_id))
+
+    def on_dispute(self, dispute_id: bytes) -> None:
+        if self.node.config.role != "verifier" or not self._staked():
+            return
+        mine = self.node.store.get_my_vote(dispute_id)
+        if mine is not None:
+            if self.node.pubkey not in self.node.chain.dispute_votes.get(dispute_id, {}):
+                self.node.spawn(self.node.publish_local(decode_message(mine)))
+            return
+        self._start(b"dispute" + dispute_id, self.resolve_dispute(dispute_id))
+
+    # --- prover ------------------------------------------------------------------------------
+
+    async def prove_task(self, task_id: bytes) -> None:
+        from .cheat import run_prove
+
+        node = self.node
+        task = decode_task(node.chain.postings[task_id].task)
+        out = node.config.data_dir / "proofs" / task_id.hex()
+        log.info("proving task %s (%d steps)%s", task_id.hex()[:12], task.total_steps,
+                 f" [cheat: {node.config.cheat}]" if node.config.cheat else "")
+        async with self._cpu:
+            claim = await asyncio.to_thread(run_prove, task, out, self.sk, node.config.cheat)
+        claim_id = compute_claim_id(claim.body)
+        node.store.put_proof(claim_id, task_id, str(out))
+        hints = tuple(node.net.listen_addrs[:1])
+        result = await node.publish_local(compute_claim_announced(claim, hints))
+        log.info("claim %s announced: %s", claim_id.hex()[:12], result)
+
+    # --- verifier ----------------------------------------------------------------------------
+
+    async def _runtime(self, task: Task) -> Any:
+        task_id = compute_task_id(task)
+        async with self._runtime_lock:
+            if task_id not in self._runtimes:
+                from prover.training import Runtime
+
+                self._runtimes[task_id] = await asyncio.to_thread(Runtime.for_task, task)
+        return self._runtimes[task_id]
+
+    def _deadline(self, claim_id: bytes) -> float:
+        record = self.node.chain.state.claims[claim_id]
+        return record.registered_at + self.node.chain.state.params.availability_window_s
+
+    async def verify_claim(self, claim_id: bytes) -> None:
+        node = self.node
+        while True:
+            record = node.chain.state.claims.get(claim_id)
+            if record is None or record.status != "pending":
+                return
+            try:
+                vote = await self._verify_once(claim_id)
+                break
+            except (FetchFailed, InvalidInput) as exc:
+                if node.now() >= self._deadline(claim_id):
+                    self.skipped[claim_id] = f"unavailable: {exc}"
+                    log.warning("claim %s: giving up, data unavailable (%s)", claim_id.hex()[:12], exc)
+                    return
+                log.info("claim %s: verification attempt failed (%s); retrying", claim_id.hex()[:12], exc)
+                await asyncio.sleep(RETRY_S)
+        if vote is None:
+            return
+        data = node.store.put_my_vote(claim_id, "vote", encode_message(vote), time.time())
+        result = await node.publish_local(decode_message(data))
+        log.info("voted %s on claim %s: %s", "accept" if vote.verdict == VERDICT_ACCEPT else "REJECT",
+                 claim_id.hex()[:12], result)
+
+    async def _verify_once(self, claim_id: bytes) -> Any:
+        from prover.training import compute_root, init_state
+
+        node = self.node
+        info = node.chain.claims[claim_id]
+        ctx = get_claim_context(node.chain.state, claim_id)
+        task = decode_task(node.chain.postings[info.claim.body.task_id].task)
+        rt = await self._runtime(task)
+        sample = compute_segment_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
+                                        ctx.samples_required)
+        roots = await self.fetch_roots(claim_id)
+        init_root = await asyncio.to_thread(lambda: compute_root(init_state(rt)))
+        if roots[0] != init_root:
+            # Evidence covers replayed segments only; a bad start earns no accept vote, so the claim voids.
+            self.skipped[claim_id] = "checkpoint 0 is not the task's initial state"
+            log.warning("claim %s: %s; not voting", claim_id.hex()[:12], self.skipped[claim_id])
+            return None
+        log.info("claim %s: replaying segments %s of %d", claim_id.hex()[:12], sample, ctx.num_segments)
+        evidence = None
+        for s in sample:
+            replayed = await self.replay(claim_id, rt, roots, s)
+            if replayed != roots[s + 1]:
+                path = compute_merkle_proof(roots, s + 1).path
+                evidence = compute_evidence(self.sk, claim_id, s, roots[s + 1], path, replayed)
+                log.warning("claim %s: segment %d does not replay (claimed %s, got %s)", claim_id.hex()[:12], s,
+                            roots[s + 1].hex()[:12], replayed.hex()[:12])
+                break
+        return compute_vote(self.sk, ctx, evidence)
+
+    async def resolve_dispute(self, dispute_id: bytes) -> None:
+        node = self.node
+        dispute = node.chain.state.disputes[dispute_id]
+        claim_id, s = dispute.claim_id, dispute.segment
+        info = node.chain.claims[claim_id]
+        task = decode_task(node.chain.postings[info.claim.body.task_id].task)
+        for _ in range(30):
+            if node.chain.state.disputes[dispute_id].status != "open":
+                return
+            try:
+                rt = await self._runtime(task)
+                roots = await self.fetch_roots(claim_id)
+                replayed = await self.replay(claim_id, rt, roots, s)
+                break
+            except (FetchFailed, InvalidInput) as exc:
+                log.info("dispute %s: replay failed (%s); retrying", dispute_id.hex()[:12], exc)
+                await asyncio.sleep(RETRY_S)
+        else:
+            return
+        verdict = VERDICT_ACCEPT if replayed != dispute.claimed_root else VERDICT_REJECT
+        vote = compute_dispute_vote(self.sk, dispute_id, verdict)
+        data = node.store.put_my_vote(dispute_id, "dispute_vote", encode_message(vote), time.time())
+        result = await node.publish_local(decode_message(data))
+        log.info("dispute %s on segment %d: voted %s (%s)", dispute_id.hex()[:12], s,
+                 "upheld" if verdict == VERDICT_ACCEPT else "failed", result)
+
+    async def replay(self, claim_id: bytes, rt: Any, roots: list[bytes], s: int) -> bytes:
+        key = (claim_id, s)
+        if key in self._replays:
+            return self._replays[key]
+        path = await self.fetch_checkpoint(claim_id, s, roots[s])
+
+        def work() -> bytes:
+            from prover.checkpoint import read_checkpoint
+            from prover.training import get_state_from_leaves
+            from verifier.replay import replay_segment
+
+            state = get_state_from_leaves(rt, read_checkpoint(Path(path), expected_root=roots[s]))
+            if state.step != s * rt.task.checkpoint_interval:
+                raise InvalidMessage(f"checkpoint {s} holds step {state.step}")
+            return replay_segment(rt, state, s, roots[s + 1]).replayed_root
+
+        async with self._cpu:
+            self._replays[key] = await asyncio.to_thread(work)
+        return self._replays[key]
+
+    # --- fetching ----------------------------------------------------------------------------
+
+    def _candidates(self, claim_id: bytes) -> list[tuple[str, str | None]]:
+        """(peer id, multiaddr to dial or None): the claim's hints first, then other connected peers."""
+        info = self.node.chain.claims[claim_id]
+        out: list[tuple[str, str | None]] = []
+        for hint in info.fetch:
+            peer = hint.rsplit("/p2p/", 1)[-1]
+            out.append((peer, hint if hint.startswith("/") else None))
+        others = [p for p in self.node.net.connected_peers() if p not in {o[0] for o in out}]
+        random.shuffle(others)
+        return out + [(p, None) for p in others if p != self.node.net.peer_id]
+
+    async def _request(self, peer: str, addr: str | None, payload: bytes, limit: int) -> bytes:
+        net = self.node.net
+        if addr is not None and peer not in net.connected_peers():
+            await net.connect(addr)
+        return bytes(await net.request(peer, "/pol/proof/1", payload, timeout=self.node.config.fetch_timeout_s,
+                                       max_response_bytes=limit))
+
+    async def fetch_roots(self, claim_id: bytes) -> list[bytes]:
+        if claim_id in self._roots:
+            return self._roots[claim_id]
+        body = self.node.chain.claims[claim_id].claim.body
+        local = self.local_roots(claim_id)
+        candidates: list[tuple[str, str | None]] = [] if local else self._candidates(claim_id)
+        errors = []
+        for peer, addr in [("local", None)] + candidates:
+            try:
+                if peer == "local":
+                    if local is None:
+                        continue
+                    roots = local
+                else:
+                    raw = await self._request(peer, addr, encode_canonical({"claim_id": claim_id, "what": "roots",
+                                                                            "index": 0}), 1 << 20)
+                    roots = parse_roots(raw)
+                if len(roots) != body.num_checkpoints or compute_commitment(roots) != body.commitment \
+                        or roots[-1] != body.final_root:
+                    raise InvalidMessage("roots do not match the claim's commitment")
+            except Exception as exc:  # noqa: BLE001 - try the next holder
+                errors.append(f"{peer[-8:]}: {exc}")
+                continue
+            self._roots[claim_id] = roots
+            self.node.store.put_roots(claim_id, encode_canonical(roots))
+            return roots
+        raise FetchFailed("no holder served the checkpoint roots: " + "; ".join(errors[-3:]))
+
+    async def fetch_checkpoint(self, claim_id: bytes, index: int, root: bytes) -> str:
+        local = self.local_checkpoint(claim_id, index)
+        if local is not None:
+            return local
+        errors = []
+        for peer, addr in self._candidates(claim_id):
+            try:
+                raw = await self._request(peer, addr, encode_canonical({"claim_id": claim_id, "what": "ckpt",
+                                                                        "index": index}), MAX_CHECKPOINT_FETCH)
+                if compute_state_root(decode_checkpoint(raw)) != root:
+                    raise InvalidMessage(f"checkpoint {index} does not hash to the committed root")
+            except Exception as exc:  # noqa: BLE001 - try the next holder
+                errors.append(f"{peer[-8:]}: {exc}")
+                log.info("fetch of checkpoint %d from %s failed: %s", index, peer[-8:], exc)
+                continue
+            path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, raw)
+            self.node.store.put_checkpoint(claim_id, index, root, str(path))
+            return str(path)
+        raise FetchFailed(f"no holder served checkpoint {index}: " + "; ".join(errors[-3:]))
+
+    # --- serving -----------------------------------------------------------------------------
+
+    def local_roots(self, claim_id: bytes) -> list[bytes] | None:
+        proof = self.node.store.get_proof(claim_id)
+        if proof is not None:
+            pdir = ProofDir(Path(proof))
+            return [e.root for e in read_transcript(pdir, pdir.read_task())]
+        raw = self.node.store.get_roots(claim_id)
+        return None if raw is None else parse_roots(raw, wrapped=False)
+
+    def local_checkpoint(self, claim_id: bytes, index: int) -> str | None:
+        proof = self.node.store.get_proof(claim_id)
+        if proof is not None:
+            path = ProofDir(Path(proof)).checkpoint(index)
+            return str(path) if path.exists() else None
+        found = self.node.store.get_checkpoint(claim_id, index)
+        return None if found is None else found[1]
+
+    async def serve_proof(self, peer: str, request: bytes) -> bytes:
+        """``/pol/proof/1``: ``{claim_id, what: "roots"|"ckpt", index}`` -> roots list or checkpoint bytes."""
+        doc = validate_keys(decode_canonical(request, 1024), {"claim_id", "what", "index"}, "proof request",
+                            InvalidMessage)
+        claim_id = get_field(doc, "claim_id", bytes, "proof request", InvalidMessage, 32)
+        what = get_field(doc, "what", str, "proof request", InvalidMessage)
+        index = get_field(doc, "index", int, "proof request", InvalidMessage)
+        if what == "roots":
+            roots = await asyncio.to_thread(self.local_roots, claim_id)
+            if roots is None:
+                raise LookupError("no roots for that claim here")
+            return encode_canonical({"roots": roots})
+        if what == "ckpt":
+            path = self.local_checkpoint(claim_id, index)
+            if path is None:
+                raise LookupError("no such checkpoint here")
+            return await asyncio.to_thread(Path(path).read_bytes)
+        raise InvalidMessage("what must be roots or ckpt")
+
+
+def parse_roots(raw: bytes, wrapped: bool = True) -> list[bytes]:
+    doc = decode_canonical(raw, 1 << 20)
+    roots = doc.get("roots") if wrapped and isinstance(doc, dict) else doc
+    if not isinstance(roots, list) or not all(isinstance(r, bytes) and len(r) == 32 for r in roots):
+        raise InvalidMessage("roots must be a list of 32-byte hashes")
+    return roots
