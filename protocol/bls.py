@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from py_ecc.bls import G2ProofOfPossession as _PyEcc
+import py_ecc.bls as _py_ecc_bls
 
 from .constants import BLS_PUBKEY_LEN, BLS_SIGNATURE_LEN
 from .errors import InvalidSignature
@@ -19,6 +19,9 @@ try:  # optional fast backend
     import milagro_bls_binding as _milagro
 except ImportError:  # pragma: no cover - depends on the environment
     _milagro = None
+
+# py-ecc types keys and signatures as NewTypes of bytes; through Any we pass plain bytes.
+_PyEcc: Any = getattr(_py_ecc_bls, "G2ProofOfPossession")
 
 _backend: str = "milagro" if _milagro is not None else "py_ecc"
 

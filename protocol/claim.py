@@ -82,10 +82,10 @@ def encode_claim(claim: Claim) -> bytes:
 def _field(doc: dict[str, Any], key: str, kind: type, length: int | None = None) -> Any:
     if key not in doc:
         raise InvalidClaim(f"claim is missing {key}")
-    value = doc[key]
+    value: Any = doc[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidClaim(f"claim field {key} must be {kind.__name__}")
-    if length is not None and len(value) != length:
+    if length is not None and isinstance(value, bytes) and len(value) != length:
         raise InvalidClaim(f"claim field {key} must be {length} bytes, got {len(value)}")
     return value
 

@@ -217,7 +217,7 @@ def parse_task(raw: Mapping[str, Any]) -> Task:
         raise InvalidTask("[task] name must be a string")
     m = _section(raw, "model")
     family = m.get("family")
-    if family not in _MODEL_CONFIGS:
+    if not isinstance(family, str) or family not in _MODEL_CONFIGS:
         raise InvalidTask(f"unknown model family {family!r}; built-in families: {list(MODEL_FAMILIES)}")
     model = _fill(_MODEL_CONFIGS[family], m, "model", skip=("family",))
     d = _section(raw, "data")
