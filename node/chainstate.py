@@ -149,6 +149,9 @@ class ChainState:
                            "challenger": d.challenger, "votes": len(self.dispute_votes.get(dispute_id, {}))}
         certs = [{"verdict": "accept" if verdict == VERDICT_ACCEPT else "reject", "signers": list(c.signers)}
                  for (subject, verdict), c in self.certificates.items() if subject == claim_id]
+        disputes = {d_id for d_id, d in self.state.disputes.items() if d.claim_id == claim_id}
+        certs += [{"verdict": "upheld" if verdict == VERDICT_ACCEPT else "failed", "signers": list(c.signers)}
+                  for (subject, verdict), c in self.certificates.items() if subject in disputes]
         task = self.state.tasks.get(info.claim.body.task_id)
         return {
             "claim_id": claim_id.hex(),

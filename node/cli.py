@@ -76,6 +76,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         say(f"nodes up after {time.monotonic() - started:.1f} s; posting {len(net.tasks)} tasks")
         dn.post_tasks(net, net.verifiers[0])
         claims = dn.wait_settled(net, net.verifiers[0], deadline)
+        dn.wait_consistent(net, min(deadline, time.monotonic() + 15))
         report = build_report(net, claims, time.monotonic() - started)
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
@@ -113,7 +114,7 @@ def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict
     rows = []
     for c in sorted(claims, key=lambda c: provers[c["prover"]].name if c["prover"] in provers else c["prover"]):
         p = provers.get(c["prover"])
-        verdicts = sorted({x["verdict"] for x in c["certificates"]})
+        verdict = {"paid": "accept", "accepted": "accept", "slashed": "reject"}.get(c["status"], c["status"])
         if c["status"] == "paid":
             outcome = f"escrow {c['reward']} released to prover"
         elif c["status"] == "slashed":
@@ -123,7 +124,7 @@ def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict
         rows.append({
             "claim": c["claim_id"], "prover": p.name if p else c["prover"][:12],
             "cheating": bool(p and p.cheat), "status": c["status"],
-            "verdict": "/".join(verdicts) or "none",
+            "verdict": verdict,
             "votes": f"{c['votes_accept']} accept / {c['votes_reject']} reject",
             "certificate": "; ".join(f"{x['verdict']} by {x['signers']}" for x in c["certificates"]) or "-",
             "dispute": c["dispute"], "outcome": outcome,
@@ -137,12 +138,12 @@ def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict
 
 
 def format_table(report: dict[str, Any]) -> str:
-    cols = [("claim", 14), ("prover", 7), ("verdict", 8), ("votes", 20), ("certificate", 24), ("outcome", 34),
+    cols = [("claim", 14), ("prover", 7), ("verdict", 8), ("votes", 20), ("certificate", 30), ("outcome", 34),
             ("t_cert", 7)]
     lines = ["  ".join(name.ljust(w) for name, w in cols)]
     for r in report["claims"]:
         prover = r["prover"] + ("*" if r["cheating"] else "")
-        cert = r["certificate"] if len(r["certificate"]) <= 24 else r["certificate"][:23] + "…"
+        cert = r["certificate"] if len(r["certificate"]) <= 30 else r["certificate"][:29] + "…"
         t = "-" if r["seconds_to_certificate"] is None else f"{r['seconds_to_certificate']:.1f}s"
         outcome = r["outcome"]
         if r["dispute"]:

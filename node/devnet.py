@@ -251,3 +251,25 @@ def wait_settled(net: Devnet, observer: NodeSpec, deadline: float) -> list[dict[
     states = {c["claim_id"][:12]: c["status"] for c in claims}
     raise DevnetError(f"nothing settled within the timeout: claims {states or 'none'} "
                       f"(logs under {net.directory})")
+
+
+def get_ledger_view(node: NodeSpec) -> Any:
+    """What must agree across nodes: balances, stakes, statuses, burned (not per-node timestamps)."""
+    lg = http_get(node, "/ledger")
+    return (lg["balances"], lg["stakes"], lg["claims"], lg["disputes"], lg["burned"])
+
+
+def wait_consistent(net: Devnet, deadline: float) -> bool:
+    """Wait until every verifier reports the same ledger (they settle within a tick of each other)."""
+    while True:
+        views = []
+        for v in net.verifiers:
+            try:
+                views.append(get_ledger_view(v))
+            except (OSError, ValueError):
+                views.append(None)
+        if all(x is not None and x == views[0] for x in views):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)

@@ -58,6 +58,7 @@ class Worker:
 
     def resume(self) -> None:
         """After a (re)start: pick up every unfinished duty found in the replayed log."""
+        self._start(b"warm-imports", asyncio.to_thread(_import_training))
         for posting in list(self.node.chain.postings.values()):
             self.on_task(posting)
         for claim_id, info in list(self.node.chain.claims.items()):
@@ -87,6 +88,9 @@ class Worker:
     def on_task(self, posting: TaskPosted) -> None:
         cfg = self.node.config
         if cfg.role != "prover":
+            # Loading a task's data set takes seconds: do it now, before a claim on it arrives.
+            task = decode_task(posting.task)
+            self._start(b"warm" + compute_task_id(task), self._runtime(task))
             return
         task_id = compute_task_id(decode_task(posting.task))
         if "*" not in cfg.prove_tasks and task_id.hex() not in cfg.prove_tasks:
@@ -358,6 +362,11 @@ class Worker:
                 raise LookupError("no such checkpoint here")
             return await asyncio.to_thread(Path(path).read_bytes)
         raise InvalidMessage("what must be roots or ckpt")
+
+
+def _import_training() -> None:
+    import prover.training  # noqa: F401 - torch takes seconds to import; do it off the event loop
+    import verifier.replay  # noqa: F401
 
 
 def parse_roots(raw: bytes, wrapped: bool = True) -> list[bytes]:

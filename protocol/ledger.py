@@ -318,8 +318,15 @@ def process_reject_vote(state: LedgerState, vote: Vote, now: int) -> LedgerState
         raise InvalidVote("only a reject vote with evidence opens a dispute")
     validate_vote(vote, get_claim_context(state, vote.claim_id), state.verifiers)
     dispute_id = compute_dispute_id(vote.claim_id, vote.evidence.segment)
-    if dispute_id in state.disputes:
-        return state  # the first challenger of a segment holds the dispute
+    existing = state.disputes.get(dispute_id)
+    if existing is not None:
+        # One dispute per segment. While it is open, the challenger with the lowest verifier index
+        # holds it, so nodes that saw the reject votes in different orders agree on who is paid.
+        index = get_staked_verifier_index(state.verifiers, vote.verifier)
+        if existing.status != DISPUTE_OPEN or index >= existing.challenger:
+            return state
+        held = replace(existing, challenger=index, replayed_root=vote.evidence.replayed_root)
+        return replace(state, disputes=_put(state.disputes, dispute_id, held))
     claim = state.claims[vote.claim_id]
     if is_claim_settled(claim):
         raise InvalidTransition("claim is already settled")
