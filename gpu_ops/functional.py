@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import ref
+from . import backend, ref
 
 F32 = torch.float32
 
@@ -23,20 +23,41 @@ def _c(v: float) -> torch.Tensor:
     return torch.tensor(v, dtype=F32)
 
 
+# Dispatch helpers: the C kernels (gpu_ops/cpu) when available, else the reference. Every
+# ``k = backend.kernels(...)`` branch below computes exactly what its reference branch does.
+def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """ref.matmul(a, b), plus ``bias`` added in float32 when given."""
+    k = backend.kernels(a, b) if bias is None else backend.kernels(a, b, bias)
+    y = k.matmul(a, b, bias) if k is not None else None
+    if y is not None:
+        return y
+    y = ref.matmul(a, b)
+    return y + bias if bias is not None else y
+
+
+def _exact_sum(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    k = backend.kernels(x)
+    return k.exact_sum(x, dim, keepdim) if k is not None else ref.exact_sum(x, dim, keepdim)
+
+
+def _exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    n = x.numel() if dim is None else x.shape[dim]
+    return _exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        y = ref.matmul(x, w.t())
-        return y + b if b is not None else y
+        return _matmul(x, w.t(), b)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         x, w = ctx.saved_tensors
-        dx = ref.matmul(dy, w)
-        dw = ref.matmul(dy.t().contiguous(), x)
-        db = ref.exact_sum(dy, dim=0) if ctx.has_bias else None
+        dx = _matmul(dy, w)
+        dw = _matmul(dy.t().contiguous(), x)
+        db = _exact_sum(dy, dim=0) if ctx.has_bias else None
         return dx, dw, db
 
 
@@ -67,13 +88,17 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 class _Tanh(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = ref.tanh(x)
+        k = backend.kernels(x)
+        y = k.tanh(x) if k is not None else ref.tanh(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
+        k = backend.kernels(dy, y)
+        if k is not None:
+            return k.tanh_bwd(dy, y)
         return dy * (_c(1.0) - y * y)
 
 
@@ -90,6 +115,11 @@ class _GELU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        k = backend.kernels(x)
+        if k is not None:
+            y, th = k.gelu_fwd(x)
+            ctx.save_for_backward(x, th)
+            return y
         x3 = x * x * x
         u = _c(_GELU_K) * (x + _c(_GELU_C) * x3)
         th = ref.tanh(u)
@@ -99,6 +129,9 @@ class _GELU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         x, th = ctx.saved_tensors
+        k = backend.kernels(dy, x, th)
+        if k is not None:
+            return k.gelu_bwd(dy, x, th)
         du = _c(_GELU_K) * (_c(1.0) + _c(3.0 * _GELU_C) * (x * x))
         d = _c(0.5) * (_c(1.0) + th) + (_c(0.5) * x) * (_c(1.0) - th * th) * du
         return dy * d
@@ -114,6 +147,11 @@ ACTIVATIONS = {"relu": relu, "tanh": tanh, "gelu": gelu}
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+        k = backend.kernels(x, g, b)
+        if k is not None:
+            y, xhat, rstd = k.layer_norm_fwd(x, g, b, eps)
+            ctx.save_for_backward(xhat, rstd, g)
+            return y
         mean = ref.exact_mean(x, -1, keepdim=True)
         xc = x - mean
         var = ref.exact_mean(xc * xc, -1, keepdim=True)
@@ -125,6 +163,10 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         xhat, rstd, g = ctx.saved_tensors
+        k = backend.kernels(dy, xhat, rstd, g)
+        if k is not None:
+            dx, dg, db = k.layer_norm_bwd(dy, xhat, rstd, g)
+            return dx, dg, db, None
         dg = ref.exact_sum(dy * xhat, dim=0)
         db = ref.exact_sum(dy, dim=0)
         dxhat = dy * g
@@ -141,6 +183,9 @@ def layer_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float = 1
 
 
 def softmax_forward(x: torch.Tensor) -> torch.Tensor:
+    k = backend.kernels(x)
+    if k is not None:
+        return k.softmax_fwd(x)
     z = x - x.amax(dim=-1, keepdim=True)
     e = ref.exp(z)
     return e / ref.exact_sum(e, -1, keepdim=True)
@@ -156,6 +201,9 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
+        k = backend.kernels(y, dy)
+        if k is not None:
+            return k.softmax_bwd(y, dy)
         return y * (dy - ref.exact_sum(dy * y, -1, keepdim=True))
 
 
@@ -174,6 +222,12 @@ def log_softmax_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        k = backend.kernels(x)
+        if k is not None:
+            logp_k, p, _ = k.log_softmax_fwd(x)
+            assert logp_k is not None
+            ctx.save_for_backward(p)
+            return logp_k
         logp, e, s = log_softmax_forward(x)
         ctx.save_for_backward(e / s)
         return logp
@@ -181,6 +235,9 @@ class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         (p,) = ctx.saved_tensors
+        k = backend.kernels(p, dy)
+        if k is not None:
+            return k.log_softmax_bwd(p, dy)
         return dy - p * ref.exact_sum(dy, -1, keepdim=True)
 
 
@@ -193,6 +250,12 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = backend.kernels(logits)
+        if k is not None:
+            _, p, picked_k = k.log_softmax_fwd(logits, target)
+            assert picked_k is not None
+            ctx.save_for_backward(p, target)
+            return -(k.exact_sum(picked_k) / _c(float(picked_k.numel())))
         logp, e, s = log_softmax_forward(logits)
         picked = logp.gather(1, target.view(-1, 1)).view(-1)
         loss = -ref.exact_mean(picked)
@@ -202,6 +265,9 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dloss: torch.Tensor) -> Any:
         p, target = ctx.saved_tensors
+        k = backend.kernels(p, dloss)
+        if k is not None:
+            return k.cross_entropy_bwd(p, target, float(dloss)), None
         onehot = torch.zeros_like(p)
         onehot.scatter_(1, target.view(-1, 1), 1.0)
         g = (p - onehot) / _c(float(p.shape[0]))
@@ -226,7 +292,7 @@ class _Embedding(torch.autograd.Function):
         onehot_t = torch.zeros(ctx.vocab, flat.numel(), dtype=F32)
         onehot_t[flat, torch.arange(flat.numel())] = 1.0
         # Repeated indices accumulate through the exact matmul, never through scatter-add.
-        return None, ref.matmul(onehot_t, dy.reshape(flat.numel(), -1))
+        return None, _matmul(onehot_t, dy.reshape(flat.numel(), -1))
 
 
 def embedding(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -242,7 +308,7 @@ class _AddBroadcast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        return dy, ref.exact_sum(dy, dim=0)
+        return dy, _exact_sum(dy, dim=0)
 
 
 def add_broadcast(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -253,12 +319,12 @@ class _Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        return ref.matmul(a, b)
+        return _matmul(a, b)
 
     @staticmethod
     def backward(ctx: Any, dc: torch.Tensor) -> Any:
         a, b = ctx.saved_tensors
-        return ref.matmul(dc, b.transpose(-1, -2)), ref.matmul(a.transpose(-1, -2), dc)
+        return _matmul(dc, b.transpose(-1, -2)), _matmul(a.transpose(-1, -2), dc)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -360,7 +426,7 @@ class _Conv2d(torch.autograd.Function):
         cols_t = cols.transpose(1, 2).reshape(n * h * wd, c * k * k)
         ctx.save_for_backward(cols_t, w)
         ctx.geom = (n, c, h, wd, k)
-        y = ref.matmul(cols_t, w.reshape(o, -1).t()) + b
+        y = _matmul(cols_t, w.reshape(o, -1).t(), b)
         return y.view(n, h, wd, o).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
@@ -369,9 +435,9 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
-        dw = ref.matmul(dy2.t().contiguous(), cols_t).view_as(w)
-        db = ref.exact_sum(dy2, dim=0)
-        dcols = ref.matmul(dy2, w.reshape(o, -1)).view(n, h, wd, c, k, k)
+        dw = _matmul(dy2.t().contiguous(), cols_t).view_as(w)
+        db = _exact_sum(dy2, dim=0)
+        dcols = _matmul(dy2, w.reshape(o, -1)).view(n, h, wd, c, k, k)
         pad = k // 2
         dxp = torch.zeros(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
         for i in range(k):

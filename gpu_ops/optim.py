@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from . import ref
+from . import backend, ref
 
 F32 = torch.float32
 
@@ -40,7 +40,9 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     The squared norm is one exact sum over all elements of all grads in canonical order.
     """
     flat = torch.cat([(g * g).reshape(-1) for g in grads])
-    norm = ref.sqrt(ref.exact_sum(flat).reshape(1)).reshape(())
+    k = backend.kernels(flat)
+    total = k.exact_sum(flat) if k is not None else ref.exact_sum(flat)
+    norm = ref.sqrt(total.reshape(1)).reshape(())
     if float(norm) > max_norm:
         coef = _f32(max_norm) / (norm + _f32(1e-6))
         for g in grads:
@@ -55,6 +57,10 @@ def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: flo
     The momentum buffer starts at zeros (torch starts it at the first gradient; the two
     differ only in the sign of zero entries).
     """
+    k = backend.kernels(p, g) if buf is None else backend.kernels(p, g, buf)
+    if k is not None and p.is_contiguous() and (buf is None or buf.is_contiguous()):
+        k.sgd_step(p, g, buf, float(_f32(lr)), float(_f32(momentum)), float(_f32(weight_decay)))
+        return
     if weight_decay != 0.0:
         g = g + _f32(weight_decay) * p
     if buf is not None:
@@ -66,6 +72,14 @@ def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: flo
 def adamw_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
                beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """AdamW (decoupled weight decay) with bias correction; ``step`` counts from 1. In place."""
+    k = backend.kernels(p, g, m, v)
+    if k is not None and p.is_contiguous() and m.is_contiguous() and v.is_contiguous():
+        bc1 = 1.0 - compute_pow(beta1, step)
+        bc2 = 1.0 - compute_pow(beta2, step)
+        coefs = (float(_f32(beta1)), float(_f32(1.0 - beta1)), float(_f32(beta2)), float(_f32(1.0 - beta2)),
+                 float(_f32(lr / bc1)), float(_f32(math.sqrt(bc2))), float(_f32(eps)))
+        k.adamw_step(p, g, m, v, float(_f32(lr * weight_decay)), weight_decay != 0.0, coefs)
+        return
     if weight_decay != 0.0:
         p.sub_(_f32(lr * weight_decay) * p)
     m.copy_(_f32(beta1) * m + _f32(1.0 - beta1) * g)

@@ -1,0 +1,294 @@
+"""Backend dispatch: the C kernels of ``gpu_ops/cpu`` when they can be built, else the reference.
+
+Both give the same bits (tests/gpu_ops/test_fast_vs_ref.py); the fast path only removes the
+eager overhead of the reference's many small torch ops. ``POL_GPU_OPS_BACKEND=ref|fast``
+forces one (default: fast when the kernels build). If the build fails a WARNING is logged once
+and everything runs on the reference. Only contiguous-able CPU float32 tensors take the fast
+path; anything else (e.g. CUDA tensors) goes to the reference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from . import ref
+
+log = logging.getLogger(__name__)
+
+F32 = torch.float32
+F64 = torch.float64
+ENV = "POL_GPU_OPS_BACKEND"
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_INT = ctypes.c_int
+_F = ctypes.c_float
+_SIGNATURES: dict[str, list[type]] = {
+    "exact_sum_axis": [_P, _P, _I, _I, _I, _INT],
+    "mm_slice": [_P, _P, _I, _I, _I, _I, _I, _I, _INT, _P],
+    "mm_unscale": [_P, _P, _I, _I, _I, _P, _P, _INT, _P],
+    "exp_f32": [_P, _P, _I],
+    "log_f32": [_P, _P, _I],
+    "tanh_f32": [_P, _P, _I],
+    "tanh_bwd": [_P, _P, _P, _I],
+    "gelu_fwd": [_P, _P, _P, _I],
+    "gelu_bwd": [_P, _P, _P, _P, _I],
+    "softmax_fwd": [_P, _P, _P, _I, _I, _INT],
+    "softmax_bwd": [_P, _P, _P, _I, _I, _INT],
+    "log_softmax_fwd": [_P, _P, _P, _P, _P, _P, _I, _I, _INT],
+    "log_softmax_bwd": [_P, _P, _P, _I, _I, _INT],
+    "cross_entropy_bwd": [_P, _P, _F, _F, _P, _I, _I],
+    "layer_norm_fwd": [_P, _P, _P, _P, _P, _P, _I, _I, _INT, _F, _F],
+    "layer_norm_bwd": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _INT, _INT, _F],
+    "sgd_step": [_P, _P, _P, _I, _F, _F, _F, _INT],
+    "adamw_step": [_P, _P, _P, _P, _I, _F, _INT, _F, _F, _F, _F, _F, _F, _F],
+}
+
+_lib: ctypes.CDLL | None = None
+_load_failed = False
+_forced: str | None = None
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _load_failed
+    if _lib is None and not _load_failed:
+        try:
+            from .cpu import build
+
+            lib = build.load()
+            for name, args in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes = args
+                fn.restype = None
+            _lib = lib
+        except Exception as exc:  # noqa: BLE001 - any build/load problem means "use the reference"
+            _load_failed = True
+            log.warning("gpu_ops: C kernels unavailable, using the (slower, bit-identical) reference: %s", exc)
+    return _lib
+
+
+def get_backend_name() -> str:
+    """'fast' or 'ref': what the next op will use."""
+    mode = _forced or os.environ.get(ENV, "fast").strip().lower() or "fast"
+    if mode not in ("fast", "ref"):
+        raise ValueError(f"{ENV} must be 'fast' or 'ref', not {mode!r}")
+    if mode == "ref":
+        return "ref"
+    return "fast" if _load() is not None else "ref"
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``name`` ('fast' or 'ref') inside the block (tests and benchmarks)."""
+    global _forced
+    if name not in ("fast", "ref"):
+        raise ValueError(name)
+    old, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = old
+
+
+def _ok(*ts: torch.Tensor) -> bool:
+    return all(t.dtype == F32 and t.device.type == "cpu" for t in ts)
+
+
+def kernels(*ts: torch.Tensor) -> Kernels | None:
+    """The fast kernels if they apply to tensors ``ts``, else None (use the reference)."""
+    if get_backend_name() != "fast" or not _ok(*ts):
+        return None
+    lib = _load()
+    return None if lib is None else Kernels(lib)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else int(t.data_ptr())
+
+
+class Kernels:
+    """Tensor-level wrappers over the C functions; inputs are made contiguous, outputs are new."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+
+    def exact_sum(self, x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+        x = x.contiguous()
+        if dim is None:
+            outer, n, inner = 1, x.numel(), 1
+            shape: list[int] = []  # like ref.exact_sum, keepdim is ignored without dim
+        else:
+            d = dim % x.dim()
+            outer = int(torch.Size(x.shape[:d]).numel())
+            n = x.shape[d]
+            inner = int(torch.Size(x.shape[d + 1:]).numel())
+            shape = list(x.shape)
+            if keepdim:
+                shape[d] = 1
+            else:
+                del shape[d]
+        out = torch.empty(shape, dtype=F32)
+        if n == 0:
+            return out.zero_()
+        self.lib.exact_sum_axis(_ptr(x), _ptr(out), outer, n, inner, ref.grid_bits(n))
+        return out
+
+    def _slice(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, R, L] (lines along L) -> (integer slices as float64 with x's layout, exponents [B, R])."""
+        b, r, ln = x.shape
+        dense = x.is_contiguous() or x.transpose(-1, -2).is_contiguous()
+        if not dense or (b > 1 and x.stride(0) != r * ln):
+            x = x.contiguous()
+        out = torch.empty_strided(x.shape, x.stride(), dtype=F64)
+        e = torch.empty(b, r, dtype=torch.int32)
+        sb = x.stride(0) if b > 1 else r * ln
+        self.lib.mm_slice(_ptr(x), _ptr(out), b, r, ln, sb, x.stride(1), x.stride(2), t, _ptr(e))
+        return out, e
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+        """ref.matmul (+ bias, added in float32 afterwards); None when the shapes need the reference."""
+        if a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+            return None
+        lead = a.shape[:-2]
+        m, k = a.shape[-2:]
+        n = b.shape[-1]
+        if min(m, k, n) == 0:
+            return None
+        t = ref.slice_bits(k)
+        a3 = a.reshape(-1, m, k)
+        bt3 = b.reshape(-1, k, n).transpose(-1, -2)  # lines of b are its columns
+        ai, ea = self._slice(a3, t)
+        bi_t, eb = self._slice(bt3, t)
+        bi = bi_t.transpose(-1, -2)
+        # Exact in any GEMM: integer terms, every partial sum an integer below 2**53.
+        s = (torch.mm(ai[0], bi[0]).unsqueeze(0) if ai.shape[0] == 1 else torch.bmm(ai, bi)).contiguous()
+        c = torch.empty(s.shape, dtype=F32)
+        if bias is not None:
+            bias = bias.contiguous()
+        self.lib.mm_unscale(_ptr(s), _ptr(c), s.shape[0], m, n, _ptr(ea), _ptr(eb), t, _ptr(bias))
+        return c.reshape(*lead, m, n)
+
+    def _unary(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        getattr(self.lib, name)(_ptr(x), _ptr(y), x.numel())
+        return y
+
+    def exp(self, x: torch.Tensor) -> torch.Tensor:
+        return self._unary("exp_f32", x)
+
+    def log(self, x: torch.Tensor) -> torch.Tensor:
+        return self._unary("log_f32", x)
+
+    def tanh(self, x: torch.Tensor) -> torch.Tensor:
+        return self._unary("tanh_f32", x)
+
+    def tanh_bwd(self, dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dy, y = dy.contiguous(), y.contiguous()
+        dx = torch.empty_like(y)
+        self.lib.tanh_bwd(_ptr(dy), _ptr(y), _ptr(dx), y.numel())
+        return dx
+
+    def gelu_fwd(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.contiguous()
+        y, th = torch.empty_like(x), torch.empty_like(x)
+        self.lib.gelu_fwd(_ptr(x), _ptr(y), _ptr(th), x.numel())
+        return y, th
+
+    def gelu_bwd(self, dy: torch.Tensor, x: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
+        dy, x, th = dy.contiguous(), x.contiguous(), th.contiguous()
+        dx = torch.empty_like(x)
+        self.lib.gelu_bwd(_ptr(dy), _ptr(x), _ptr(th), _ptr(dx), x.numel())
+        return dx
+
+    @staticmethod
+    def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = x.contiguous()
+        n = x.shape[-1]
+        return x, x.numel() // max(n, 1), n
+
+    def softmax_fwd(self, x: torch.Tensor) -> torch.Tensor:
+        x, r, n = self._rows(x)
+        mx = x.amax(dim=-1).contiguous()  # the very torch call of the reference (order-free)
+        y = torch.empty_like(x)
+        self.lib.softmax_fwd(_ptr(x), _ptr(mx), _ptr(y), r, n, ref.grid_bits(n))
+        return y
+
+    def softmax_bwd(self, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        y, r, n = self._rows(y)
+        dy = dy.contiguous()
+        dx = torch.empty_like(y)
+        self.lib.softmax_bwd(_ptr(y), _ptr(dy), _ptr(dx), r, n, ref.grid_bits(n))
+        return dx
+
+    def log_softmax_fwd(self, x: torch.Tensor, target: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(log p or None when ``target`` is given, p, log p at target per row or None)."""
+        x, r, n = self._rows(x)
+        mx = x.amax(dim=-1).contiguous()
+        p = torch.empty_like(x)
+        if target is None:
+            logp: torch.Tensor | None = torch.empty_like(x)
+            lp_at = None
+            tgt = None
+        else:
+            logp = None
+            tgt = target.reshape(-1).to(torch.int64).contiguous()
+            if tgt.numel() != r or bool(((tgt < 0) | (tgt >= n)).any()):
+                raise IndexError("cross_entropy target out of range")
+            lp_at = torch.empty(r, dtype=F32)
+        self.lib.log_softmax_fwd(_ptr(x), _ptr(mx), _ptr(logp), _ptr(p), _ptr(tgt), _ptr(lp_at), r, n,
+                                 ref.grid_bits(n))
+        return logp, p, lp_at
+
+    def log_softmax_bwd(self, p: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        p, r, n = self._rows(p)
+        dy = dy.contiguous()
+        dx = torch.empty_like(p)
+        self.lib.log_softmax_bwd(_ptr(p), _ptr(dy), _ptr(dx), r, n, ref.grid_bits(n))
+        return dx
+
+    def cross_entropy_bwd(self, p: torch.Tensor, target: torch.Tensor, dloss: float) -> torch.Tensor:
+        p, r, n = self._rows(p)
+        tgt = target.reshape(-1).to(torch.int64).contiguous()
+        dx = torch.empty_like(p)
+        self.lib.cross_entropy_bwd(_ptr(p), _ptr(tgt), dloss, float(r), _ptr(dx), r, n)
+        return dx
+
+    def layer_norm_fwd(self, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, r, n = self._rows(x)
+        g, b = g.contiguous(), b.contiguous()
+        y, xhat = torch.empty_like(x), torch.empty_like(x)
+        rstd = torch.empty(r, 1, dtype=F32)
+        eps32 = float(torch.tensor(eps, dtype=F32))
+        self.lib.layer_norm_fwd(_ptr(x), _ptr(g), _ptr(b), _ptr(y), _ptr(xhat), _ptr(rstd), r, n,
+                                ref.grid_bits(n), eps32, float(n))
+        return y, xhat, rstd
+
+    def layer_norm_bwd(self, dy: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xhat, r, n = self._rows(xhat)
+        dy, rstd, g = dy.contiguous(), rstd.contiguous(), g.contiguous()
+        dx = torch.empty_like(xhat)
+        dg, db = torch.empty(n, dtype=F32), torch.empty(n, dtype=F32)
+        self.lib.layer_norm_bwd(_ptr(dy), _ptr(xhat), _ptr(rstd), _ptr(g), _ptr(dx), _ptr(dg), _ptr(db), r, n,
+                                ref.grid_bits(n), ref.grid_bits(r), float(n))
+        return dx, dg, db
+
+    def sgd_step(self, p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
+                 weight_decay: float) -> None:
+        g = g.contiguous()
+        self.lib.sgd_step(_ptr(p), _ptr(g), _ptr(buf), p.numel(), lr, momentum, weight_decay,
+                          int(weight_decay != 0.0))
+
+    def adamw_step(self, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lrwd: float,
+                   has_wd: bool, coefs: tuple[float, float, float, float, float, float, float]) -> None:
+        g = g.contiguous()
+        self.lib.adamw_step(_ptr(p), _ptr(g), _ptr(m), _ptr(v), p.numel(), lrwd, int(has_wd), *coefs)
