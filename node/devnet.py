@@ -215,13 +215,14 @@ def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 10.0) -> Any
 
 def wait_ready(net: Devnet, nodes: list[NodeSpec], deadline: float) -> None:
     pending = list(nodes)
+    min_peers = 1 if len(net.nodes) > 1 else 0
     while pending:
         for n in list(pending):
             if n.proc is not None and n.proc.poll() is not None:
                 raise DevnetError(f"node {n.name} exited with code {n.proc.returncode}; see "
                                   f"{net.directory / n.name / 'stderr.log'}")
             with contextlib.suppress(OSError, ValueError):
-                if http_get(n, "/status", 2.0)["peers"] > 0:
+                if http_get(n, "/status", 2.0)["peers"] >= min_peers:
                     pending.remove(n)
         if pending and time.monotonic() > deadline:
             raise DevnetError(f"nodes {[n.name for n in pending]} not ready (no HTTP API or no peers)")

@@ -1,0 +1,128 @@
+"""Bad input never crashes a node or changes its state: in-process checks of every rejection path,
+then a real node process fed garbage over gossip and request streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from node import devnet as dn
+from node.app import Node
+from node.config import load_config
+from protocol import bls
+from protocol.certificate import Certificate
+from protocol.claim import ClaimBody, compute_claim_id, compute_signed_claim
+from protocol.constants import MAX_GOSSIP_BYTES
+from protocol.ledger import compute_task_posted, get_claim_context
+from protocol.messages import ChunkRequest, compute_claim_announced, encode_message
+from protocol.task import compute_task_id, encode_task
+from protocol.vote import compute_vote
+
+from .node_helpers import running_devnet, wait_for
+
+
+def _posting(net: dn.Devnet) -> Any:
+    assert net.requester is not None
+    task = net.tasks[0] if net.tasks else dn.devnet_task(0)
+    return compute_task_posted(net.requester.bls_secret_key, encode_task(task), 100, int(time.time()) + 600)
+
+
+def test_every_bad_message_is_refused_without_state_change(tmp_path: Path) -> None:
+    net = dn.create(tmp_path / "net", 2, 1, 0)
+    config = load_config(tmp_path / "net" / "v0.toml")
+
+    async def scenario() -> None:
+        node = Node(config)
+        money = node.chain.get_ledger_report()["total_money"]
+        assert (await node.handle_message(b"\x00garbage", "gossip")).startswith("reject")
+        assert (await node.handle_message(b"\x90" * (MAX_GOSSIP_BYTES + 1), "gossip")).startswith("reject")
+        non_canonical = msgpack.packb({"body": {}, "type": "claim"})  # keys out of canonical order
+        assert (await node.handle_message(non_canonical, "gossip")).startswith("reject")
+        chunk = encode_message(ChunkRequest(b"\x00" * 32, 0, "param/w", 0, 10))
+        assert (await node.handle_message(chunk, "gossip")).startswith("reject")  # stream type on gossip
+        posting = _posting(net)
+        forged = posting.__class__(posting.task, posting.requester, posting.reward + 1, posting.expires_at,
+                                   posting.signature)
+        assert (await node.handle_message(encode_message(forged), "gossip")).startswith("reject")
+        assert node.store.last_seq() == 0
+        assert await node.handle_message(encode_message(posting), "gossip") == "accept"
+        assert (await node.handle_message(encode_message(posting), "gossip")).startswith("ignore: duplicate")
+        # A claim (commitment made up: the ledger cannot tell before replay) registers.
+        task = net.tasks[0]
+        prover = net.provers[0].key.bls_secret_key
+        body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), os.urandom(32), os.urandom(32),
+                         task.num_checkpoints, task.total_steps, task.checkpoint_interval)
+        claim = compute_signed_claim(prover, body)
+        assert await node.handle_message(encode_message(compute_claim_announced(claim, ())), "gossip") == "accept"
+        claim_id = compute_claim_id(body)
+        ctx = get_claim_context(node.chain.state, claim_id)
+        # A vote by a key that is not a verifier, and a vote with a forged signature.
+        outsider = compute_vote(bls.compute_secret_key(os.urandom(32)), ctx)
+        assert (await node.handle_message(encode_message(outsider), "gossip")).startswith("reject")
+        good = compute_vote(net.verifiers[1].key.bls_secret_key, ctx)
+        bad_sig = good.__class__(**{**good.__dict__, "signature": outsider.signature})
+        assert (await node.handle_message(encode_message(bad_sig), "gossip")).startswith("reject")
+        # A certificate with one signer of two (below 2/3 of stake).
+        cert = Certificate(0, claim_id, 1, (1,), good.signature)
+        assert (await node.handle_message(encode_message(cert), "gossip")).startswith("reject")
+        assert await node.handle_message(encode_message(good), "gossip") == "accept"
+        assert (await node.handle_message(encode_message(good), "gossip")).startswith("ignore")
+        seq = node.store.last_seq()
+        assert seq == 3
+        report = node.chain.get_ledger_report()
+        assert report["total_money"] == money
+        node.store.close()
+        # Restart: the ledger folded from the log is identical.
+        again = Node(config)
+        again.replay_log()
+        assert again.chain.get_ledger_report() == report
+        assert len(again.chain.votes[claim_id]) == 1
+        again.store.close()
+        for task_obj in asyncio.all_tasks() - {asyncio.current_task()}:
+            task_obj.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_node_process_survives_garbage_over_the_network(tmp_path: Path) -> None:
+    from node.app import PROTO_PROOF, PROTO_SYNC, TOPICS
+    from node.p2p import P2PConfig, P2PNetwork, RequestFailed
+
+    with running_devnet(tmp_path / "net", verifiers=1, provers=0) as net:
+        target = net.verifiers[0]
+
+        async def attack() -> None:
+            peer = P2PNetwork(P2PConfig(identity_seed=os.urandom(32), bootstrap=(target.addr,), topics=TOPICS,
+                                        request_timeout_s=5))
+            await peer.start()
+            try:
+                for payload in (b"", b"\xc1", msgpack.packb([1, 2, 3]), os.urandom(2000)):
+                    for proto in (PROTO_SYNC, PROTO_PROOF):
+                        try:
+                            await peer.request(target.peer_id, proto, payload)
+                            raise AssertionError(f"{proto} answered garbage {payload[:8]!r}")
+                        except RequestFailed:
+                            pass
+                    for topic in TOPICS:
+                        await peer.publish(topic, payload or b"\x00")
+                await asyncio.sleep(1.5)
+                status = dn.http_get(target, "/status")
+                assert status["log_seq"] == 0
+                # Still fully working: a valid posting by gossip is applied.
+                data = encode_message(_posting(net))
+                deadline = time.monotonic() + 20
+                while dn.http_get(target, "/status")["log_seq"] == 0:
+                    assert time.monotonic() < deadline, "valid gossip after garbage was never applied"
+                    await peer.publish(TOPICS[0], data)
+                    await asyncio.sleep(1.0)
+            finally:
+                await peer.stop()
+
+        asyncio.run(asyncio.wait_for(attack(), 90))
+        assert target.proc is not None and target.proc.poll() is None
+        wait_for(lambda: dn.http_get(target, "/tasks")["tasks"], 5, "task listed")
