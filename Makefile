@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
 demo: $(STAMP)
-	.venv/bin/pol demo
+	.venv/bin/pol devnet --verifiers 4 --provers 2 --cheaters 1
 
 test: $(STAMP)
 	$(PY) -m pytest -q
