@@ -147,6 +147,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gpu_ops.bench import format_table, run_bench
+
+    res = run_bench(args.tasks or None, _positive_int(str(args.steps), "--steps"), args.threads)
+    _emit(args, res, format_table(res) + "\n(ratio = deterministic / native torch fp32 at the same thread count)")
+    return EXIT_OK
+
+
 def _positive_int(value: str, flag: str) -> int:
     try:
         n = int(value)
@@ -196,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=None, help="where to put the demo files (default: a temp dir)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="time a training step: deterministic ops vs native torch, side by side")
+    b.add_argument("--tasks", nargs="*", help="built-in task names (default: all)")
+    b.add_argument("--steps", type=int, default=20, help="timed steps per task and mode (default 20)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default 1)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     from node.cli import register as register_node_commands
 
