@@ -16,14 +16,13 @@ import logging
 import random
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from pol.keyfile import load_keyfile
 from protocol import bls
 from protocol.certificate import Certificate
 from protocol.constants import MAX_GOSSIP_BYTES, MAX_SYNC_ITEMS
-from protocol.encoding import decode_canonical, encode_canonical
+from protocol.encoding import encode_canonical
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
 from protocol.genesis import decode_genesis
 from protocol.ledger import TaskPosted
@@ -359,12 +358,3 @@ def describe(msg: Message) -> str:
         kind = "claim" if msg.kind == SUBJECT_CLAIM else "dispute"
         return f"certificate {kind} {msg.subject.hex()[:12]} verdict {msg.verdict} signers {list(msg.signers)}"
     return get_kind(msg)
-
-
-def decode_json_hex(doc: Any) -> bytes:
-    if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
-        raise ValueError('expected {"message": "<hex of an encoded message>"}')
-    return bytes.fromhex(doc["message"])
-
-
-__all__ = ["Node", "TOPICS", "PROTO_SYNC", "PROTO_PROOF", "decode_canonical", "Path"]

@@ -203,7 +203,7 @@ def http_get(node: NodeSpec, path: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
-def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 10.0) -> Any:
+def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 30.0) -> Any:
     req = urllib.request.Request(node.url + path, data=json.dumps(doc).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
@@ -211,6 +211,8 @@ def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 10.0) -> Any
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return json.loads(exc.read() or b"{}")
+    except OSError as exc:
+        raise DevnetError(f"{node.name} did not answer POST {path}: {exc}") from None
 
 
 def wait_ready(net: Devnet, nodes: list[NodeSpec], deadline: float) -> None:
