@@ -82,7 +82,7 @@ def train_step(rt: Runtime, state: TrainState) -> float:
     loss = rt.forward(leaves, x, y, state.step)
     if not torch.isfinite(loss):
         raise ReplayError(f"loss became {float(loss)} at step {state.step}: the task diverges")
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     grads = []
     for k in names:
         g = leaves[k].grad
