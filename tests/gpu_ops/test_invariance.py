@@ -74,3 +74,25 @@ def test_op_hashes_identical_everywhere(matrix: dict) -> None:  # type: ignore[t
 def test_rows_alone_equal_rows_in_batch(matrix: dict) -> None:  # type: ignore[type-arg]
     bad = {k: r["batch_split_mismatches"] for k, r in matrix.items() if r["batch_split_mismatches"]}
     assert not bad, f"forward logits of a row alone differ from the row in its batch: {bad}"
+
+
+@pytest.mark.xfail(strict=True, reason="ref.matmul: the sign of an all-(-0) exact zero depends on the BLAS path "
+                   "(MKL: K=1 gives -0 for M>1, +0 for M=1); the spec should canonicalise to +0")
+def test_reference_matmul_zero_sign_is_batch_invariant() -> None:
+    """A row computed alone must equal the same row inside the batch, zero signs included.
+
+    With K=1 every product a_i0 * b_0j of a negative a and a zero b is -0; MKL's gemm for M>1
+    returns that -0 but its M=1 path returns +0, so the bits of row 0 depend on the batch.
+    Proposed fix in ref.matmul: ``s = torch.matmul(ai, bi) + 0.0`` (an exact zero becomes +0,
+    nothing else changes), and the same ``+ 0.0`` in every fast path. triton_ops.matmul already
+    gives +0 (its accumulator starts at +0).
+    """
+    import torch
+
+    from gpu_ops import ref
+
+    a = torch.tensor([[-1.0], [-2.0], [-3.0], [-4.0]])
+    b = torch.tensor([[0.0, 1.0]])
+    whole = ref.matmul(a, b)
+    alone = ref.matmul(a[:1], b)
+    assert torch.equal(whole[:1].view(torch.int32), alone.view(torch.int32)), (whole[:1], alone)

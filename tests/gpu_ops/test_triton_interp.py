@@ -48,3 +48,4 @@ def test_row_sum_is_block_size_free() -> None:
         out = torch.empty(3)
         triton_ops._row_sum_kernel[(3,)](x, out, 3000, ref.grid_bits(3000), BLOCK=block, **triton_ops.LAUNCH)
         assert torch.equal(out.view(torch.int32), want.view(torch.int32)), block
+
