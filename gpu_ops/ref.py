@@ -53,7 +53,8 @@ def exact_sum(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) ->
     p = grid_bits(n)
     e = max_exponent(x, dim)
     q = torch.trunc(x.to(F64) * pow2_f64(p - e))
-    s = q.sum() if dim is None else q.sum(dim=dim, keepdim=True)
+    # "+ 0.0" makes an exact zero +0 whatever order or BLAS path produced it (SPEC.md §10.2).
+    s = (q.sum() if dim is None else q.sum(dim=dim, keepdim=True)) + 0.0
     out = (s * pow2_f64(e - p)).to(F32)
     if dim is not None and not keepdim:
         out = out.squeeze(dim)
@@ -84,7 +85,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     eb = max_exponent(b, -2)  # [..., 1, n]
     ai = torch.trunc(a.to(F64) * pow2_f64(t - ea))
     bi = torch.trunc(b.to(F64) * pow2_f64(t - eb))
-    s = torch.matmul(ai, bi)
+    # "+ 0.0": an exact zero is +0; BLAS paths disagree on the sign of an all-(-0) sum (SPEC.md §10.3).
+    s = torch.matmul(ai, bi) + 0.0
     return (s * pow2_f64(ea - t) * pow2_f64(eb - t)).to(F32)
 
 

@@ -47,6 +47,7 @@ static inline uint32_t absmax_bits(const float *x, i64 n) {
     return mb;
 }
 
+/* Accumulators start at +0.0, so an exact zero sum is +0 as ref.exact_sum's "+ 0.0" demands. */
 /* ref.exact_sum of one contiguous group of n floats (p = ref.grid_bits(n)). */
 static float row_exact_sum(const float *x, i64 n, int p) {
     int e = exp_of_absbits(absmax_bits(x, n));
@@ -154,9 +155,9 @@ void mm_unscale(const double *s, float *c, i64 B, i64 M, i64 N, const int32_t *e
             float *cr = c + (b * M + m) * N;
             double fa = pow2d(ea[b * M + m] - t);
             if (bias) {
-                for (i64 n = 0; n < N; n++) cr[n] = (float)(sr[n] * fa * fb[n]) + bias[n];
+                for (i64 n = 0; n < N; n++) cr[n] = (float)((sr[n] + 0.0) * fa * fb[n]) + bias[n];
             } else {
-                for (i64 n = 0; n < N; n++) cr[n] = (float)(sr[n] * fa * fb[n]);
+                for (i64 n = 0; n < N; n++) cr[n] = (float)((sr[n] + 0.0) * fa * fb[n]);
             }
         }
     }
