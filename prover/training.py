@@ -15,11 +15,20 @@ import numpy as np
 import torch
 
 from gpu_ops import nn, optim
-from protocol.errors import InvalidCheckpoint, ReplayError
+from protocol.errors import InvalidCheckpoint, PolError
 from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root
 from protocol.task import Task
 
 from .datasets import Dataset, load_dataset
+
+class NonFiniteLoss(PolError):
+    """Training from this state diverges (NaN/Inf loss). A prover cannot claim such a run; a
+    verifier that reaches it from a committed checkpoint has found a bad segment."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step = step
+        super().__init__(f"loss became {loss} at step {step}: training diverges from this state")
+
 
 OPT_SLOTS = {"sgd": ("momentum",), "adamw": ("exp_avg", "exp_avg_sq")}
 
@@ -81,7 +90,7 @@ def train_step(rt: Runtime, state: TrainState) -> float:
     leaves = {k: state.params[k].detach().requires_grad_(True) for k in names}
     loss = rt.forward(leaves, x, y, state.step)
     if not torch.isfinite(loss):
-        raise ReplayError(f"loss became {float(loss)} at step {state.step}: the task diverges")
+        raise NonFiniteLoss(state.step, float(loss.detach()))
     loss.backward()  # type: ignore[no-untyped-call]
     grads = []
     for k in names:

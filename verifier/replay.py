@@ -6,7 +6,15 @@ import time
 from dataclasses import dataclass
 
 from prover.checkpoint import read_checkpoint
-from prover.training import Runtime, TrainState, compute_root, get_state_from_leaves, init_state, train_step
+from prover.training import (
+    NonFiniteLoss,
+    Runtime,
+    TrainState,
+    compute_root,
+    get_state_from_leaves,
+    init_state,
+    train_step,
+)
 from prover.transcript import ProofDir
 from protocol.errors import InvalidCheckpoint, InvalidSegment
 
@@ -49,8 +57,13 @@ def replay_segment(rt: Runtime, state: TrainState, index: int, claimed_end_root:
     """Run k steps from ``state`` (at the segment's start) and compare with the claimed end root."""
     start = time.perf_counter()
     first = state.step
-    for _ in range(rt.task.checkpoint_interval):
-        train_step(rt, state)
+    try:
+        for _ in range(rt.task.checkpoint_interval):
+            train_step(rt, state)
+    except NonFiniteLoss as exc:
+        # Honest training from an honest checkpoint never diverges inside a claimed run, so a
+        # committed state that diverges is the prover's fault: the segment cannot end at the claimed root.
+        raise InvalidSegment(index, claimed_end_root, b"\x00" * 32, str(exc)) from None
     replayed = compute_root(state)
     return SegmentResult(index, first, state.step, claimed_end_root, replayed, time.perf_counter() - start)
 

@@ -151,3 +151,31 @@ def test_sample_is_derived_from_verifier_signature(proof_dir: Path) -> None:
     msg = b"pol/v1/sample" + (a.claim_id or b"")
     assert bls.is_valid_signature(a.sample_proof.verifier, msg, a.sample_proof.signature)
     assert compute_segment_sample(a.sample_proof.signature, 4, 2) == a.sample
+
+
+def test_committed_state_that_diverges_is_the_provers_fault(proof_dir: Path, prover_key: bytes) -> None:
+    """Huge (finite) weights committed in checkpoint 1: replaying segment 1 gives a NaN loss, which
+    is an InvalidSegment (reject), not our ReplayError."""
+    import numpy as np
+
+    from prover.checkpoint import decode_checkpoint, write_checkpoint
+    from prover.training import Runtime
+    from protocol.errors import InvalidSegment
+    from protocol.state import TensorLeaf, compute_state_root
+    from verifier.replay import load_state, replay_segment
+
+    pdir = ProofDir(proof_dir)
+    out = []
+    for leaf in decode_checkpoint(pdir.checkpoint(1).read_bytes()):
+        if leaf.name == "param/fc0.weight":
+            huge = np.full(leaf.shape, 3e38, dtype="<f4")
+            leaf = TensorLeaf(leaf.name, leaf.dtype, leaf.shape, huge.tobytes())
+        out.append(leaf)
+    write_checkpoint(pdir.checkpoint(1), out, compute_state_root(out), b"\0" * 32)
+    recommit(pdir, prover_key)
+    task = pdir.read_task()
+    roots = [line.split('"root": "')[1][:64] for line in pdir.transcript_file.read_text().splitlines()]
+    rt = Runtime.for_task(task)
+    state = load_state(rt, pdir, 1, bytes.fromhex(roots[1]))
+    with pytest.raises(InvalidSegment, match="diverges"):
+        replay_segment(rt, state, 1, bytes.fromhex(roots[2]))
