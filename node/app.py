@@ -36,7 +36,16 @@ from protocol.messages import (
     encode_message,
     validate_gossip_message,
 )
-from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, DisputeVote, DoubleVoteProof, Vote, compute_dispute_id
+from protocol.vote import (
+    SUBJECT_CLAIM,
+    SUBJECT_DISPUTE,
+    DisputeVote,
+    DoubleVoteProof,
+    Vote,
+    compute_dispute_id,
+    compute_double_vote_proof,
+    validate_double_vote,
+)
 
 from .chainstate import ChainState
 from .config import NodeConfig
@@ -48,7 +57,7 @@ TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS = "/pol/tasks/1", "/pol/clai
 TOPICS = (TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS)
 TOPIC_OF: dict[type, str] = {TaskPosted: TOPIC_TASKS, ClaimAnnounced: TOPIC_CLAIMS, Vote: TOPIC_VOTES,
                              DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS}
-PROTO_SYNC, PROTO_PROOF = "/pol/sync/1", "/pol/proof/1"
+PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/1"
 MAX_SYNC_RESPONSE = 900 * 1024
 MAX_PENDING, PENDING_TTL_S = 2000, 300.0
 
@@ -138,6 +147,7 @@ class Node:
                               validators=validators)
         self.net.set_request_handler(PROTO_SYNC, self._serve_sync)
         self.net.set_request_handler(PROTO_PROOF, self.worker.serve_proof)
+        self.net.set_request_handler(PROTO_CHUNK, self.worker.chunk_server.serve)
         await self.net.start()
         index = self.verifier_index
         if index is not None and self.genesis.verifiers[index].peer_id != self.net.peer_id:
@@ -188,6 +198,13 @@ class Node:
         try:
             if self.store.has_message(compute_message_id(data)):
                 raise GossipIgnore("duplicate message")
+            proof = self._find_double_vote(data)
+            if proof is not None:
+                result = await self.publish_local(proof)
+                self.stats["double_votes"] = self.stats.get("double_votes", 0) + 1
+                log.warning("verifier %s signed both verdicts on %s; double-vote proof: %s", proof.verifier.hex()[:12],
+                            proof.subject.hex()[:12], result)
+                raise GossipIgnore(f"signer already cast the other verdict (double-vote proof: {result})")
             msg = validate_gossip_message(data, self.chain.state, now)
             self._check_vote_replay(msg)
         except GossipReject as exc:
@@ -205,6 +222,34 @@ class Node:
             log.warning("unexpected error validating a %s message: %r", source, exc)
             return f"reject: internal error {type(exc).__name__}"
         return self._commit(msg, data, source, now)
+
+    def _find_double_vote(self, data: bytes) -> DoubleVoteProof | None:
+        """A valid proof if ``data`` is a vote whose signer already cast the other verdict on its subject.
+
+        Checked before the ledger rules, so equivocation is caught even after the claim settled. Both
+        signatures are verified (``validate_double_vote``): a forged second vote proves nothing.
+        """
+        if len(data) > MAX_GOSSIP_BYTES:
+            return None
+        try:
+            msg = decode_message(data, MAX_GOSSIP_BYTES)
+        except InvalidInput:
+            return None
+        if isinstance(msg, Vote):
+            earlier: Any = self.chain.votes.get(msg.claim_id, {}).get(msg.verifier)
+        elif isinstance(msg, DisputeVote):
+            earlier = self.chain.dispute_votes.get(msg.dispute_id, {}).get(msg.verifier)
+        else:
+            return None
+        if earlier is None or earlier.verdict == msg.verdict:
+            return None
+        try:
+            proof = compute_double_vote_proof(earlier, msg)
+            validate_double_vote(proof, self.chain.state.verifiers)
+        except InvalidInput as exc:
+            log.info("conflicting vote is no double-vote proof: %s", exc)
+            return None
+        return proof
 
     def _check_vote_replay(self, msg: Message) -> None:
         if isinstance(msg, Vote) and msg.verifier in self.chain.votes.get(msg.claim_id, {}):
@@ -239,6 +284,8 @@ class Node:
 
     async def gossip(self, msg: Message, data: bytes | None = None) -> None:
         data = data if data is not None else encode_message(msg)
+        if self.net is None:  # not started (in-process use)
+            return
         try:
             await self.net.publish(TOPIC_OF[type(msg)], data)
             self.stats["published"] += 1

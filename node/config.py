@@ -14,6 +14,8 @@
     # prover only
     prove_tasks = ["<task id hex>"]   # tasks this prover claims ("*" = any open task)
     cheat = ""                        # "" honest, "tamper": alters one checkpoint and re-signs
+    # optional: tick_s = 0.5, sync_interval_s = 2.0, fetch_timeout_s = 10.0,
+    # chunk_bytes = 0 (tensor bytes per /pol/chunk/1 request, 1..1048576; 0 = 1 MiB - 16 KiB)
 
 Relative paths are relative to the config file's directory.
 """
@@ -49,6 +51,7 @@ class NodeConfig:
     tick_s: float = 0.5
     sync_interval_s: float = 2.0
     fetch_timeout_s: float = 10.0
+    chunk_bytes: int = 0  # tensor bytes per chunk request; 0 = node.chunks.CHUNK_BYTES (1 MiB frames)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,7 +71,8 @@ def load_config(path: Path) -> NodeConfig:
         return p if p.is_absolute() else base / p
 
     known = {"role", "key", "genesis", "data_dir", "listen_port", "http_port", "bootstrap", "log_file",
-             "log_level", "prove_tasks", "cheat", "tick_s", "sync_interval_s", "fetch_timeout_s"}
+             "log_level", "prove_tasks", "cheat", "tick_s", "sync_interval_s", "fetch_timeout_s",
+             "chunk_bytes"}
     for key in ("role", "key", "genesis", "data_dir"):
         if key not in raw:
             raise ConfigError(f"{path}: missing required key {key!r}")
@@ -89,6 +93,7 @@ def load_config(path: Path) -> NodeConfig:
             prove_tasks=tuple(str(t) for t in raw.get("prove_tasks", [])), cheat=cheat,
             tick_s=float(raw.get("tick_s", 0.5)), sync_interval_s=float(raw.get("sync_interval_s", 2.0)),
             fetch_timeout_s=float(raw.get("fetch_timeout_s", 10.0)),
+            chunk_bytes=int(raw.get("chunk_bytes", 0)),
             extra={k: v for k, v in raw.items() if k not in known},
         )
     except (TypeError, ValueError) as exc:

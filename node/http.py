@@ -37,6 +37,10 @@ def build_app(node: "Node") -> web.Application:
             "applied": chain.applied, "claims": len(chain.claims), "tasks": len(chain.postings),
             "stats": node.stats, "uptime_s": round(time.time() - node.started_at, 1), "now": node.now(),
             "skipped": {k.hex(): v for k, v in node.worker.skipped.items()},
+            "chunks": {"fetched": node.worker.fetcher.stats.chunks, "fetched_bytes": node.worker.fetcher.stats.bytes,
+                       "resumes": node.worker.fetcher.stats.resumes, "by_peer": node.worker.fetcher.stats.by_peer,
+                       "served": node.worker.chunk_server.served, "served_bytes": node.worker.chunk_server.served_bytes,
+                       "fetching": node.worker.fetcher.current},
         })
 
     async def peers(_: web.Request) -> web.Response:

@@ -1,9 +1,12 @@
 """What a node does with what it learns: provers train and announce, verifiers fetch, replay and vote.
 
 CPU work (training, replay, loading a task's data set) runs in worker threads so the event loop
-stays responsive. Checkpoints are fetched from the claim's fetch hints first, then from any other
-connected peer (every verifier serves what it fetched); each one is checked against the root the
-claim commits to before it is used, so a lying holder only costs a retry.
+stays responsive. The claim's checkpoint roots (``/pol/proof/1``, pages of at most 16384 roots) and checkpoints
+(``/pol/chunk/1``, ``node.chunks``: tensors in pieces of at most 1 MiB, each with its Merkle proof) are
+fetched from the claim's fetch hints first, then from any other connected peer (every verifier serves
+what it fetched). Roots are checked against the claim's commitment and every tensor against its
+checkpoint's root before anything is used, so a lying or vanished holder only costs a move to the
+next one; a checkpoint fetch resumes at the same tensor and offset.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prover.checkpoint import decode_checkpoint, write_atomic
+from prover.checkpoint import write_checkpoint
 from prover.transcript import ProofDir, read_transcript
 from protocol.claim import compute_claim_id, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
@@ -25,16 +28,19 @@ from protocol.genesis import get_field, validate_keys
 from protocol.ledger import TASK_OPEN, TaskPosted, get_claim_context
 from protocol.merkle import compute_merkle_proof
 from protocol.messages import ClaimAnnounced, decode_message, compute_claim_announced, encode_message
+from protocol.state import get_sorted_leaves
 from protocol.sampling import compute_sample_proof, compute_segment_sample
-from protocol.state import compute_state_root
 from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_vote, compute_evidence, compute_vote
+
+from .chunks import CHUNK_BYTES, ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
 
 if TYPE_CHECKING:
     from .app import Node
 
 log = logging.getLogger(__name__)
-MAX_CHECKPOINT_FETCH = 64 << 20
+PROTO_PROOF = "/pol/proof/1"
+ROOTS_PAGE = 16384  # 32-byte roots per /pol/proof/1 response: 512 KiB, one frame
 RETRY_S = 2.0
 
 
@@ -53,6 +59,9 @@ class Worker:
         self._roots: dict[bytes, list[bytes]] = {}
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
+        self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
+        self.chunk_server = ChunkServer(self._lookup_checkpoint)
+        self.fetcher = ChunkFetcher(self._request, node.config.chunk_bytes or CHUNK_BYTES)
 
     # --- triggers ------------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class Worker:
             try:
                 vote = await self._verify_once(claim_id)
                 break
-            except (FetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
                 if node.now() >= self._deadline(claim_id):
                     self.skipped[claim_id] = f"unavailable: {exc}"
                     log.warning("claim %s: giving up, data unavailable (%s)", claim_id.hex()[:12], exc)
@@ -224,7 +233,7 @@ class Worker:
                 roots = await self.fetch_roots(claim_id)
                 replayed = await self.replay(claim_id, rt, roots, s)
                 break
-            except (FetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
                 log.info("dispute %s: replay failed (%s); retrying", dispute_id.hex()[:12], exc)
                 await asyncio.sleep(RETRY_S)
         else:
@@ -240,7 +249,7 @@ class Worker:
         key = (claim_id, s)
         if key in self._replays:
             return self._replays[key]
-        path = await self.fetch_checkpoint(claim_id, s, roots[s])
+        path = await self.fetch_checkpoint(claim_id, s, roots[s], rt)
 
         def work() -> bytes:
             from prover.checkpoint import read_checkpoint
@@ -269,11 +278,11 @@ class Worker:
         random.shuffle(others)
         return out + [(p, None) for p in others if p != self.node.net.peer_id]
 
-    async def _request(self, peer: str, addr: str | None, payload: bytes, limit: int) -> bytes:
+    async def _request(self, peer: str, addr: str | None, protocol: str, payload: bytes, limit: int) -> bytes:
         net = self.node.net
         if addr is not None and peer not in net.connected_peers():
             await net.connect(addr)
-        return bytes(await net.request(peer, "/pol/proof/1", payload, timeout=self.node.config.fetch_timeout_s,
+        return bytes(await net.request(peer, protocol, payload, timeout=self.node.config.fetch_timeout_s,
                                        max_response_bytes=limit))
 
     async def fetch_roots(self, claim_id: bytes) -> list[bytes]:
@@ -290,9 +299,7 @@ class Worker:
                         continue
                     roots = local
                 else:
-                    raw = await self._request(peer, addr, encode_canonical({"claim_id": claim_id, "what": "roots",
-                                                                            "index": 0}), 1 << 20)
-                    roots = parse_roots(raw)
+                    roots = await self._fetch_roots_from(peer, addr, claim_id, body.num_checkpoints)
                 if len(roots) != body.num_checkpoints or compute_commitment(roots) != body.commitment \
                         or roots[-1] != body.final_root:
                     raise InvalidMessage("roots do not match the claim's commitment")
@@ -304,27 +311,40 @@ class Worker:
             return roots
         raise FetchFailed("no holder served the checkpoint roots: " + "; ".join(errors[-3:]))
 
-    async def fetch_checkpoint(self, claim_id: bytes, index: int, root: bytes) -> str:
+    async def _fetch_roots_from(self, peer: str, addr: str | None, claim_id: bytes, count: int) -> list[bytes]:
+        roots: list[bytes] = []
+        while len(roots) < count:
+            raw = await self._request(peer, addr, PROTO_PROOF, encode_canonical(
+                {"claim_id": claim_id, "what": "roots", "index": len(roots)}), 1 << 20)
+            page = parse_roots(raw)
+            if not page or len(roots) + len(page) > count:
+                raise InvalidMessage("roots page is empty or too long")
+            roots += page
+        return roots
+
+    async def _state_names(self, rt: Any) -> list[str]:
+        """Names of the tensors of every checkpoint of ``rt``'s task, in canonical order."""
+        task_id = compute_task_id(rt.task)
+        if task_id not in self._names:
+            from prover.training import get_state_leaves, init_state
+
+            leaves = await asyncio.to_thread(lambda: get_sorted_leaves(get_state_leaves(init_state(rt))))
+            self._names[task_id] = [leaf.name for leaf in leaves]
+        return self._names[task_id]
+
+    async def fetch_checkpoint(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> str:
         local = self.local_checkpoint(claim_id, index)
         if local is not None:
             return local
-        errors = []
-        for peer, addr in self._candidates(claim_id):
-            try:
-                raw = await self._request(peer, addr, encode_canonical({"claim_id": claim_id, "what": "ckpt",
-                                                                        "index": index}), MAX_CHECKPOINT_FETCH)
-                if compute_state_root(decode_checkpoint(raw)) != root:
-                    raise InvalidMessage(f"checkpoint {index} does not hash to the committed root")
-            except Exception as exc:  # noqa: BLE001 - try the next holder
-                errors.append(f"{peer[-8:]}: {exc}")
-                log.info("fetch of checkpoint %d from %s failed: %s", index, peer[-8:], exc)
-                continue
-            path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, raw)
-            self.node.store.put_checkpoint(claim_id, index, root, str(path))
-            return str(path)
-        raise FetchFailed(f"no holder served checkpoint {index}: " + "; ".join(errors[-3:]))
+        body = self.node.chain.claims[claim_id].claim.body
+        names = await self._state_names(rt)
+        leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
+                                          self._candidates(claim_id))
+        path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)
+        self.node.store.put_checkpoint(claim_id, index, root, str(path))
+        return str(path)
 
     # --- serving -----------------------------------------------------------------------------
 
@@ -344,8 +364,16 @@ class Worker:
         found = self.node.store.get_checkpoint(claim_id, index)
         return None if found is None else found[1]
 
+    def _lookup_checkpoint(self, claim_id: bytes, index: int) -> tuple[str, bytes, tuple[bytes, ...]] | None:
+        """For ``ChunkServer``: a held checkpoint's file, root and the root's path under the commitment."""
+        path = self.local_checkpoint(claim_id, index)
+        roots = self.local_roots(claim_id) if path is not None else None
+        if path is None or roots is None or not 0 <= index < len(roots):
+            return None
+        return path, roots[index], compute_root_path(roots, index)
+
     async def serve_proof(self, peer: str, request: bytes) -> bytes:
-        """``/pol/proof/1``: ``{claim_id, what: "roots"|"ckpt", index}`` -> roots list or checkpoint bytes."""
+        """``/pol/proof/1``: ``{claim_id, what: "roots", index}`` -> ``{"roots": roots[index:index + 16384]}``."""
         doc = validate_keys(decode_canonical(request, 1024), {"claim_id", "what", "index"}, "proof request",
                             InvalidMessage)
         claim_id = get_field(doc, "claim_id", bytes, "proof request", InvalidMessage, 32)
@@ -355,13 +383,10 @@ class Worker:
             roots = await asyncio.to_thread(self.local_roots, claim_id)
             if roots is None:
                 raise LookupError("no roots for that claim here")
-            return encode_canonical({"roots": roots})
-        if what == "ckpt":
-            path = self.local_checkpoint(claim_id, index)
-            if path is None:
-                raise LookupError("no such checkpoint here")
-            return await asyncio.to_thread(Path(path).read_bytes)
-        raise InvalidMessage("what must be roots or ckpt")
+            if not 0 <= index < len(roots):
+                raise InvalidMessage("roots index out of range")
+            return encode_canonical({"roots": roots[index:index + ROOTS_PAGE]})
+        raise InvalidMessage("what must be roots")
 
 
 def _import_training() -> None:
