@@ -141,6 +141,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from verifier.audit import audit_segment
+
+    if args.segment < 0:
+        raise CliError("--segment must be >= 0")
+    report = audit_segment(Path(args.dir), args.segment)
+    doc = dataclasses.asdict(report)
+    doc["finding"] = report.finding
+    if not args.steps:
+        doc.pop("steps")
+    text = [f"claim {report.claim_id}", f"segment {report.segment}: steps {report.start_step}..{report.end_step}",
+            f"finding: {report.finding}"]
+    if report.step_roots_match_commitment is False:
+        text.append("note: the prover's step roots do not even end at its committed checkpoint root")
+    _emit(args, doc, "\n".join(text))
+    return EXIT_OK if report.segment_ok and report.first_bad_step is None else EXIT_REJECT
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -194,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--key", help="verifier key file; the sample derives from its signature (default: ephemeral)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("audit", help="replay one segment step by step and name the first faked step")
+    a.add_argument("dir")
+    a.add_argument("--segment", type=int, required=True, help="segment index (as named by a reject)")
+    a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_audit)
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")

@@ -88,13 +88,18 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
     loss: float | None = entries[-1].loss
+    step_roots: list[bytes] = []  # roots after each step of the current segment, for auditors
+    pdir.steps_dir.mkdir(exist_ok=True)
     while state.step < task.total_steps:
         loss = train_step(rt, state)
         if progress is not None:
             progress(state.step, loss)
+        step_roots.append(compute_root(state))
         if state.step % k == 0:
-            root = compute_root(state)
+            root = step_roots[-1]
             index = state.step // k
+            write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
+            step_roots = []
             write_checkpoint(pdir.checkpoint(index), get_state_leaves(state), root, task_id)
             entries.append(TranscriptEntry(index, state.step, root, loss))
             append_transcript(pdir, entries[-1])

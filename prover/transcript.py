@@ -26,6 +26,7 @@ TASK_FILE = "task.toml"
 CLAIM_FILE = "claim.msgpack"
 TRANSCRIPT_FILE = "transcript.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+STEPS_DIR = "steps"
 MAX_TRANSCRIPT_BYTES = 64 << 20
 
 
@@ -61,6 +62,14 @@ class ProofDir:
 
     def checkpoint(self, index: int) -> Path:
         return self.checkpoint_dir / get_checkpoint_name(index)
+
+    @property
+    def steps_dir(self) -> Path:
+        return self.path / STEPS_DIR
+
+    def step_roots(self, segment: int) -> Path:
+        """Roots after every step of ``segment`` (k x 32 bytes), kept for auditors."""
+        return self.steps_dir / f"seg-{segment:06d}.roots"
 
     def read_task(self) -> Task:
         try:
