@@ -60,6 +60,8 @@ class Worker:
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
+        self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
+        self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
         self.fetcher = ChunkFetcher(self._request, node.config.chunk_bytes or CHUNK_BYTES)
 
@@ -209,6 +211,7 @@ class Worker:
             return None
         log.info("claim %s: replaying segments %s of %d", claim_id.hex()[:12], sample, ctx.num_segments)
         evidence = None
+        self.prefetch(claim_id, roots, list(sample), rt)
         for s in sample:
             replayed = await self.replay(claim_id, rt, roots, s)
             if replayed != roots[s + 1]:
@@ -332,10 +335,47 @@ class Worker:
             self._names[task_id] = [leaf.name for leaf in leaves]
         return self._names[task_id]
 
+    def prefetch(self, claim_id: bytes, roots: list[bytes], indices: list[int], rt: Any) -> None:
+        """Start fetching the checkpoints a replay will need, a few at a time, while earlier ones replay."""
+        for index in indices:
+            self._fetch_task(claim_id, index, roots[index], rt)
+
+    def _fetch_task(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> asyncio.Task[str]:
+        key = (claim_id, index)
+        task = self._fetching.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # Not node.spawn: a failed fetch is the caller's to report (and retry), not a crashed task.
+            task = asyncio.get_running_loop().create_task(self._fetch_checkpoint(claim_id, index, root, rt))
+            self.node._tasks.add(task)
+            self._fetching[key] = task
+
+            def done(t: asyncio.Task[str]) -> None:
+                self.node._tasks.discard(t)
+                if not t.cancelled() and t.exception() is not None:
+                    log.debug("fetch of checkpoint %d failed: %s", index, t.exception())
+
+            task.add_done_callback(done)
+        return task
+
     async def fetch_checkpoint(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> str:
         local = self.local_checkpoint(claim_id, index)
         if local is not None:
             return local
+        try:
+            return await asyncio.shield(self._fetch_task(claim_id, index, root, rt))
+        finally:
+            task = self._fetching.get((claim_id, index))
+            if task is not None and task.done():
+                self._fetching.pop((claim_id, index), None)
+
+    async def _fetch_checkpoint(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> str:
+        local = self.local_checkpoint(claim_id, index)
+        if local is not None:
+            return local
+        async with self._fetch_slots:
+            return await self._fetch_checkpoint_now(claim_id, index, root, rt)
+
+    async def _fetch_checkpoint_now(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> str:
         body = self.node.chain.claims[claim_id].claim.body
         names = await self._state_names(rt)
         leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
