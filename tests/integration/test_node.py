@@ -4,6 +4,7 @@ then a real node process fed garbage over gossip and request streams."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -126,3 +127,68 @@ def test_node_process_survives_garbage_over_the_network(tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(attack(), 90))
         assert target.proc is not None and target.proc.poll() is None
         wait_for(lambda: dn.http_get(target, "/tasks")["tasks"], 5, "task listed")
+
+
+def test_double_vote_is_detected_proven_and_slashed(tmp_path: Path) -> None:
+    """Two validly signed, different votes by one verifier on one claim: the node builds a
+    DoubleVoteProof, applies it (the ledger burns slash_double_vote_bps of the stake) and logs it."""
+    from protocol.claim import compute_commitment
+    from protocol.merkle import compute_merkle_proof
+    from protocol.messages import decode_message
+    from protocol.vote import DoubleVoteProof, compute_dispute_vote, compute_evidence
+
+    net = dn.create(tmp_path / "net", 2, 1, 0)
+    config = load_config(tmp_path / "net" / "v0.toml")
+
+    async def scenario() -> None:
+        node = Node(config)
+        assert await node.handle_message(encode_message(_posting(net)), "gossip") == "accept"
+        task = net.tasks[0]
+        prover = net.provers[0].key.bls_secret_key
+        roots = [os.urandom(32) for _ in range(task.num_checkpoints)]
+        body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), compute_commitment(roots),
+                         roots[-1], task.num_checkpoints, task.total_steps, task.checkpoint_interval)
+        assert await node.handle_message(encode_message(compute_claim_announced(compute_signed_claim(prover, body),
+                                                                                ())), "gossip") == "accept"
+        claim_id = compute_claim_id(body)
+        ctx = get_claim_context(node.chain.state, claim_id)
+        cheater = net.verifiers[1].key.bls_secret_key
+        accept = compute_vote(cheater, ctx)
+        s = accept.segments[0]
+        evidence = compute_evidence(cheater, claim_id, s, roots[s + 1], compute_merkle_proof(roots, s + 1).path,
+                                    os.urandom(32))
+        reject = compute_vote(cheater, ctx, evidence)
+        stake = node.chain.state.verifiers[1].stake
+        money = node.chain.get_ledger_report()["total_money"]
+        assert await node.handle_message(encode_message(accept), "gossip") == "accept"
+        # A forged "other verdict" (signature of someone else) proves nothing and slashes nobody.
+        outsider = compute_vote(net.verifiers[0].key.bls_secret_key, ctx, compute_evidence(
+            net.verifiers[0].key.bls_secret_key, claim_id, s, roots[s + 1], compute_merkle_proof(roots, s + 1).path,
+            os.urandom(32)))
+        forged = reject.__class__(**{**reject.__dict__, "signature": outsider.signature})
+        assert (await node.handle_message(encode_message(forged), "gossip")).startswith("reject")
+        assert node.chain.state.verifiers[1].stake == stake
+        # The real second vote: detected, proven, applied.
+        result = await node.handle_message(encode_message(reject), "gossip")
+        assert result.startswith("ignore") and "double-vote proof: accept" in result
+        params = node.chain.state.params
+        assert node.chain.state.verifiers[1].stake == stake - stake * params.slash_double_vote_bps // 10000
+        assert (1, 0, claim_id) in node.chain.state.slashed_double_votes
+        assert node.chain.get_ledger_report()["total_money"] == money  # burned, not lost
+        proofs = [e for e in node.store.entries() if e.kind == "double_vote"]
+        assert len(proofs) == 1 and isinstance(decode_message(proofs[0].data), DoubleVoteProof)
+        # Seeing the second vote again slashes nothing more.
+        await node.handle_message(encode_message(reject), "gossip")
+        assert node.chain.state.verifiers[1].stake == stake - stake * params.slash_double_vote_bps // 10000
+        # Dispute votes too: both verdicts on one dispute.
+        dispute_id = hashlib.sha256(b"no such dispute").digest()
+        node.chain.dispute_votes[dispute_id] = {accept.verifier: compute_dispute_vote(cheater, dispute_id, 1)}
+        await node.handle_message(encode_message(compute_dispute_vote(cheater, dispute_id, 0)), "gossip")
+        assert (1, 1, dispute_id) in node.chain.state.slashed_double_votes
+        node.store.close()
+        again = Node(config)  # the slash is in the log: it survives a restart
+        again.replay_log()
+        assert again.chain.get_ledger_report() == node.chain.get_ledger_report()
+        again.store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
