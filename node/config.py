@@ -83,6 +83,9 @@ def load_config(path: Path) -> NodeConfig:
     if cheat not in CHEATS:
         raise ConfigError(f"{path}: cheat must be one of {CHEATS}")
     try:
+        chunk_bytes = int(raw.get("chunk_bytes", 0))
+        if not 0 <= chunk_bytes <= 1 << 20:
+            raise ValueError("chunk_bytes must be 0 (default) or 1..1048576")
         return NodeConfig(
             role=role, key=rel(raw["key"], "key"), genesis=rel(raw["genesis"], "genesis"),
             data_dir=rel(raw["data_dir"], "data_dir"),
@@ -93,7 +96,7 @@ def load_config(path: Path) -> NodeConfig:
             prove_tasks=tuple(str(t) for t in raw.get("prove_tasks", [])), cheat=cheat,
             tick_s=float(raw.get("tick_s", 0.5)), sync_interval_s=float(raw.get("sync_interval_s", 2.0)),
             fetch_timeout_s=float(raw.get("fetch_timeout_s", 10.0)),
-            chunk_bytes=int(raw.get("chunk_bytes", 0)),
+            chunk_bytes=chunk_bytes,
             extra={k: v for k, v in raw.items() if k not in known},
         )
     except (TypeError, ValueError) as exc:

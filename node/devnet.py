@@ -232,12 +232,25 @@ def wait_ready(net: Devnet, nodes: list[NodeSpec], deadline: float) -> None:
 
 
 def post_tasks(net: Devnet, via: NodeSpec, reward: int = REWARD) -> None:
+    """Post one task per prover through ``via``. The HTTP timeout grows with the number of nodes (a
+    loaded machine answers slowly) and a timed-out posting is retried with the same bytes, which the
+    node then reports as a duplicate if the first attempt did land."""
     assert net.requester is not None
+    timeout = 30.0 + 5.0 * len(net.nodes)
     for task in net.tasks:
         posting = compute_task_posted(net.requester.bls_secret_key, encode_task(task), reward,
                                       int(time.time()) + 3600)
-        result = http_post(via, "/tasks", {"message": encode_message(posting).hex()})
-        if result.get("result") != "accept":
+        message = {"message": encode_message(posting).hex()}
+        for attempt in range(3):
+            try:
+                result = http_post(via, "/tasks", message, timeout=timeout)
+            except DevnetError:
+                if attempt == 2:
+                    raise
+                log.warning("posting task %s timed out; retrying", task.name)
+                continue
+            if result.get("result") == "accept" or (attempt and str(result.get("result")).startswith("ignore")):
+                break
             raise DevnetError(f"posting task {task.name} failed: {result}")
 
 
