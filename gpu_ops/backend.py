@@ -31,8 +31,14 @@ _INT = ctypes.c_int
 _F = ctypes.c_float
 _SIGNATURES: dict[str, list[type]] = {
     "exact_sum_axis": [_P, _P, _I, _I, _I, _INT],
-    "mm_slice": [_P, _P, _I, _I, _I, _I, _I, _I, _INT, _P],
-    "mm_unscale": [_P, _P, _I, _I, _I, _P, _P, _INT, _P],
+    "exact_mm": [_P, _I, _I, _I, _P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _INT, _INT],
+    "philox_u32": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, _P],
+    "dropout_mask": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, ctypes.c_uint64, _F,
+                     _P],
+    "im2col": [_P, _P, _I, _I, _I, _I, _I],
+    "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
+    "relu_fwd": [_P, _P, _I],
+    "relu_bwd": [_P, _P, _P, _I],
     "exp_f32": [_P, _P, _I],
     "log_f32": [_P, _P, _I],
     "tanh_f32": [_P, _P, _I],
@@ -139,20 +145,12 @@ class Kernels:
         self.lib.exact_sum_axis(_ptr(x), _ptr(out), outer, n, inner, ref.grid_bits(n))
         return out
 
-    def _slice(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, R, L] (lines along L) -> (integer slices as float64 with x's layout, exponents [B, R])."""
-        b, r, ln = x.shape
-        dense = x.is_contiguous() or x.transpose(-1, -2).is_contiguous()
-        if not dense or (b > 1 and x.stride(0) != r * ln):
-            x = x.contiguous()
-        out = torch.empty_strided(x.shape, x.stride(), dtype=F64)
-        e = torch.empty(b, r, dtype=torch.int32)
-        sb = x.stride(0) if b > 1 else r * ln
-        self.lib.mm_slice(_ptr(x), _ptr(out), b, r, ln, sb, x.stride(1), x.stride(2), t, _ptr(e))
-        return out, e
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+               transpose_out: bool = False) -> torch.Tensor | None:
+        """ref.matmul (+ bias, added in float32 afterwards); None when the shapes need the reference.
 
-    def matmul(self, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-        """ref.matmul (+ bias, added in float32 afterwards); None when the shapes need the reference."""
+        ``transpose_out``: return the same values as a contiguous [..., n, m] tensor (the result's
+        last two dims swapped), written directly by the kernel."""
         if a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
             return None
         lead = a.shape[:-2]
@@ -162,17 +160,55 @@ class Kernels:
             return None
         t = ref.slice_bits(k)
         a3 = a.reshape(-1, m, k)
-        bt3 = b.reshape(-1, k, n).transpose(-1, -2)  # lines of b are its columns
-        ai, ea = self._slice(a3, t)
-        bi_t, eb = self._slice(bt3, t)
-        bi = bi_t.transpose(-1, -2)
-        # Exact in any GEMM: integer terms, every partial sum an integer below 2**53.
-        s = (torch.mm(ai[0], bi[0]).unsqueeze(0) if ai.shape[0] == 1 else torch.bmm(ai, bi)).contiguous()
-        c = torch.empty(s.shape, dtype=F32)
+        b3 = b.reshape(-1, k, n)
+        nb = a3.shape[0]
+        c = torch.empty((nb, n, m) if transpose_out else (nb, m, n), dtype=F32)
         if bias is not None:
             bias = bias.contiguous()
-        self.lib.mm_unscale(_ptr(s), _ptr(c), s.shape[0], m, n, _ptr(ea), _ptr(eb), t, _ptr(bias))
-        return c.reshape(*lead, m, n)
+        # One C call: slice, integer GEMM (exact in any order), unscale (+ bias); any strides.
+        self.lib.exact_mm(_ptr(a3), a3.stride(0), a3.stride(1), a3.stride(2), _ptr(b3), b3.stride(0),
+                          b3.stride(1), b3.stride(2), _ptr(c), _ptr(bias), nb, m, k, n, t,
+                          int(transpose_out))
+        return c.reshape(*lead, n, m) if transpose_out else c.reshape(*lead, m, n)
+
+    def philox_u32(self, seed: int, stream: int, a: int, b: int, n: int) -> torch.Tensor:
+        """protocol.rng.compute_random_u32(seed, stream, a, b, n) as an int64 tensor."""
+        out = torch.empty(n, dtype=torch.int32)
+        self.lib.philox_u32(seed, stream & 0xFFFFFFFF, a & 0xFFFFFFFF, b & 0xFFFFFFFF, n, _ptr(out))
+        return out.to(torch.int64) & 0xFFFFFFFF
+
+    def dropout_mask(self, seed: int, stream: int, a: int, b: int, threshold: int, scale: float,
+                     shape: tuple[int, ...]) -> torch.Tensor:
+        """functional.dropout_mask(words of (seed, stream, a, b), p, shape), threshold = floor(p * 2**32)."""
+        mask = torch.empty(shape, dtype=F32)
+        self.lib.dropout_mask(seed, stream & 0xFFFFFFFF, a & 0xFFFFFFFF, b & 0xFFFFFFFF, mask.numel(), threshold,
+                              scale, _ptr(mask))
+        return mask
+
+    def im2col(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """unfold(x, k, padding=k//2) as [N*H*W, C*k*k] rows (pixel-major)."""
+        x = x.contiguous()
+        n, c, h, w = x.shape
+        cols = torch.empty(n * h * w, c * k * k, dtype=F32)
+        self.lib.im2col(_ptr(x), _ptr(cols), n, c, h, w, k)
+        return cols
+
+    def col2im(self, dcols: torch.Tensor, n: int, c: int, h: int, w: int, k: int) -> torch.Tensor:
+        """functional._Conv2d.backward's shifted-patch accumulation (row-major offsets, one add each)."""
+        dcols = dcols.contiguous()
+        dx = torch.empty(n, c, h, w, dtype=F32)
+        pbuf = torch.empty((h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
+        self.lib.col2im(_ptr(dcols), _ptr(dx), _ptr(pbuf), n, c, h, w, k)
+        return dx
+
+    def relu_fwd(self, x: torch.Tensor) -> torch.Tensor:
+        return self._unary("relu_fwd", x)
+
+    def relu_bwd(self, dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dy, y = dy.contiguous(), y.contiguous()
+        dx = torch.empty_like(y)
+        self.lib.relu_bwd(_ptr(dy), _ptr(y), _ptr(dx), y.numel())
+        return dx
 
     def _unary(self, name: str, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

@@ -56,7 +56,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         x, w = ctx.saved_tensors
         dx = _matmul(dy, w)
-        dw = _matmul(dy.t().contiguous(), x)
+        dw = _matmul(dy.t(), x)
         db = _exact_sum(dy, dim=0) if ctx.has_bias else None
         return dx, dw, db
 
@@ -71,14 +71,24 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
 class _ReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        k = backend.kernels(x)
+        if k is not None:  # saves y: y > 0 exactly where x > 0
+            y = k.relu_fwd(x)
+            ctx.save_for_backward(y)
+            return y
         pos = x > 0
         ctx.save_for_backward(pos)
         return torch.where(pos, x, torch.zeros_like(x))
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
-        (pos,) = ctx.saved_tensors
-        return torch.where(pos, dy, torch.zeros_like(dy))
+        (saved,) = ctx.saved_tensors
+        if saved.dtype != torch.bool:
+            k = backend.kernels(dy, saved)
+            if k is not None:
+                return k.relu_bwd(dy, saved)
+            saved = saved > 0
+        return torch.where(saved, dy, torch.zeros_like(dy))
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -415,17 +425,27 @@ class _Conv2d(torch.autograd.Function):
     """3x3/5x5 convolution, stride 1, zero padding k//2, as im2col + exact matmul.
 
     The input gradient sums the k*k shifted patch gradients in row-major offset order, one
-    float32 add at a time (fold's scatter-add has no specified order).
+    float32 add at a time (fold's scatter-add has no specified order). The fast path does the
+    same gathers and adds in C and lets the matmul kernel write y in [N, O, H*W] layout (same
+    values: each output row depends only on its own pixel row).
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         n, c, h, wd = x.shape
         o, _, k, _ = w.shape
+        kern = backend.kernels(x, w, b)
+        ctx.geom = (n, c, h, wd, k)
+        if kern is not None:
+            cols_t = kern.im2col(x, k)
+            ctx.save_for_backward(cols_t, w)
+            w2t = w.reshape(o, -1).t()
+            y = kern.matmul(cols_t.view(n, h * wd, -1), w2t.expand(n, *w2t.shape), b, transpose_out=True)
+            assert y is not None
+            return y.view(n, o, h, wd)
         cols = torch.nn.functional.unfold(x, k, padding=k // 2)  # [N, C*k*k, H*W], pure gather
         cols_t = cols.transpose(1, 2).reshape(n * h * wd, c * k * k)
         ctx.save_for_backward(cols_t, w)
-        ctx.geom = (n, c, h, wd, k)
         y = _matmul(cols_t, w.reshape(o, -1).t(), b)
         return y.view(n, h, wd, o).permute(0, 3, 1, 2).contiguous()
 
@@ -435,9 +455,13 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
-        dw = _matmul(dy2.t().contiguous(), cols_t).view_as(w)
+        dw = _matmul(dy2.t(), cols_t).view_as(w)
         db = _exact_sum(dy2, dim=0)
-        dcols = _matmul(dy2, w.reshape(o, -1)).view(n, h, wd, c, k, k)
+        dcols = _matmul(dy2, w.reshape(o, -1))
+        kern = backend.kernels(dcols)
+        if kern is not None:
+            return kern.col2im(dcols, n, c, h, wd, k), dw, db
+        dcols = dcols.view(n, h, wd, c, k, k)
         pad = k // 2
         dxp = torch.zeros(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
         for i in range(k):

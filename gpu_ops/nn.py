@@ -20,6 +20,7 @@ import torch
 from protocol.rng import STREAM_DROPOUT, STREAM_INIT, compute_random_u32, compute_uniform_f64
 from protocol.task import CNNConfig, MLPConfig, Task, TransformerConfig
 
+from . import backend
 from . import functional as F
 
 # How each parameter is initialised: ("uniform", bound) | ("zeros",) | ("ones",)
@@ -101,6 +102,17 @@ def init_params(specs: list[ParamSpec], seed: int) -> dict[str, torch.Tensor]:
     return params
 
 
+def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """F.dropout_mask of the Philox words (seed, STREAM_DROPOUT, step, site); in C when available
+    (gpu_ops/cpu/nnops.c, equal to protocol.rng bit for bit: tests/gpu_ops/test_fast_vs_ref.py)."""
+    k = backend.kernels()
+    if k is not None and 0 <= seed < 2**64:
+        scale = float(torch.tensor(1.0 / (1.0 - p), dtype=torch.float32))
+        return k.dropout_mask(seed, STREAM_DROPOUT, step, site, int(math.floor(p * 2.0**32)), scale, shape)
+    words = compute_random_u32(seed, STREAM_DROPOUT, step, site, int(np.prod(shape)))
+    return F.dropout_mask(torch.from_numpy(words.astype(np.int64)), p, shape)
+
+
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -145,8 +157,7 @@ def _transformer_forward(task: Task) -> Forward:
     def drop(h: torch.Tensor, step: int, site: int) -> torch.Tensor:
         if cfg.dropout == 0.0:
             return h
-        words = compute_random_u32(seed, STREAM_DROPOUT, step, site, h.numel())
-        return F.dropout(h, F.dropout_mask(torch.from_numpy(words.astype(np.int64)), cfg.dropout, tuple(h.shape)))
+        return F.dropout(h, get_dropout_mask(seed, step, site, cfg.dropout, tuple(h.shape)))
 
     def forward(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         t = x.shape[1]

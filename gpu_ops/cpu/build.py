@@ -22,6 +22,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
+# Every C file of this directory is compiled into the one shared object (kernels.c first).
+SOURCES = (SOURCE, *sorted(p for p in SOURCE.parent.glob("*.c") if p != SOURCE))
 ABI = 1
 # Result-preserving flags only; kernels.c explains why -march=native cannot change a bit.
 BASE_FLAGS = ("-O3", "-std=c99", "-fno-fast-math", "-ffp-contract=off", "-fno-unsafe-math-optimizations",
@@ -56,7 +58,7 @@ def _compile(cc: str, flags: tuple[str, ...], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
                               timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed ({proc.returncode}): {proc.stderr.strip()[:2000]}")
@@ -71,7 +73,7 @@ def load() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = SOURCE.read_bytes()
+    src = b"\0".join(p.name.encode() + b"\0" + p.read_bytes() for p in SOURCES)
     last_err: Exception | None = None
     for flags in (BASE_FLAGS + NATIVE_FLAGS, BASE_FLAGS):
         key_src = b"\0".join([src, cc.encode(), _compiler_version(cc).encode(), " ".join(flags).encode(),

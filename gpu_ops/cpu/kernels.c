@@ -97,72 +97,7 @@ void exact_sum_axis(const float *x, float *out, i64 outer, i64 n, i64 inner, int
     free(acc);
 }
 
-/* ---- exact-slice matmul passes (ref.matmul) ---------------------------------------------- */
-
-/* x viewed as [B, R, L] with element strides (sb, sr, sl); for every line (b, r) take the max
- * exponent e over l and write trunc(x * 2^(t-e)) as double to out (same strides); e -> eo[b*R+r]. */
-void mm_slice(const float *x, double *out, i64 B, i64 R, i64 L, i64 sb, i64 sr, i64 sl, int t, int32_t *eo) {
-    for (i64 b = 0; b < B; b++) {
-        const float *xb = x + b * sb;
-        double *ob = out + b * sb;
-        int32_t *eb = eo + b * R;
-        if (sl == 1 || sr != 1) {
-            for (i64 r = 0; r < R; r++) {
-                const float *xr = xb + r * sr;
-                double *orow = ob + r * sr;
-                uint32_t mb = 0;
-                if (sl == 1) {
-                    mb = absmax_bits(xr, L);
-                } else {
-                    for (i64 l = 0; l < L; l++) { uint32_t v = f2u(xr[l * sl]) & 0x7fffffffu; mb = v > mb ? v : mb; }
-                }
-                int e = exp_of_absbits(mb);
-                eb[r] = e;
-                double sc = pow2d(t - e);
-                if (sl == 1) {
-                    for (i64 l = 0; l < L; l++) orow[l] = trunc((double)xr[l] * sc);
-                } else {
-                    for (i64 l = 0; l < L; l++) orow[l * sl] = trunc((double)xr[l * sl] * sc);
-                }
-            }
-        } else { /* sr == 1: lines run across memory rows; walk l outer, r inner (contiguous) */
-            uint32_t *mb = (uint32_t *)calloc((size_t)R, sizeof(uint32_t));
-            double *sc = (double *)malloc((size_t)R * sizeof(double));
-            for (i64 l = 0; l < L; l++) {
-                const float *xl = xb + l * sl;
-                for (i64 r = 0; r < R; r++) { uint32_t v = f2u(xl[r]) & 0x7fffffffu; mb[r] = v > mb[r] ? v : mb[r]; }
-            }
-            for (i64 r = 0; r < R; r++) { int e = exp_of_absbits(mb[r]); eb[r] = e; sc[r] = pow2d(t - e); }
-            for (i64 l = 0; l < L; l++) {
-                const float *xl = xb + l * sl;
-                double *ol = ob + l * sl;
-                for (i64 r = 0; r < R; r++) ol[r] = trunc((double)xl[r] * sc[r]);
-            }
-            free(mb);
-            free(sc);
-        }
-    }
-}
-
-/* c[b,m,n] = f32((s[b,m,n] * 2^(ea-t)) * 2^(eb-t)) (+ bias[n] in float32 when bias != NULL). */
-void mm_unscale(const double *s, float *c, i64 B, i64 M, i64 N, const int32_t *ea, const int32_t *eb, int t,
-                const float *bias) {
-    double *fb = (double *)malloc((size_t)N * sizeof(double));
-    for (i64 b = 0; b < B; b++) {
-        for (i64 n = 0; n < N; n++) fb[n] = pow2d(eb[b * N + n] - t);
-        for (i64 m = 0; m < M; m++) {
-            const double *sr = s + (b * M + m) * N;
-            float *cr = c + (b * M + m) * N;
-            double fa = pow2d(ea[b * M + m] - t);
-            if (bias) {
-                for (i64 n = 0; n < N; n++) cr[n] = (float)((sr[n] + 0.0) * fa * fb[n]) + bias[n];
-            } else {
-                for (i64 n = 0; n < N; n++) cr[n] = (float)((sr[n] + 0.0) * fa * fb[n]);
-            }
-        }
-    }
-    free(fb);
-}
+/* The exact-slice matmul (ref.matmul) is gemm.c's exact_mm. */
 
 /* ---- elementwise polynomials (ref.exp / ref.log / ref.tanh) -------------------------------- */
 

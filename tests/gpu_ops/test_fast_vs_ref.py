@@ -240,3 +240,41 @@ def test_training_roots_identical(task_name: str) -> None:
 
     fast, slow = both(run)
     assert fast == slow
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**32 - 1, 2**32, 2**64 - 1, 20261122])
+def test_philox_and_dropout_mask_equal_numpy(seed: int) -> None:
+    import numpy as np
+
+    from gpu_ops.nn import get_dropout_mask
+    from protocol.rng import STREAM_DROPOUT, compute_random_u32
+
+    k = backend.kernels()
+    assert k is not None
+    for stream, a, b, n in [(1, 0, 0, 1), (3, 5, 9, 7), (2, 2**32 - 1, 2**31, 4099), (3, 199, 4, 65536),
+                            (2**32 - 1, 123456, 0, 3), (3, 0, 0, 0)]:
+        want = torch.from_numpy(compute_random_u32(seed, stream, a, b, n).astype(np.int64))
+        assert torch.equal(k.philox_u32(seed, stream, a, b, n), want)
+    for p, shape in [(0.1, (4, 64, 33)), (0.5, (7,)), (1e-9, (5, 3)), (0.999, (1000,))]:
+        words = compute_random_u32(seed, STREAM_DROPOUT, 11, 3, int(np.prod(shape)))
+        want_mask = F.dropout_mask(torch.from_numpy(words.astype(np.int64)), p, shape)
+        with backend.use_backend("fast"):
+            got = get_dropout_mask(seed, 11, 3, p, shape)
+        assert_same(got, want_mask)
+
+
+def test_relu_conv_fast_paths_match_reference() -> None:
+    x = randn(2, 3, 7, 5, seed=40)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-45])
+    _check_op(lambda t: F.relu(t), x)
+    _check_op(lambda t, w, b: F.relu(F.conv2d(t, w, b)), x, randn(4, 3, 5, 5, seed=41), randn(4, seed=42))
+    _check_op(F.conv2d, randn(2, 1, 8, 8, seed=43), randn(8, 1, 3, 3, seed=44), randn(8, seed=45))
+
+
+def test_matmul_transposed_output_and_broadcast_batch() -> None:
+    a, w = randn(3, 20, 13, seed=46), randn(13, 6, seed=47)
+    k = backend.kernels(a, w)
+    assert k is not None
+    got = k.matmul(a, w.expand(3, 13, 6), randn(6, seed=48), transpose_out=True)
+    assert got is not None
+    assert_same(got, (ref.matmul(a.reshape(60, 13), w) + randn(6, seed=48)).view(3, 20, 6).transpose(1, 2).contiguous())
