@@ -35,9 +35,10 @@ _SIGNATURES: dict[str, list[type]] = {
     "philox_u32": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, _P],
     "dropout_mask": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, ctypes.c_uint64, _F,
                      _P],
-    "im2col": [_P, _P, _I, _I, _I, _I, _I],
+    "im2col": [_P, _P, _P, _I, _I, _I, _I, _I],
     "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
     "relu_fwd": [_P, _P, _I],
+    "scale_mask": [_P, _P, _I, _I, _F, _INT],
     "relu_bwd": [_P, _P, _P, _I],
     "exp_f32": [_P, _P, _I],
     "log_f32": [_P, _P, _I],
@@ -190,7 +191,8 @@ class Kernels:
         x = x.contiguous()
         n, c, h, w = x.shape
         cols = torch.empty(n * h * w, c * k * k, dtype=F32)
-        self.lib.im2col(_ptr(x), _ptr(cols), n, c, h, w, k)
+        xp = torch.empty(c * (h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
+        self.lib.im2col(_ptr(x), _ptr(cols), _ptr(xp), n, c, h, w, k)
         return cols
 
     def col2im(self, dcols: torch.Tensor, n: int, c: int, h: int, w: int, k: int) -> torch.Tensor:
@@ -200,6 +202,14 @@ class Kernels:
         pbuf = torch.empty((h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
         self.lib.col2im(_ptr(dcols), _ptr(dx), _ptr(pbuf), n, c, h, w, k)
         return dx
+
+    def scale_mask(self, x: torch.Tensor, scale: float, backward: bool) -> torch.Tensor:
+        """Causal scores [..., T, T]: x * scale below/on the diagonal; above it -inf (forward) or +0 (backward)."""
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        t = x.shape[-1]
+        self.lib.scale_mask(_ptr(x), _ptr(y), x.numel() // max(t * t, 1), t, scale, int(backward))
+        return y
 
     def relu_fwd(self, x: torch.Tensor) -> torch.Tensor:
         return self._unary("relu_fwd", x)

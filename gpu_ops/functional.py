@@ -55,7 +55,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         x, w = ctx.saved_tensors
-        dx = _matmul(dy, w)
+        dx = _matmul(dy, w) if ctx.needs_input_grad[0] else None  # e.g. not for the data batch
         dw = _matmul(dy.t(), x)
         db = _exact_sum(dy, dim=0) if ctx.has_bias else None
         return dx, dw, db
@@ -347,14 +347,20 @@ class _ScaleMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, s: torch.Tensor, scale: float) -> torch.Tensor:
         t = s.shape[-1]
-        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
-        ctx.save_for_backward(mask)
         ctx.scale = scale
+        k = backend.kernels(s)
+        if k is not None:
+            return k.scale_mask(s, float(_c(scale)), False)
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
         return torch.where(mask, torch.full_like(s, -math.inf), s * _c(scale))
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        (mask,) = ctx.saved_tensors
+        k = backend.kernels(dy)
+        if k is not None:
+            return k.scale_mask(dy, float(_c(ctx.scale)), True), None
+        t = dy.shape[-1]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
         return torch.where(mask, torch.zeros_like(dy), dy * _c(ctx.scale)), None
 
 
@@ -457,6 +463,8 @@ class _Conv2d(torch.autograd.Function):
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
         dw = _matmul(dy2.t(), cols_t).view_as(w)
         db = _exact_sum(dy2, dim=0)
+        if not ctx.needs_input_grad[0]:  # the first layer's input is the data batch
+            return None, dw, db
         dcols = _matmul(dy2, w.reshape(o, -1))
         kern = backend.kernels(dcols)
         if kern is not None:

@@ -162,6 +162,25 @@ void exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb
                     }
                     continue;
                 }
+#ifdef POL_GEMM_AVX2
+                if (w == NR) { /* same operations as the loop below, 4 lanes at a time */
+                    __m256d z = _mm256_setzero_pd(), g0 = _mm256_loadu_pd(fb + n0), g1 = _mm256_loadu_pd(fb + n0 + 4);
+                    for (i64 i = 0; i < h; i++) {
+                        float *cr = Cb + (i0 + i) * N + n0;
+                        __m256d f = _mm256_set1_pd(fa[i0 + i]);
+                        __m256d s0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR), z), f), g0);
+                        __m256d s1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR + 4), z), f), g1);
+                        __m128 v0 = _mm256_cvtpd_ps(s0), v1 = _mm256_cvtpd_ps(s1);
+                        if (bias) {
+                            v0 = _mm_add_ps(v0, _mm_loadu_ps(bias + n0));
+                            v1 = _mm_add_ps(v1, _mm_loadu_ps(bias + n0 + 4));
+                        }
+                        _mm_storeu_ps(cr, v0);
+                        _mm_storeu_ps(cr + 4, v1);
+                    }
+                    continue;
+                }
+#endif
                 for (i64 i = 0; i < h; i++) {
                     float *cr = Cb + (i0 + i) * N + n0;
                     const double *s = ct + i * NR;

@@ -4,6 +4,7 @@
  * at a time per element in the reference's order (kernel offsets in row-major order, starting
  * from +0), and ReLU's compare/select.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -46,26 +47,25 @@ void dropout_mask(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, i64 n,
     }
 }
 
-/* cols[(n, i, j), (c, di, dj)] = x[n, c, i + di - pad, j + dj - pad] (+0 outside); x [N, C, H, W]. */
-void im2col(const float *x, float *cols, i64 N, i64 C, i64 H, i64 W, i64 k) {
-    i64 pad = k / 2, ckk = C * k * k;
-    for (i64 n = 0; n < N; n++)
+/* cols[(n, i, j), (c, di, dj)] = x[n, c, i + di - pad, j + dj - pad] (+0 outside); x [N, C, H, W].
+ * xp is scratch of C * (H + 2 pad) * (W + 2 pad) floats (a zero-padded copy of one sample). */
+void im2col(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
+    i64 pad = k / 2, hp = H + 2 * pad, wp = W + 2 * pad, ckk = C * k * k;
+    for (i64 q = 0; q < C * hp * wp; q++) xp[q] = 0.0f;
+    for (i64 n = 0; n < N; n++) {
+        for (i64 c = 0; c < C; c++)
+            for (i64 i = 0; i < H; i++)
+                memcpy(xp + (c * hp + i + pad) * wp + pad, x + ((n * C + c) * H + i) * W, (size_t)W * sizeof(float));
         for (i64 i = 0; i < H; i++)
             for (i64 j = 0; j < W; j++) {
                 float *row = cols + ((n * H + i) * W + j) * ckk;
-                for (i64 c = 0; c < C; c++) {
-                    const float *xc = x + (n * C + c) * H * W;
+                for (i64 c = 0; c < C; c++)
                     for (i64 di = 0; di < k; di++) {
-                        i64 ii = i + di - pad;
-                        for (i64 dj = 0; dj < k; dj++) {
-                            i64 jj = j + dj - pad;
-                            float v = 0.0f;
-                            if (ii >= 0 && ii < H && jj >= 0 && jj < W) v = xc[ii * W + jj];
-                            *row++ = v;
-                        }
+                        const float *src = xp + (c * hp + i + di) * wp + j;
+                        for (i64 dj = 0; dj < k; dj++) *row++ = src[dj];
                     }
-                }
             }
+    }
 }
 
 /* dx[n, c] = crop(sum over (di, dj) in row-major order of the shifted patch gradients), each
@@ -97,4 +97,16 @@ void relu_fwd(const float *x, float *y, i64 n) {
 
 void relu_bwd(const float *dy, const float *y, float *dx, i64 n) {
     for (i64 i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+/* functional._ScaleMask on [nb, T, T]: y = x * scale where j <= i; above the diagonal -inf
+ * (forward) or +0 (backward, the gradient). */
+void scale_mask(const float *x, float *y, i64 nb, i64 T, float scale, int bwd) {
+    const float fill = bwd ? 0.0f : -INFINITY;
+    for (i64 b = 0; b < nb; b++)
+        for (i64 i = 0; i < T; i++) {
+            const float *xr = x + (b * T + i) * T;
+            float *yr = y + (b * T + i) * T;
+            for (i64 j = 0; j < T; j++) yr[j] = j > i ? fill : xr[j] * scale;
+        }
 }

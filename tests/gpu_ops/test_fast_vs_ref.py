@@ -278,3 +278,11 @@ def test_matmul_transposed_output_and_broadcast_batch() -> None:
     got = k.matmul(a, w.expand(3, 13, 6), randn(6, seed=48), transpose_out=True)
     assert got is not None
     assert_same(got, (ref.matmul(a.reshape(60, 13), w) + randn(6, seed=48)).view(3, 20, 6).transpose(1, 2).contiguous())
+
+
+def test_causal_attention_and_no_input_grad_paths() -> None:
+    _check_op(lambda t: F.causal_attention(t, 2), randn(2, 5, 12, seed=49, scale=2.0))
+    data = randn(4, 7, seed=50)  # a data batch: no gradient wanted, so the fast path skips dx
+    _check_op(lambda w, b: F.relu(F.linear(data, w, b)), randn(3, 7, seed=51), randn(3, seed=52))
+    img = randn(2, 1, 6, 6, seed=53)
+    _check_op(lambda w, b: F.conv2d(img, w, b), randn(4, 1, 3, 3, seed=54), randn(4, seed=55))
