@@ -2,8 +2,9 @@
 
 Runs only when ``torch.cuda.is_available()`` and the interpreter is off. What it checks:
 
-* every kernel of gpu_ops.triton_ops equals gpu_ops.ref (computed on CPU) bit for bit on the
-  same random and edge inputs as the interpreter tests, now through ptxas with
+* every kernel of gpu_ops.triton_ops and gpu_ops.triton_bwd equals gpu_ops.ref / functional /
+  optim / protocol.rng (computed on CPU) bit for bit on the same random and edge inputs as the
+  interpreter tests (the same ``check_*`` functions), now through ptxas with
   ``enable_fp_fusion=False``;
 * the reference itself on CUDA tensors (torch CUDA elementwise ops, float64 sums and cuBLAS
   DGEMM on integer slices) gives the CPU bits for a full training step of every built-in task;
@@ -52,6 +53,32 @@ def _strict_cuda() -> None:
 def test_compiled_kernel_matches_cpu_reference(tops: types.ModuleType, op_checks: types.SimpleNamespace,
                                                name: str) -> None:
     getattr(op_checks, name)(tops, "cuda")
+
+
+@pytest.fixture(scope="module")
+def tbwd() -> types.ModuleType:
+    pytest.importorskip("triton", reason="triton is not installed")
+    from gpu_ops import triton_bwd
+
+    return triton_bwd
+
+
+_BWD_NAMES = ["clip", "column_sum", "conv2d", "cross_entropy", "dropout_mask", "layer_norm_backward", "philox",
+              "small_layers", "softmax_backward"]
+
+
+@pytest.mark.parametrize("name", _BWD_NAMES)
+def test_compiled_bwd_kernel_matches_cpu_reference(tbwd: types.ModuleType, name: str) -> None:
+    """The interpreter module's checks (backward, losses, conv2d, Philox, clipping) on compiled kernels."""
+    from . import test_triton_interp as interp
+
+    assert sorted(interp.BWD_CHECKS) == _BWD_NAMES
+    interp.BWD_CHECKS[name](tbwd, "cuda")
+
+
+def test_compiled_kernels_launch_without_fusion(tbwd: types.ModuleType) -> None:
+    """No launch of gpu_ops.triton_ops/triton_bwd may allow FMA contraction."""
+    assert tbwd.LAUNCH == {"enable_fp_fusion": False}
 
 
 @pytest.mark.parametrize("task_name", ["digits-mlp", "digits-cnn", "pydoc-transformer"])

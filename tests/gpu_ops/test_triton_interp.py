@@ -43,6 +43,7 @@ class _Ctx:
 
     def __init__(self, *saved: torch.Tensor, **attrs: Any) -> None:
         self.saved_tensors: tuple[torch.Tensor, ...] = saved
+        self.needs_input_grad = (True,) * 4  # every input gradient is wanted
         self.__dict__.update(attrs)
 
     def save_for_backward(self, *t: torch.Tensor) -> None:
