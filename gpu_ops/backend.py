@@ -10,6 +10,7 @@ path; anything else (e.g. CUDA tensors) goes to the reference.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -104,15 +105,38 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def _ok(*ts: torch.Tensor) -> bool:
-    return all(t.dtype == F32 and t.device.type == "cpu" for t in ts)
+    for t in ts:
+        if t.dtype != F32 or not t.is_cpu:
+            return False
+    return True
+
+
+_kernels_obj: Kernels | None = None
 
 
 def kernels(*ts: torch.Tensor) -> Kernels | None:
-    """The fast kernels if they apply to tensors ``ts``, else None (use the reference)."""
-    if get_backend_name() != "fast" or not _ok(*ts):
+    """The fast kernels if they apply to tensors ``ts``, else None (use the reference).
+
+    Called for every op, so the common case (no override, kernels loaded) is kept short."""
+    global _kernels_obj
+    if _forced is None:
+        mode = os.environ.get(ENV)
+        if mode is not None and mode.strip().lower() not in ("", "fast"):
+            get_backend_name()  # raises on an invalid value
+            return None
+    elif _forced == "ref":
         return None
-    lib = _load()
-    return None if lib is None else Kernels(lib)
+    if not _ok(*ts):
+        return None
+    if _kernels_obj is None:
+        lib = _load()
+        if lib is None:
+            return None
+        _kernels_obj = Kernels(lib)
+    return _kernels_obj
+
+
+_slice_bits = functools.lru_cache(maxsize=None)(ref.slice_bits)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -159,9 +183,9 @@ class Kernels:
         n = b.shape[-1]
         if min(m, k, n) == 0:
             return None
-        t = ref.slice_bits(k)
-        a3 = a.reshape(-1, m, k)
-        b3 = b.reshape(-1, k, n)
+        t = _slice_bits(k)
+        a3 = a.reshape(-1, m, k) if a.dim() != 3 else a
+        b3 = b.reshape(-1, k, n) if b.dim() != 3 else b
         nb = a3.shape[0]
         c = torch.empty((nb, n, m) if transpose_out else (nb, m, n), dtype=F32)
         if bias is not None:
