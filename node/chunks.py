@@ -110,7 +110,7 @@ class ChunkServer:
             raise InvalidMessage("offset beyond the tensor's end")
         proof = held.proofs.get(req.tensor)
         if proof is None:
-            proof = compute_proof_from_leaf_hashes(held.hashes, held.order.index(req.tensor))  # type: ignore[arg-type]
+            proof = compute_proof_from_leaf_hashes(held.hashes, held.order.index(req.tensor))
             held.proofs[req.tensor] = proof
         data = leaf.data[req.offset:req.offset + req.length]
         self.served += 1
@@ -157,7 +157,7 @@ class ChunkFetcher:
         key = (claim_id, index)
         prog = self._progress.setdefault(key, _Progress())
         holders = list(candidates)
-        at, errors = 0, []
+        at, errors = 0, list[str]()
         limit = FRAME_BYTES if self.chunk_bytes <= CHUNK_BYTES else MAX_CHUNK_LENGTH + 64 * 1024
         started = time.monotonic()
         i = 0

@@ -31,7 +31,7 @@ from protocol.messages import ClaimAnnounced, decode_message, compute_claim_anno
 from protocol.state import get_sorted_leaves
 from protocol.sampling import compute_sample_proof, compute_segment_sample
 from protocol.task import Task, compute_task_id, decode_task
-from protocol.vote import compute_dispute_vote, compute_evidence, compute_vote
+from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
 from .chunks import CHUNK_BYTES, ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
 
@@ -187,6 +187,16 @@ class Worker:
                 await asyncio.sleep(RETRY_S)
         if vote is None:
             return
+        if vote.evidence is not None and node.store.get_my_vote(claim_id) is None:
+            dispute_id = compute_dispute_id(claim_id, vote.evidence.segment)
+            if dispute_id in node.chain.state.disputes:
+                # Someone already challenges this segment. A second challenge could take the dispute over
+                # (lowest index holds it) on some nodes but not on those that resolved it already, and
+                # their ledgers would disagree on the challenger's reward: join the dispute instead.
+                self.skipped[claim_id] = f"segment {vote.evidence.segment} already disputed; voting in the dispute"
+                log.info("claim %s: %s", claim_id.hex()[:12], self.skipped[claim_id])
+                self.on_dispute(dispute_id)
+                return
         data = node.store.put_my_vote(claim_id, "vote", encode_message(vote), time.time())
         result = await node.publish_local(decode_message(data))
         log.info("voted %s on claim %s: %s", "accept" if vote.verdict == VERDICT_ACCEPT else "REJECT",

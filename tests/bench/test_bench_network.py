@@ -1,4 +1,6 @@
-"""Network benchmarks: verification of a 100-signer aggregate certificate per BLS backend.
+"""Network benchmarks: verification of a 100-signer aggregate certificate per BLS backend, and a
+checkpoint fetched over libp2p from another process by the node's chunk protocol (``/pol/chunk/1``,
+≤ 1 MiB frames, every tensor checked against its Merkle proof and the state root).
 
 Run: .venv/bin/pytest tests/bench/test_bench_network.py -s   (prints the figures; docs/network.md)
 Time from claim to certificate is measured by `pol devnet --json` (seconds_to_certificate).
@@ -6,9 +8,17 @@ Time from claim to certificate is measured by `pol devnet --json` (seconds_to_ce
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from protocol import bls
@@ -48,3 +58,102 @@ def test_verify_100_signer_certificate(backend: str, certificate: tuple[object, 
         bls.set_backend(previous)
     print(f"\n{backend}: verify {SIGNERS}-signer certificate {per * 1000:.2f} ms (mean of {rounds})")
     assert per < 30.0
+
+
+# --- checkpoint transfer over libp2p -----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CKPT_TENSORS, CKPT_TENSOR_BYTES = 16, 4 << 20  # 64 MiB of f32 in 16 tensors of 4 MiB
+CLAIM_ID = hashlib.sha256(b"bench-claim").digest()
+
+
+def _make_checkpoint(directory: Path) -> dict[str, object]:
+    from node.chunks import compute_root_path  # noqa: F401 - import check
+    from prover.checkpoint import write_checkpoint
+    from protocol.claim import compute_commitment
+    from protocol.state import TensorLeaf, compute_state_root, get_sorted_leaves
+
+    rng = np.random.default_rng(7)
+    leaves = [TensorLeaf("meta/step", "i64", (), np.int64(100).tobytes())]
+    for i in range(CKPT_TENSORS):
+        arr = rng.standard_normal(CKPT_TENSOR_BYTES // 4).astype("<f4")
+        leaves.append(TensorLeaf(f"param/w{i:02d}", "f32", (CKPT_TENSOR_BYTES // 4,), arr.tobytes()))
+    leaves = get_sorted_leaves(leaves)
+    root = compute_state_root(leaves)
+    roots = [hashlib.sha256(b"r0").digest(), root, hashlib.sha256(b"r2").digest()]
+    write_checkpoint(directory / "ckpt.safetensors", leaves, root, b"\x00" * 32)
+    meta = {"roots": [r.hex() for r in roots], "names": [leaf.name for leaf in leaves],
+            "commitment": compute_commitment(roots).hex(), "bytes": sum(len(x.data) for x in leaves)}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def serve_checkpoint(directory: Path) -> None:
+    """Child process: serve ``directory/ckpt.safetensors`` over /pol/chunk/1 until stdin closes."""
+    from node.chunks import PROTO_CHUNK, ChunkServer, compute_root_path
+    from node.p2p import P2PConfig, P2PNetwork
+
+    meta = json.loads((directory / "meta.json").read_text())
+    roots = [bytes.fromhex(r) for r in meta["roots"]]
+    server = ChunkServer(lambda c, i: (str(directory / "ckpt.safetensors"), roots[1], compute_root_path(roots, 1))
+                         if (c, i) == (CLAIM_ID, 1) else None)
+
+    async def main() -> None:
+        net = P2PNetwork(P2PConfig(identity_seed=hashlib.sha256(b"bench-server").digest()))
+        net.set_request_handler(PROTO_CHUNK, server.serve)
+        await net.start()
+        print(json.dumps({"peer_id": net.peer_id, "addr": net.listen_addrs[0]}), flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+        await net.stop()
+
+    asyncio.run(main())
+
+
+def test_bench_checkpoint_transfer_over_libp2p(tmp_path: Path) -> None:
+    from node.chunks import ChunkFetcher
+    from node.p2p import P2PConfig, P2PNetwork
+
+    meta = _make_checkpoint(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from tests.bench.test_bench_network import "
+                             "serve_checkpoint; from pathlib import Path; serve_checkpoint(Path(sys.argv[1]))",
+                             str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, env=env)
+    loop = asyncio.new_event_loop()
+    net = P2PNetwork(P2PConfig(identity_seed=hashlib.sha256(b"bench-client").digest()))
+    roots = [bytes.fromhex(r) for r in meta["roots"]]  # type: ignore[attr-defined]
+    names: list[str] = meta["names"]  # type: ignore[assignment]
+    size: int = meta["bytes"]  # type: ignore[assignment]
+    try:
+        assert proc.stdout is not None
+        hello = json.loads(proc.stdout.readline())
+
+        async def request(peer: str, addr: str | None, protocol: str, payload: bytes, limit: int) -> bytes:
+            return await net.request(peer, protocol, payload, timeout=60, max_response_bytes=limit)
+
+        async def fetch_once() -> float:
+            fetcher = ChunkFetcher(request)
+            started = time.perf_counter()
+            leaves = await fetcher.fetch(CLAIM_ID, 1, roots[1], bytes.fromhex(meta["commitment"]), 3,  # type: ignore
+                                         names, [(hello["peer_id"], None)])
+            seconds = time.perf_counter() - started
+            assert sum(len(x.data) for x in leaves) == size and fetcher.stats.chunks > CKPT_TENSORS * 4
+            return seconds
+
+        loop.run_until_complete(asyncio.wait_for(net.start(), 30))
+        loop.run_until_complete(asyncio.wait_for(net.connect(hello["addr"]), 30))
+        loop.run_until_complete(asyncio.wait_for(fetch_once(), 120))  # warm-up (server loads and hashes)
+        times = [loop.run_until_complete(asyncio.wait_for(fetch_once(), 120)) for _ in range(5)]
+    finally:
+        loop.run_until_complete(net.stop())
+        loop.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    rates = [size / t / 1e6 for t in times]
+    print(f"\n{size >> 20} MiB checkpoint ({CKPT_TENSORS} tensors) over /pol/chunk/1 in <= 1 MiB frames, verified: "
+          f"median {statistics.median(times):.2f} s = {statistics.median(rates):.0f} MB/s "
+          f"(min {min(rates):.0f}, max {max(rates):.0f}; 5 runs); load average {os.getloadavg()[0]:.1f}")
