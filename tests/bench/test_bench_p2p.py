@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from node.p2p import P2PConfig, P2PNetwork
+from node.p2p import P2PConfig, P2PNetwork  # noqa: E402 - after the sys.path fix-up
 
 
 def _load_peer_harness() -> Any:
