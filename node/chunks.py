@@ -45,6 +45,7 @@ PROTO_CHUNK = "/pol/chunk/1"
 FRAME_BYTES = 1 << 20  # one p2p DATA frame (node/_p2p_framing.py)
 CHUNK_BYTES = MAX_CHUNK_LENGTH - 16 * 1024  # tensor bytes per request: the response fits one 1 MiB frame
 MAX_TENSOR_RESTARTS = 3
+PIPELINE_DEPTH = 8  # chunk requests in flight per tensor (the server serves up to 16 at once)
 
 # (claim_id, checkpoint) -> (checkpoint file, state root, the root's path under the commitment), or None
 Lookup = Callable[[bytes, int], "tuple[str, bytes, tuple[bytes, ...]] | None"]
@@ -173,30 +174,42 @@ class ChunkFetcher:
                     raise ChunkFetchFailed(f"checkpoint {index}: no holder left at {name}+{len(prog.buf)} "
                                            f"({'; '.join(errors[-3:]) or 'no candidates'})")
                 peer, addr = holders[at]
-                req = ChunkRequest(claim_id, index, name, len(prog.buf), self.chunk_bytes)
+                # Once the tensor's size is known, keep several requests in flight to the same holder:
+                # one request at a time leaves the link idle for a round trip per MiB.
+                total = _nbytes(prog.first) if prog.first is not None else 0
+                offsets = [len(prog.buf)] if prog.first is None else list(
+                    range(len(prog.buf), total, self.chunk_bytes))[:PIPELINE_DEPTH]
+                reqs = [ChunkRequest(claim_id, index, name, off, self.chunk_bytes) for off in offsets]
                 self.current = {"claim_id": claim_id.hex(), "checkpoint": index, "tensor": name,
                                 "offset": len(prog.buf), "from": peer}
-                try:
-                    resp = await self._one(peer, addr, req, limit, root, commitment, num_checkpoints, prog)
-                except _Mismatch as exc:  # this holder or an earlier one lies: start the tensor over here
-                    prog.restarts += 1
-                    if prog.restarts > MAX_TENSOR_RESTARTS:
-                        raise ChunkFetchFailed(f"tensor {name}: {exc}") from exc
-                    prog.buf, prog.first = bytearray(), None
-                    continue
-                except Exception as exc:  # noqa: BLE001 - vanished, lying or slow holder: resume at the next
-                    errors.append(f"{peer[-8:]}: {exc}")
-                    log.info("chunk %d/%s+%d from %s failed (%s); trying the next holder", index, name,
-                             len(prog.buf), peer[-8:], exc)
-                    at += 1
-                    if prog.buf or prog.done:
-                        self.stats.resumes += 1
-                    continue
-                prog.first = prog.first or resp
-                prog.buf += resp.data
-                self.stats.chunks += 1
-                self.stats.bytes += len(resp.data)
-                self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
+                results = await asyncio.gather(
+                    *(self._one(peer, addr, r, limit, root, commitment, num_checkpoints, prog) for r in reqs),
+                    return_exceptions=True)
+                for req, result in zip(reqs, results):
+                    if isinstance(result, asyncio.CancelledError):
+                        raise result
+                    if isinstance(result, _Mismatch):  # this holder or an earlier one lies: restart the tensor
+                        prog.restarts += 1
+                        if prog.restarts > MAX_TENSOR_RESTARTS:
+                            raise ChunkFetchFailed(f"tensor {name}: {result}") from result
+                        prog.buf, prog.first = bytearray(), None
+                        break
+                    if isinstance(result, BaseException):  # vanished, lying or slow holder: resume at the next
+                        errors.append(f"{peer[-8:]}: {result}")
+                        log.info("chunk %d/%s+%d from %s failed (%s); trying the next holder", index, name,
+                                 req.offset, peer[-8:], result)
+                        at += 1
+                        if prog.buf or prog.done:
+                            self.stats.resumes += 1
+                        break
+                    if req.offset != len(prog.buf):  # only contiguous data is kept
+                        break
+                    resp = result
+                    prog.first = prog.first or resp
+                    prog.buf += resp.data
+                    self.stats.chunks += 1
+                    self.stats.bytes += len(resp.data)
+                    self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
             leaf = TensorLeaf(name, prog.first.dtype, prog.first.shape, bytes(prog.buf))
             try:
                 validate_assembled_tensor(leaf, prog.first)
