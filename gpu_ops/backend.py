@@ -176,7 +176,21 @@ class Kernels:
 
         ``transpose_out``: return the same values as a contiguous [..., n, m] tensor (the result's
         last two dims swapped), written directly by the kernel."""
-        if a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        ad, bd = a.dim(), b.dim()
+        if ad == 2 and bd == 2:  # the common case, kept short (this wrapper runs for every matmul)
+            m, k = a.shape
+            k2, n = b.shape
+            if k != k2 or m == 0 or k == 0 or n == 0:
+                return None
+            sa, sb = a.stride(), b.stride()
+            c = torch.empty((n, m) if transpose_out else (m, n), dtype=F32)
+            if bias is not None and not bias.is_contiguous():
+                bias = bias.contiguous()
+            self.lib.exact_mm(a.data_ptr(), 0, sa[0], sa[1], b.data_ptr(), 0, sb[0], sb[1], c.data_ptr(),
+                              None if bias is None else bias.data_ptr(), 1, m, k, n, _slice_bits(k),
+                              int(transpose_out))
+            return c
+        if ad < 2 or bd < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
             return None
         lead = a.shape[:-2]
         m, k = a.shape[-2:]
@@ -184,16 +198,16 @@ class Kernels:
         if min(m, k, n) == 0:
             return None
         t = _slice_bits(k)
-        a3 = a.reshape(-1, m, k) if a.dim() != 3 else a
-        b3 = b.reshape(-1, k, n) if b.dim() != 3 else b
+        a3 = a.reshape(-1, m, k) if ad != 3 else a
+        b3 = b.reshape(-1, k, n) if bd != 3 else b
         nb = a3.shape[0]
         c = torch.empty((nb, n, m) if transpose_out else (nb, m, n), dtype=F32)
         if bias is not None:
             bias = bias.contiguous()
         # One C call: slice, integer GEMM (exact in any order), unscale (+ bias); any strides.
-        self.lib.exact_mm(_ptr(a3), a3.stride(0), a3.stride(1), a3.stride(2), _ptr(b3), b3.stride(0),
-                          b3.stride(1), b3.stride(2), _ptr(c), _ptr(bias), nb, m, k, n, t,
-                          int(transpose_out))
+        sa, sb = a3.stride(), b3.stride()
+        self.lib.exact_mm(_ptr(a3), sa[0], sa[1], sa[2], _ptr(b3), sb[0], sb[1], sb[2], _ptr(c), _ptr(bias), nb, m,
+                          k, n, t, int(transpose_out))
         return c.reshape(*lead, n, m) if transpose_out else c.reshape(*lead, m, n)
 
     def philox_u32(self, seed: int, stream: int, a: int, b: int, n: int) -> torch.Tensor:

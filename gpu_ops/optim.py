@@ -8,6 +8,7 @@ fused kernels contract multiply-adds differently on different CPUs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,6 +51,25 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm
 
 
+@functools.lru_cache(maxsize=64)
+def _sgd_coefs(lr: float, momentum: float, weight_decay: float) -> tuple[float, float, float]:
+    """The float32 coefficients of the fast SGD kernel (the values of _f32(...) below)."""
+    return float(_f32(lr)), float(_f32(momentum)), float(_f32(weight_decay))
+
+
+@functools.lru_cache(maxsize=64)
+def _adamw_coefs(step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float
+                 ) -> tuple[float, tuple[float, float, float, float, float, float, float]]:
+    """(f32(lr * wd), the float32 coefficients of the fast AdamW kernel), as computed below.
+
+    Cached: the values depend only on the arguments, and every parameter of one step shares them."""
+    bc1 = 1.0 - compute_pow(beta1, step)
+    bc2 = 1.0 - compute_pow(beta2, step)
+    coefs = (float(_f32(beta1)), float(_f32(1.0 - beta1)), float(_f32(beta2)), float(_f32(1.0 - beta2)),
+             float(_f32(lr / bc1)), float(_f32(math.sqrt(bc2))), float(_f32(eps)))
+    return float(_f32(lr * weight_decay)), coefs
+
+
 def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
              weight_decay: float) -> None:
     """SGD with heavy-ball momentum (dampening 0), unfused, in place.
@@ -59,7 +79,7 @@ def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: flo
     """
     k = backend.kernels(p, g) if buf is None else backend.kernels(p, g, buf)
     if k is not None and p.is_contiguous() and (buf is None or buf.is_contiguous()):
-        k.sgd_step(p, g, buf, float(_f32(lr)), float(_f32(momentum)), float(_f32(weight_decay)))
+        k.sgd_step(p, g, buf, *_sgd_coefs(lr, momentum, weight_decay))
         return
     if weight_decay != 0.0:
         g = g + _f32(weight_decay) * p
@@ -74,11 +94,8 @@ def adamw_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
     """AdamW (decoupled weight decay) with bias correction; ``step`` counts from 1. In place."""
     k = backend.kernels(p, g, m, v)
     if k is not None and p.is_contiguous() and m.is_contiguous() and v.is_contiguous():
-        bc1 = 1.0 - compute_pow(beta1, step)
-        bc2 = 1.0 - compute_pow(beta2, step)
-        coefs = (float(_f32(beta1)), float(_f32(1.0 - beta1)), float(_f32(beta2)), float(_f32(1.0 - beta2)),
-                 float(_f32(lr / bc1)), float(_f32(math.sqrt(bc2))), float(_f32(eps)))
-        k.adamw_step(p, g, m, v, float(_f32(lr * weight_decay)), weight_decay != 0.0, coefs)
+        lrwd, coefs = _adamw_coefs(step, lr, beta1, beta2, eps, weight_decay)
+        k.adamw_step(p, g, m, v, lrwd, weight_decay != 0.0, coefs)
         return
     if weight_decay != 0.0:
         p.sub_(_f32(lr * weight_decay) * p)

@@ -136,13 +136,15 @@ void exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb
         const float *Ab = A + b * sab, *Bb = B + b * sbb;
         float *Cb = C + b * M * N;
         line_exps(Ab, M, K, sam, sak, ea, tmp);
-        line_exps(Bb, N, K, sbn, sbk, eb, tmp);
         for (i64 m = 0; m < M; m++) { sa[m] = g_pow2d(t - ea[m]); fa[m] = g_pow2d(ea[m] - t); }
-        for (i64 n = 0; n < N; n++) { sb[n] = g_pow2d(t - eb[n]); fb[n] = g_pow2d(eb[n] - t); }
-        for (i64 n = N; n < npan * NR; n++) { sb[n] = 0.0; fb[n] = 0.0; }
-        for (i64 j = 0; j < npan; j++) {
-            i64 w = N - j * NR < NR ? N - j * NR : NR;
-            pack_lines(Bb + j * NR * sbn, w, NR, K, sbn, sbk, sb + j * NR, bp + j * NR * K);
+        if (b == 0 || sbb != 0) { /* a broadcast B (batch stride 0, e.g. conv weights) is packed once */
+            line_exps(Bb, N, K, sbn, sbk, eb, tmp);
+            for (i64 n = 0; n < N; n++) { sb[n] = g_pow2d(t - eb[n]); fb[n] = g_pow2d(eb[n] - t); }
+            for (i64 n = N; n < npan * NR; n++) { sb[n] = 0.0; fb[n] = 0.0; }
+            for (i64 j = 0; j < npan; j++) {
+                i64 w = N - j * NR < NR ? N - j * NR : NR;
+                pack_lines(Bb + j * NR * sbn, w, NR, K, sbn, sbk, sb + j * NR, bp + j * NR * K);
+            }
         }
         for (i64 i0 = 0; i0 < M; i0 += MR) {
             i64 h = M - i0 < MR ? M - i0 : MR;

@@ -3,7 +3,8 @@
  * so the results are bit-identical to the reference.
  *
  * Build flags (gpu_ops/cpu/build.py): -O3 -fno-fast-math -ffp-contract=off
- * -fno-unsafe-math-optimizations -fno-trapping-math [-march=native].  Why these cannot change a bit:
+ * -fno-unsafe-math-optimizations -fno-trapping-math -fno-math-errno [-march=native].
+ * Why these cannot change a bit:
  *  - every result-defining operation here is an IEEE-754 basic operation (+ - * /, double
  *    sqrt, float<->double/int conversions, floor/trunc, compares/selects, integer ops); each is
  *    correctly rounded in its scalar, SSE, AVX2, AVX-512 and NEON forms alike;
@@ -15,7 +16,10 @@
  *    zeros, subnormals, inf and NaN follow IEEE semantics;
  *  - -fno-trapping-math only lets gcc ignore FP exception flags/traps (needed so it will
  *    vectorise floor/trunc); it enables no reassociation, contraction or finite-math
- *    assumption, and no kernel reads the exception flags, so values are unchanged.
+ *    assumption, and no kernel reads the exception flags, so values are unchanged;
+ *  - -fno-math-errno only stops gcc from calling libm after an inlined sqrt instruction just to
+ *    set errno (for negative inputs); the result is still the correctly rounded IEEE sqrt (NaN
+ *    for negative inputs), and it lets gcc vectorise AdamW's sqrt (sqrtpd) over the elements.
  * The only sums that are reordered at all are the exact sums: their terms are integer-valued
  * doubles whose every partial sum is an integer below 2^53, so any order gives the same value.
  */
