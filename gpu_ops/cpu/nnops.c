@@ -49,7 +49,7 @@ void dropout_mask(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, i64 n,
 
 /* cols[(n, i, j), (c, di, dj)] = x[n, c, i + di - pad, j + dj - pad] (+0 outside); x [N, C, H, W].
  * xp is scratch of C * (H + 2 pad) * (W + 2 pad) floats (a zero-padded copy of one sample). */
-void im2col(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
+static inline void im2col_k(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
     i64 pad = k / 2, hp = H + 2 * pad, wp = W + 2 * pad, ckk = C * k * k;
     for (i64 q = 0; q < C * hp * wp; q++) xp[q] = 0.0f;
     for (i64 n = 0; n < N; n++) {
@@ -66,6 +66,13 @@ void im2col(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, 
                     }
             }
     }
+}
+
+/* Pure gathers (no arithmetic); k = 3 and 5 get their own inlined copies with a constant k. */
+void im2col(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
+    if (k == 3) im2col_k(x, cols, xp, N, C, H, W, 3);
+    else if (k == 5) im2col_k(x, cols, xp, N, C, H, W, 5);
+    else im2col_k(x, cols, xp, N, C, H, W, k);
 }
 
 /* dx[n, c] = crop(sum over (di, dj) in row-major order of the shifted patch gradients), each

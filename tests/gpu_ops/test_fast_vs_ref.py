@@ -269,6 +269,23 @@ def test_relu_conv_fast_paths_match_reference() -> None:
     _check_op(lambda t: F.relu(t), x)
     _check_op(lambda t, w, b: F.relu(F.conv2d(t, w, b)), x, randn(4, 3, 5, 5, seed=41), randn(4, seed=42))
     _check_op(F.conv2d, randn(2, 1, 8, 8, seed=43), randn(8, 1, 3, 3, seed=44), randn(8, seed=45))
+    # k = 7: the generic (not specialised for k = 3 / 5) im2col loop of nnops.c
+    _check_op(F.conv2d, randn(2, 2, 6, 9, seed=60), randn(3, 2, 7, 7, seed=61), randn(3, seed=62))
+
+
+def test_matmul_2d_fast_dispatch_strided_bias() -> None:
+    """The short 2-D branch of Kernels.matmul: any operand strides, a non-contiguous bias."""
+    a, w, bias2 = randn(9, 21, seed=63), randn(11, 21, seed=64), randn(11, 2, seed=65)
+    k = backend.kernels(a, w)
+    assert k is not None
+    bias = bias2[:, 1]
+    for aa, bb in ((a, w.t()), (a.t().contiguous().t(), w.t().contiguous())):
+        got = k.matmul(aa, bb, bias)
+        assert got is not None
+        assert_same(got, ref.matmul(aa, bb) + bias)
+        got_t = k.matmul(aa, bb, None, transpose_out=True)
+        assert got_t is not None
+        assert_same(got_t, ref.matmul(aa, bb).t().contiguous())
 
 
 def test_matmul_transposed_output_and_broadcast_batch() -> None:
