@@ -3,7 +3,7 @@
 py-libp2p is trio-only, the node is asyncio, so the libp2p host runs in one dedicated thread under
 ``trio.run`` and everything crosses that boundary through two primitives: asyncio -> trio via the
 trio token (``_call``), trio -> asyncio via ``loop.call_soon_threadsafe`` / ``run_coroutine_threadsafe``.
-Pitfall numbers (P1..P11) refer to shared/research/libp2p.md.
+Pitfall numbers (P1..P11) refer to the list of py-libp2p 0.8.1 pitfalls in docs/network.md.
 
 Interface (all methods are called from the asyncio loop that ran ``start()``)::
 
