@@ -1,7 +1,7 @@
 """Triton kernels for the reproducible operators (SPEC.md §10), bit-equal to ``gpu_ops.ref``.
 
 Every kernel is a transcription of the reference program, op for op, under these rules
-(research/determinism.md §3):
+(see docs/gpu.md):
 
 * Launch with ``enable_fp_fusion=False``: LLVM then emits ``mul.rn``/``add.rn`` and ptxas gets
   ``--fmad=false``, so no multiply-add is ever contracted into an FMA. The reference rounds

@@ -156,7 +156,7 @@ def _batch_split() -> list[str]:
 
 
 def _native(steps: int) -> dict[str, str]:
-    """Stock torch: the computations research/determinism.md found configuration-dependent."""
+    """Stock torch: the computations measured to be configuration-dependent (docs/gpu.md, negative controls)."""
     import torch.nn.functional as tf
 
     g = _gen(1)

@@ -2,7 +2,7 @@
 
 If these stopped differing, a passing test_invariance.py would prove nothing about the harness
 (e.g. an environment variable silently not reaching the subprocess). Known differences on
-x86 CPUs (research/determinism.md §1): threads 1 vs 2 change full sums over > 32768 elements
+x86 CPUs (measured with torch 2.13 CPU builds): threads 1 vs 2 change full sums over > 32768 elements
 and the MLP weight gradient; ATEN_CPU_CAPABILITY=default vs a SIMD build changes softmax and
 FMA-contracts addcmul/torch.optim updates; a row alone (gemv) differs from the row in a batch.
 """
