@@ -10,15 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from prover.checkpoint import read_checkpoint, write_atomic, write_checkpoint
 from prover.prove import prove
-from prover.transcript import ProofDir, TranscriptEntry, append_transcript, read_transcript
-from protocol import bls
-from protocol.claim import Claim, ClaimBody, compute_commitment, compute_signed_claim
-from protocol.state import TensorLeaf, compute_state_root
-from protocol.task import Task, compute_task_id
+from prover.recommit import perturb_checkpoint, recommit
+from prover.transcript import ProofDir
+from protocol.claim import Claim
+from protocol.task import Task
 
 log = logging.getLogger(__name__)
 TAMPER_MARKER = "tampered"
@@ -36,28 +32,8 @@ def run_prove(task: Task, out: Path, secret_key: bytes, cheat: str = "") -> Clai
 
 def tamper(out: Path, task: Task, secret_key: bytes, index: int) -> Claim:
     pdir = ProofDir(out)
-    entries = read_transcript(pdir, task)
-    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=entries[index].root)
-    changed = ""
-    for i, leaf in enumerate(leaves):
-        if leaf.name.startswith("param/"):
-            arr = leaf.array().copy()
-            arr.flat[0] = np.float32(arr.flat[0] + np.float32(0.01))
-            leaves[i] = TensorLeaf(leaf.name, leaf.dtype, leaf.shape, arr.astype("<f4").tobytes())
-            changed = leaf.name
-            break
-    root = compute_state_root(leaves)
-    write_checkpoint(pdir.checkpoint(index), leaves, root, compute_task_id(task))
-    entries[index] = TranscriptEntry(index, entries[index].step, root, entries[index].loss)
-    write_atomic(pdir.transcript_file, b"")
-    for entry in entries:
-        append_transcript(pdir, entry)
-    roots = [e.root for e in entries]
-    body = ClaimBody(task_id=compute_task_id(task), prover=bls.compute_public_key(secret_key),
-                     commitment=compute_commitment(roots), final_root=roots[-1], num_checkpoints=len(roots),
-                     total_steps=task.total_steps, checkpoint_interval=task.checkpoint_interval)
-    claim = compute_signed_claim(secret_key, body)
-    pdir.write_claim(claim)
+    changed = perturb_checkpoint(pdir, index, delta=0.01)
+    claim = recommit(pdir, secret_key)
     (out / TAMPER_MARKER).write_text(f"checkpoint {index}: {changed}\n")
     log.warning("CHEAT: altered %s in checkpoint %d and re-signed the claim", changed, index)
     return claim

@@ -75,6 +75,19 @@ def compute_commitment(checkpoint_roots: Sequence[bytes]) -> Digest:
     return compute_merkle_root(list(checkpoint_roots))
 
 
+def compute_claim_body(task: Task, task_id: bytes, prover: bytes, checkpoint_roots: Sequence[bytes]) -> ClaimBody:
+    """The claim body committing to ``checkpoint_roots`` (r_0 .. r_S, in step order) of ``task``."""
+    return ClaimBody(
+        task_id=task_id,
+        prover=prover,
+        commitment=compute_commitment(checkpoint_roots),
+        final_root=checkpoint_roots[-1],
+        num_checkpoints=len(checkpoint_roots),
+        total_steps=task.total_steps,
+        checkpoint_interval=task.checkpoint_interval,
+    )
+
+
 def encode_claim(claim: Claim) -> bytes:
     return encode_canonical({"body": get_claim_body_document(claim.body), "signature": claim.signature})
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from protocol import bls
-from protocol.claim import Claim, ClaimBody, compute_claim_id, compute_commitment, compute_signed_claim
+from protocol.claim import Claim, compute_claim_body, compute_claim_id, compute_signed_claim
 from protocol.errors import InvalidCheckpoint, PolError
+from protocol.state import compute_state_root
 from protocol.task import Task, compute_task_id, format_task_toml
 
 from .checkpoint import read_checkpoint, write_atomic, write_checkpoint
-from .training import Runtime, TrainState, compute_root, get_state_from_leaves, get_state_leaves, init_state, train_step
+from .training import Runtime, TrainState, get_state_from_leaves, get_state_leaves, init_state, train_step
 from .transcript import ProofDir, TranscriptEntry, append_transcript, read_transcript
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
     resumed_from = state.step
     k = task.checkpoint_interval
     if not entries:
-        root = compute_root(state)
-        write_checkpoint(pdir.checkpoint(0), get_state_leaves(state), root, task_id)
+        leaves = get_state_leaves(state)
+        root = compute_state_root(leaves)
+        write_checkpoint(pdir.checkpoint(0), leaves, root, task_id)
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
     loss: float | None = entries[-1].loss
@@ -94,26 +96,19 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
         loss = train_step(rt, state)
         if progress is not None:
             progress(state.step, loss)
-        step_roots.append(compute_root(state))
+        leaves = get_state_leaves(state)
+        root = compute_state_root(leaves)
+        step_roots.append(root)
         if state.step % k == 0:
-            root = step_roots[-1]
             index = state.step // k
             write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
             step_roots = []
-            write_checkpoint(pdir.checkpoint(index), get_state_leaves(state), root, task_id)
+            write_checkpoint(pdir.checkpoint(index), leaves, root, task_id)
             entries.append(TranscriptEntry(index, state.step, root, loss))
             append_transcript(pdir, entries[-1])
             log.debug("checkpoint %d at step %d: root %s loss %.4f", index, state.step, root.hex(), loss)
     roots = [e.root for e in entries]
-    body = ClaimBody(
-        task_id=task_id,
-        prover=bls.compute_public_key(secret_key),
-        commitment=compute_commitment(roots),
-        final_root=roots[-1],
-        num_checkpoints=len(roots),
-        total_steps=task.total_steps,
-        checkpoint_interval=k,
-    )
+    body = compute_claim_body(task, task_id, bls.compute_public_key(secret_key), roots)
     claim = compute_signed_claim(secret_key, body)
     pdir.write_claim(claim)
     log.info("claim %s signed: %d checkpoints, final root %s", compute_claim_id(body).hex(), len(roots),

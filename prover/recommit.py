@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from protocol import bls
-from protocol.claim import ClaimBody, Claim, compute_commitment, compute_signed_claim
+from protocol.claim import Claim, compute_claim_body, compute_signed_claim
 from protocol.state import TensorLeaf, compute_state_root
 from protocol.task import compute_task_id
 
-from .checkpoint import decode_checkpoint, write_checkpoint
-from .transcript import ProofDir, TranscriptEntry, read_transcript, TRANSCRIPT_FILE
-from .checkpoint import write_atomic
+from .checkpoint import decode_checkpoint, write_atomic, write_checkpoint
+from .transcript import ProofDir, TranscriptEntry, encode_transcript_line, read_transcript
 
 
 def recommit(pdir: ProofDir, secret_key: bytes) -> Claim:
@@ -27,24 +26,9 @@ def recommit(pdir: ProofDir, secret_key: bytes) -> Claim:
     for e in old:
         leaves = decode_checkpoint(pdir.checkpoint(e.index).read_bytes())
         entries.append(TranscriptEntry(e.index, e.step, compute_state_root(leaves), e.loss))
-    lines = b"".join(
-        (
-            '{"file": "checkpoints/%s", "index": %d, "loss": %s, "root": "%s", "step": %d}\n'
-            % (pdir.checkpoint(e.index).name, e.index, "null" if e.loss is None else repr(e.loss), e.root.hex(), e.step)
-        ).encode()
-        for e in entries
-    )
-    write_atomic(pdir.path / TRANSCRIPT_FILE, lines)
-    roots = [e.root for e in entries]
-    body = ClaimBody(
-        task_id=compute_task_id(task),
-        prover=bls.compute_public_key(secret_key),
-        commitment=compute_commitment(roots),
-        final_root=roots[-1],
-        num_checkpoints=len(roots),
-        total_steps=task.total_steps,
-        checkpoint_interval=task.checkpoint_interval,
-    )
+    write_atomic(pdir.transcript_file, b"".join(encode_transcript_line(e) for e in entries))
+    body = compute_claim_body(task, compute_task_id(task), bls.compute_public_key(secret_key),
+                              [e.root for e in entries])
     claim = compute_signed_claim(secret_key, body)
     pdir.write_claim(claim)
     return claim

@@ -139,7 +139,7 @@ def read_transcript(pdir: ProofDir, task: Task, *, allow_torn_tail: bool = False
     return entries
 
 
-def append_transcript(pdir: ProofDir, entry: TranscriptEntry) -> None:
+def encode_transcript_line(entry: TranscriptEntry) -> bytes:
     record = {
         "index": entry.index,
         "step": entry.step,
@@ -147,7 +147,11 @@ def append_transcript(pdir: ProofDir, entry: TranscriptEntry) -> None:
         "file": f"{CHECKPOINT_DIR}/{get_checkpoint_name(entry.index)}",
         "loss": entry.loss,
     }
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    return (json.dumps(record, sort_keys=True) + "\n").encode()
+
+
+def append_transcript(pdir: ProofDir, entry: TranscriptEntry) -> None:
+    line = encode_transcript_line(entry)
     with open(pdir.transcript_file, "ab") as fh:
         fh.write(line)
         fh.flush()
