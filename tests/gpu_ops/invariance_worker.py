@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -198,6 +200,9 @@ def main() -> None:
     ap.add_argument("--transformer-steps", type=int, default=2)
     ap.add_argument("--batch-split", action="store_true")
     args = ap.parse_args()
+    if os.environ.get("POL_TEST_WORKER_SELF_KILL") == "1":
+        # Lets the parent's test check that a worker dying by a signal is reported as such.
+        os.kill(os.getpid(), signal.SIGKILL)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     result: dict[str, object] = {
@@ -223,7 +228,7 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- parent side
 
-CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
+ALL_CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
     "threads=2": (2, {}),  # the baseline every other configuration is compared with
     "threads=1": (1, {}),
     "threads=4": (4, {}),
@@ -232,6 +237,35 @@ CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
     "aten=avx512": (2, {"ATEN_CPU_CAPABILITY": "avx512"}),
     "mkl_cbwr=COMPATIBLE": (2, {"MKL_CBWR": "COMPATIBLE"}),
 }
+# CPU flags each forced torch capability needs: forcing one the CPU lacks kills the worker with
+# SIGILL (seen with ATEN_CPU_CAPABILITY=avx512 on an AVX2-only CPU), which proves nothing.
+_NEEDS_FLAGS = {"aten=avx2": ("avx2", "fma"), "aten=avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
+
+
+def get_cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def compute_unsupported_configs(flags: frozenset[str]) -> dict[str, str]:
+    """Configurations this CPU cannot run, with the reason (the missing instruction sets)."""
+    out = {}
+    for name, needs in _NEEDS_FLAGS.items():
+        missing = [f for f in needs if f not in flags]
+        if missing:
+            out[name] = f"{name} needs CPU flags {', '.join(missing)}, which this CPU lacks"
+    return out
+
+
+UNSUPPORTED_CONFIGS = compute_unsupported_configs(get_cpu_flags())
+CONFIGS = {k: v for k, v in ALL_CONFIGS.items() if k not in UNSUPPORTED_CONFIGS}
 BASELINE = "threads=2"
 _CLEARED = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "ONEDNN_MAX_CPU_ISA", "POL_GPU_OPS_BACKEND")
@@ -239,7 +273,6 @@ _CLEARED = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_N
 
 def run_config(mode: str, threads: int, env_extra: dict[str, str], args: list[str],
                timeout: float = 300) -> dict[str, object]:
-    import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
@@ -247,7 +280,10 @@ def run_config(mode: str, threads: int, env_extra: dict[str, str], args: list[st
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mode", mode, "--threads", str(threads),
                            *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {mode} {threads} {env_extra} failed:\n{proc.stderr[-3000:]}")
+        how = f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            how = f"killed by signal {signal.Signals(-proc.returncode).name}"
+        raise RuntimeError(f"worker {mode} {threads} {env_extra} failed ({how}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 

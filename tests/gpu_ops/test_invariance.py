@@ -17,7 +17,14 @@ import os
 
 import pytest
 
-from .invariance_worker import BASELINE, CONFIGS, run_matrix
+from .invariance_worker import (
+    BASELINE,
+    CONFIGS,
+    UNSUPPORTED_CONFIGS,
+    compute_unsupported_configs,
+    run_config,
+    run_matrix,
+)
 
 BACKENDS: list[str | None] = ["fast", "ref"] if importlib.util.find_spec("gpu_ops.backend") else [None]
 # The slow reference backend runs a subset unless POL_INVARIANCE_FULL=1 (to keep the suite ~1 min).
@@ -97,3 +104,27 @@ def test_reference_matmul_zero_sign_is_batch_invariant(backend: str) -> None:
         alone = functional.matmul(a[:1], b)
     assert torch.equal(whole[:1].view(torch.int32), alone.view(torch.int32)), (whole[:1], alone)
     assert whole[0, 0].view(torch.int32) == 0  # +0, not -0
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_CONFIGS) or ["none"])
+def test_configurations_this_cpu_cannot_run(name: str) -> None:
+    """Say which configurations the CPU probe left out, and why (a skip with the reason)."""
+    if name == "none":
+        assert not UNSUPPORTED_CONFIGS
+        return
+    pytest.skip(UNSUPPORTED_CONFIGS[name])
+
+
+def test_cpu_probe_leaves_out_missing_instruction_sets() -> None:
+    avx2_only = frozenset({"sse4_2", "avx", "avx2", "fma"})
+    assert set(compute_unsupported_configs(avx2_only)) == {"aten=avx512"}
+    assert "avx512f" in compute_unsupported_configs(avx2_only)["aten=avx512"]
+    assert set(compute_unsupported_configs(frozenset())) == {"aten=avx2", "aten=avx512"}
+    full = avx2_only | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    assert compute_unsupported_configs(full) == {}
+
+
+def test_worker_killed_by_signal_names_the_signal() -> None:
+    """A worker that dies by a signal must say so, not fail with an empty message."""
+    with pytest.raises(RuntimeError, match="killed by signal SIGKILL"):
+        run_config("native", 1, {"POL_TEST_WORKER_SELF_KILL": "1"}, [], timeout=120)
