@@ -209,7 +209,7 @@ typedef struct {
     const float *A, *B, *bias;
     float *C;
     i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N, npan;
-    int t, tc, nth, batch_mode, phase;
+    int t, tc, nth, batch_mode, phase, stream_b;
     volatile int failed;
     wscratch *ws;
     lines shared; /* matrix mode: worker 0's line arrays, filled in parallel */
@@ -275,12 +275,17 @@ static void prep_rows(const mmjob *j, const float *Ab, const lines *l, i64 r0, i
 /* Exponents, scales and packed slices of the B panels [p0, p1) of B[b] into bp. Layout: K
  * blocks of KC rows; in the block starting at row k0 (kc rows), panel q is kc x NR doubles at
  * bp + k0 * npan * NR + q * kc * NR. */
-static void prep_panels(const mmjob *j, const float *Bb, const lines *l, double *bp, i64 p0, i64 p1) {
+static void prep_panel_scales(const mmjob *j, const float *Bb, const lines *l, i64 p0, i64 p1) {
     if (p1 <= p0) return;
     i64 n0 = p0 * NR, n1 = p1 * NR < j->N ? p1 * NR : j->N;
     line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + n0);
     for (i64 n = n0; n < n1; n++) { l->sb[n] = g_pow2d(j->t - l->eb[n]); l->fb[n] = g_pow2d(l->eb[n] - j->t); }
     for (i64 n = n1; n < p1 * NR; n++) { l->sb[n] = 0.0; l->fb[n] = 0.0; }
+}
+
+static void prep_panels(const mmjob *j, const float *Bb, const lines *l, double *bp, i64 p0, i64 p1) {
+    if (p1 <= p0) return;
+    prep_panel_scales(j, Bb, l, p0, p1);
     for (i64 k0 = 0; k0 < j->K; k0 += KC) {
         i64 kc = j->K - k0 < KC ? j->K - k0 : KC;
         double *blk = bp + k0 * j->npan * NR;
@@ -320,6 +325,41 @@ static void compute_block(const mmjob *j, i64 b, const lines *l, const double *b
                         ukernel(kc, ap + s * kc * MR, blk + q * kc * NR, t, !first);
                         if (last) store_tile(Cb, t, l, j->bias, r, n0, h, w, j->M, j->N, j->tc);
                     }
+                }
+            }
+        }
+    }
+}
+
+/* Few rows (M <= MC), one matrix: B is not packed whole beforehand (for a long K that would
+ * write and re-read K * N doubles, e.g. 75 MB for a conv weight gradient) but one KC x NCS
+ * block at a time into bb (L2-sized), right before the rows' strips pass over it. */
+#define NCS 16
+static void compute_stream(const mmjob *j, const lines *l, double *ap, double *acc, double *bb, i64 p0, i64 p1) {
+    i64 K = j->K, M = j->M, ns = (M + MR - 1) / MR;
+    int one = K <= KC;
+    double ct[MR * NR];
+    for (i64 jc = p0; jc < p1; jc += NCS) {
+        i64 je = jc + NCS < p1 ? jc + NCS : p1;
+        for (i64 k0 = 0; k0 < K; k0 += KC) {
+            i64 kc = K - k0 < KC ? K - k0 : KC;
+            int first = k0 == 0, last = k0 + kc == K;
+            for (i64 q = jc; q < je; q++) {
+                i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
+                pack_lines(j->B + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR,
+                           bb + (q - jc) * kc * NR);
+            }
+            for (i64 s = 0; s < ns; s++) {
+                i64 r = s * MR, h = M - r < MR ? M - r : MR;
+                pack_lines(j->A + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+            }
+            for (i64 q = jc; q < je; q++) {
+                i64 n0 = q * NR, w = j->N - n0 < NR ? j->N - n0 : NR;
+                for (i64 s = 0; s < ns; s++) {
+                    i64 r = s * MR, h = M - r < MR ? M - r : MR;
+                    double *t = one ? ct : acc + (s * NCS + (q - jc)) * MR * NR;
+                    ukernel(kc, ap + s * kc * MR, bb + (q - jc) * kc * NR, t, !first);
+                    if (last) store_tile(j->C, t, l, j->bias, r, n0, h, w, M, j->N, j->tc);
                 }
             }
         }
@@ -366,10 +406,17 @@ static void *mm_worker(void *arg) {
     split(j->npan, 1, j->nth, tid, &p0, &p1);
     if (j->phase == 0) {
         prep_rows(j, j->A, &j->shared, r0, r1);
-        prep_panels(j, j->B, &j->shared, j->bp, p0, p1);
+        if (j->stream_b) prep_panel_scales(j, j->B, &j->shared, p0, p1);
+        else prep_panels(j, j->B, &j->shared, j->bp, p0, p1);
         return NULL;
     }
     if (bad) { j->failed = 1; return NULL; }
+    if (j->stream_b) {
+        double *bb = (double *)gb_get(&w->bp, (size_t)KC * NCS * NR * sizeof(double));
+        if (!bb) { j->failed = 1; return NULL; }
+        compute_stream(j, &j->shared, ap, acc, bb, p0, p1);
+        return NULL;
+    }
     if (j->M >= (i64)j->nth * MR * 4 || j->npan < j->nth) {
         split(j->M, MR, j->nth, tid, &r0, &r1);
         compute_block(j, 0, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
@@ -422,8 +469,9 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     if (!owned) memset(priv, 0, sizeof(wscratch) * (size_t)nth);
     j.ws = owned ? g_ws : priv;
     if (!j.batch_mode) {
-        j.bp = (double *)gb_get(&j.ws[0].bp, (size_t)K * j.npan * NR * sizeof(double));
-        if (!j.bp || lines_get(&j.ws[0], M, N, j.npan, &j.shared)) j.failed = 1;
+        j.stream_b = M <= MC && K > KC;
+        if (!j.stream_b) j.bp = (double *)gb_get(&j.ws[0].bp, (size_t)K * j.npan * NR * sizeof(double));
+        if ((!j.stream_b && !j.bp) || lines_get(&j.ws[0], M, N, j.npan, &j.shared)) j.failed = 1;
     }
     if (!j.failed) {
         j.phase = 0;
