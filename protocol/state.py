@@ -35,6 +35,9 @@ from .merkle import (
 DTYPES: Mapping[str, np.dtype] = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
 STEP_TENSOR = "meta/step"
 _NAME_RE = re.compile(r"^[a-z0-9_./-]{1,128}$")
+# Elements per chunk when a tensor is checked (and hashed) chunk by chunk: few enough calls that
+# their overhead is nothing, a size that stays in the last-level cache between the two reads.
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,20 @@ def compute_leaf_header(name: str, dtype: str, shape: Sequence[int]) -> bytes:
     return header
 
 
+def is_all_finite(arr: np.ndarray) -> bool:
+    """True iff no element of the float array is NaN or +-inf.
+
+    One fast pass per chunk: a NaN or inf element makes the float32 sum non-finite, so a finite
+    sum proves every element finite; a non-finite sum (also possible by overflow of finite
+    values) gets the exact element-wise check."""
+    flat = arr.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        part = flat[i:i + _CHUNK]
+        if not math.isfinite(part.sum()) and not bool(np.isfinite(part).all()):
+            return False
+    return True
+
+
 def validate_tensor_leaf(leaf: TensorLeaf, check_data: bool = True) -> None:
     """Raises InvalidCheckpoint naming the problem; ``check_data=False`` checks name, dtype and
     shape only (the caller checks the bytes itself)."""
@@ -79,7 +96,7 @@ def validate_tensor_leaf(leaf: TensorLeaf, check_data: bool = True) -> None:
         raise InvalidCheckpoint(
             f"tensor {leaf.name}: {len(leaf.data)} bytes for shape {leaf.shape} and dtype {leaf.dtype}"
         )
-    if leaf.dtype == "f32" and not bool(np.isfinite(leaf.array()).all()):
+    if leaf.dtype == "f32" and not is_all_finite(leaf.array()):
         raise InvalidCheckpoint(f"tensor {leaf.name} holds NaN or Inf; such a state is never valid")
 
 
@@ -90,10 +107,6 @@ def compute_tensor_leaf_hash(leaf: TensorLeaf) -> Digest:
     h.update(leaf.data)
     return Digest(h.digest())
 
-
-# Elements per chunk when a leaf is checked and hashed straight from an array: few enough calls
-# that their overhead is nothing, a size that stays in the last-level cache between the two reads.
-_CHUNK = 1 << 20
 
 
 def _dtype_of_array(arr: np.ndarray) -> str:
@@ -119,9 +132,7 @@ def compute_array_leaf_hash(name: str, arr: np.ndarray) -> Digest:
     flat = arr.reshape(-1)
     for i in range(0, flat.size, _CHUNK):
         part = flat[i:i + _CHUNK]
-        # One fast pass: a NaN or inf element makes the float32 sum non-finite. A finite sum proves
-        # every element finite; a non-finite one (also possible by overflow) gets the exact check.
-        if dtype == "f32" and not math.isfinite(part.sum()) and not bool(np.isfinite(part).all()):
+        if dtype == "f32" and not is_all_finite(part):
             raise InvalidCheckpoint(f"tensor {name} holds NaN or Inf; such a state is never valid")
         h.update(part.data)
     return Digest(h.digest())

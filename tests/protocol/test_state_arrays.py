@@ -82,3 +82,16 @@ def test_prover_root_equals_leaf_root() -> None:
     state = training.init_state(rt)
     training.train_step(rt, state)
     assert training.compute_root(state) == compute_state_root(training.get_state_leaves(state))
+
+
+def test_byte_leaves_finite_check() -> None:
+    """validate_tensor_leaf's one-pass finite check: overflowing sums of finite values pass, any
+    NaN/inf fails (also past the first chunk)."""
+    step = TensorLeaf(STEP_TENSOR, "i64", (), np.int64(1).tobytes())
+    big = np.full(3 * (1 << 20), 3.0e38, dtype="<f4")  # its float32 sum overflows to inf
+    compute_state_root([step, TensorLeaf("param/big", "f32", big.shape, big.tobytes())])
+    for bad in (np.nan, np.inf, -np.inf):
+        v = big.copy()
+        v[-2] = bad
+        with pytest.raises(InvalidCheckpoint, match="NaN or Inf"):
+            compute_state_root([step, TensorLeaf("param/big", "f32", v.shape, v.tobytes())])
