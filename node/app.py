@@ -101,6 +101,7 @@ class Node:
         from .work import Worker
 
         self.worker = Worker(self)
+        self.settlement: Any = None  # node.settlement.Settlement when the config names a chain
 
     # --- time and identity -----------------------------------------------------------------
 
@@ -138,6 +139,11 @@ class Node:
         from .http import build_app
         from .p2p import P2PConfig, P2PNetwork
 
+        if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
+            from .settlement import Settlement
+
+            self.settlement = Settlement(self)
+            await self.settlement.start()
         self.replay_log()
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
         self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,

@@ -45,7 +45,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(config.log_level)
-    return asyncio.run(_run_node(config))
+    from .onchain import ChainError
+
+    try:
+        return asyncio.run(_run_node(config))
+    except ChainError as exc:  # the node refuses an unusable settlement chain: one line, exit 2
+        logging.getLogger(__name__).error("refusing to start: %s", exc)
+        print(f"pol node: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _run_node(config: Any) -> int:
