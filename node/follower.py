@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS chain_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS chain_blocks (number INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_events (
     block_number INTEGER NOT NULL, log_index INTEGER NOT NULL, block_hash BLOB NOT NULL,
-    tx_hash BLOB NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
+    tx_hash BLOB NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL, block_time INTEGER NOT NULL,
     PRIMARY KEY (block_number, log_index)
 );
 """
@@ -52,6 +52,7 @@ class ChainEvent:
     tx_hash: bytes
     name: str
     args: dict[str, Any] = field(hash=False)
+    block_time: int = 0  # the block's timestamp: the contract's clock for every deadline
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ class EventStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO chain_events VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.block_number, e.log_index, e.block_hash, e.tx_hash, e.name, _dump_args(e.args))
+                    "INSERT OR REPLACE INTO chain_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(e.block_number, e.log_index, e.block_hash, e.tx_hash, e.name, _dump_args(e.args), e.block_time)
                      for e in events])
                 self._db.executemany("INSERT OR REPLACE INTO chain_blocks VALUES (?, ?)", list(blocks.items()))
                 self._db.execute("DELETE FROM chain_blocks WHERE number < ?", (cursor - KEEP_BLOCKS,))
@@ -133,10 +134,10 @@ class EventStore:
 
     def events(self) -> Iterator[ChainEvent]:
         with self._lock:
-            rows = self._db.execute("SELECT block_number, log_index, block_hash, tx_hash, name, args "
+            rows = self._db.execute("SELECT block_number, log_index, block_hash, tx_hash, name, args, block_time "
                                     "FROM chain_events ORDER BY block_number, log_index").fetchall()
         for r in rows:
-            yield ChainEvent(int(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]), str(r[4]), json.loads(r[5]))
+            yield ChainEvent(int(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]), str(r[4]), json.loads(r[5]), int(r[6]))
 
     def count(self) -> int:
         with self._lock:
@@ -171,9 +172,13 @@ class ChainFollower:
             raise ValueError(f"event store follows {previous}, not {self.address}; use a fresh data_dir")
         store.set_meta("contract", self.address)
 
-    def _hash_at(self, number: int) -> bytes | None:
+    def _block_at(self, number: int) -> tuple[bytes, int] | None:
         block = self.w3.eth.get_block(number)
-        return None if block is None else bytes(block["hash"])
+        return None if block is None else (bytes(block["hash"]), int(block["timestamp"]))
+
+    def _hash_at(self, number: int) -> bytes | None:
+        block = self._block_at(number)
+        return None if block is None else block[0]
 
     def _find_fork(self) -> int:
         """Newest kept block the chain still has; ``start_block - 1`` if none (re-read everything)."""
@@ -210,14 +215,15 @@ class ChainFollower:
         end_hash = self._hash_at(end)
         logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": cursor + 1, "toBlock": end})
         blocks: dict[int, bytes] = {} if end_hash is None else {end: end_hash}
+        times: dict[int, int] = {}
         events = []
         for entry in logs:
             number, block_hash = int(entry["blockNumber"]), bytes(entry["blockHash"])
-            if number not in blocks:
-                blocks[number] = self._hash_at(number) or b""
+            if number not in times:
+                blocks[number], times[number] = self._block_at(number) or (b"", 0)
             if blocks[number] != block_hash:
                 raise ReorgDuringRead(f"log in block {number} is not on the canonical chain")
-            event = self._decode(entry)
+            event = self._decode(entry, times[number])
             if event is not None:
                 events.append(event)
         if end_hash is None or self._hash_at(end) != end_hash:
@@ -226,7 +232,7 @@ class ChainFollower:
         self.store.commit_range(events, blocks, end)
         return PollResult(tuple(events), reverted_to, end, head)
 
-    def _decode(self, entry: Any) -> ChainEvent | None:
+    def _decode(self, entry: Any, block_time: int) -> ChainEvent | None:
         topics = entry.get("topics") or []
         handler = self._by_topic.get(bytes(topics[0])) if topics else None
         if handler is None:
@@ -235,7 +241,8 @@ class ChainFollower:
             return None
         decoded = handler().process_log(entry)
         return ChainEvent(int(entry["blockNumber"]), int(entry["logIndex"]), bytes(entry["blockHash"]),
-                          bytes(entry["transactionHash"]), str(decoded["event"]), _plain(dict(decoded["args"])))
+                          bytes(entry["transactionHash"]), str(decoded["event"]), _plain(dict(decoded["args"])),
+                          block_time)
 
 
 def _abi_type(item: dict[str, Any]) -> str:

@@ -1,24 +1,114 @@
 """The node's settlement on an EVM chain (``rpc_url`` in the node config).
 
 At start-up ``Settlement.start`` runs the chain checks of ``node.onchain`` (a node refuses a chain
-it cannot trust) and loads the operator's account. While the node runs, ``run`` polls the
-contract's confirmed events (``node.follower``) and hands them to the node's chain view.
-Everything that talks to the chain runs in a worker thread with a bounded timeout, so a slow or
-dead RPC endpoint never blocks the event loop.
+it cannot trust), loads the operator's account and the contract's events confirmed so far. While
+the node runs, ``run`` polls new confirmed events (``node.follower``; reorgs undo what they
+removed), rebuilds the node's view (``node.chainview``) and submits the deadlines that have passed
+in block time (payout, void, dispute expiry, task refund).
+
+What the node does travels as transactions: a prover's claim (``claim_task``), a challenger's
+evidence (``open_dispute``), the certificate this node aggregated (``submit_certificate``: any node
+that gathers a quorum submits), a double-vote proof. Votes stay on gossip. Every transaction is
+simulated first (``eth_estimateGas``): a call the contract would refuse because someone else got
+there first ("already decided", "already exists"…) is dropped with one info line and costs nothing;
+any other refusal is a warning. Everything that talks to the chain runs in a worker thread with
+bounded timeouts, so a slow or dead RPC endpoint never blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol import bls
+from protocol.certificate import Certificate
+from protocol.claim import compute_claim_id, decode_claim
+from protocol.constants import MAX_GOSSIP_BYTES
+from protocol.errors import GossipIgnore, GossipReject, InvalidInput
+from protocol.ledger import (
+    CLAIM_ACCEPTED,
+    CLAIM_PENDING,
+    DISPUTE_OPEN,
+    TASK_OPEN,
+    TaskPosted,
+    is_dispute_open_on,
+    validate_task_posted,
+)
+from protocol.messages import (
+    ClaimAnnounced,
+    Message,
+    decode_message,
+    validate_gossip_certificate,
+    validate_gossip_dispute_vote,
+    validate_gossip_double_vote,
+    validate_gossip_vote,
+)
+from protocol.task import decode_task
+from protocol.vote import DisputeVote, DoubleVoteProof, Vote
+
+from .follower import ChainFollower, EventStore, ReorgDuringRead
 from .onchain import ChainError, check_chain, connect, load_eth_key
 
 if TYPE_CHECKING:
     from .app import Node
 
 log = logging.getLogger(__name__)
+RECEIPT_TIMEOUT_S = 60.0
+RESUBMIT_S = 10.0  # a deadline transaction still not reflected in the view is tried again after this
+# Refusals that mean "someone else already did it": a lost race, not a fault.
+QUIET_REASONS = ("already", "is not open", "no longer open")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    what: str  # the contract function
+    subject: str  # hex of the task, claim or dispute id it concerns
+    tx: str
+    gas_used: int
+    status: int
+    block: int
+    sent_at: float
+    mined_at: float
+
+
+def load_contract_abi() -> list[dict[str, Any]]:
+    """The settlement contract's ABI from its committed artifact."""
+    import json
+
+    for path in (REPO / "contracts" / "Settlement.json", REPO / "node" / "evm" / "Settlement.json"):
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            return list(doc["abi"] if isinstance(doc, dict) else doc)
+    source = REPO / "contracts" / "Settlement.vy"
+    if source.is_file():  # a checkout without the artifact: compile (vyper is a dependency)
+        import vyper
+
+        return list(vyper.compile_code(source.read_text(), output_formats=["abi"])["abi"])
+    raise ChainError("the settlement contract's ABI is missing (contracts/Settlement.json)")
+
+
+def encode_g1(pubkey: bytes) -> bytes:
+    """A compressed BLS public key (48 bytes) as EIP-2537's 128-byte uncompressed G1 point."""
+    from py_ecc.bls.g2_primitives import pubkey_to_G1
+    from py_ecc.optimized_bls12_381 import normalize
+
+    x, y = normalize(pubkey_to_G1(pubkey))
+    return int(x.n).to_bytes(64, "big") + int(y.n).to_bytes(64, "big")
+
+
+def encode_g2(signature: bytes) -> bytes:
+    """A compressed BLS signature (96 bytes) as EIP-2537's 256-byte G2 point (x.c0, x.c1, y.c0, y.c1)."""
+    from py_ecc.bls.g2_primitives import signature_to_G2
+    from py_ecc.optimized_bls12_381 import normalize
+
+    x, y = normalize(signature_to_G2(signature))
+    return b"".join(int(c).to_bytes(64, "big") for c in (*x.coeffs, *y.coeffs))
 
 
 class Settlement:
@@ -27,19 +117,265 @@ class Settlement:
         cfg = node.config
         self.w3: Any = connect(cfg.rpc_url)
         self.account: Any = None
-        self.follower: Any = None
+        self.contract: Any = None
+        self.follower: ChainFollower | None = None
+        self.store: EventStore | None = None
+        self.txs: list[TxRecord] = []
+        self.head = self.cursor = self.block_time = 0
+        self.reorgs = 0
+        self._loaded = False
+        self._lock = asyncio.Lock()  # one transaction in flight per node: nonces stay in order
+        self._tried: dict[tuple[str, bytes], float] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Refuse an unusable chain (``ChainError``); load the account."""
+        """Refuse an unusable chain (``ChainError``); load the account and the events so far."""
         cfg = self.node.config
         await asyncio.to_thread(check_chain, self.w3, cfg.chain_id, cfg.contract)
+        abi = load_contract_abi()
+        self.contract = self.w3.eth.contract(address=self.w3.to_checksum_address(cfg.contract), abi=abi)
         if cfg.eth_key is not None:
             self.account = load_eth_key(cfg.eth_key)
-            log.info("settlement on chain %d, contract %s, account %s, %d confirmations", cfg.chain_id,
-                     cfg.contract, self.account.address, cfg.confirmations)
-        else:
-            log.info("settlement on chain %d, contract %s (no eth_key: following only, submitting nothing)",
-                     cfg.chain_id, cfg.contract)
+        self.store = EventStore(cfg.data_dir / "chain.sqlite")
+        try:
+            self.follower = ChainFollower(self.w3, cfg.contract, abi, self.store, confirmations=cfg.confirmations)
+        except ValueError as exc:
+            raise ChainError(str(exc)) from None
+        await self.poll(notify=False)  # nothing else runs yet; Node.run wakes the duties once up
+        log.info("settlement on chain %d, contract %s, account %s, %d confirmations; %d events up to block %d",
+                 cfg.chain_id, cfg.contract, self.account.address if self.account else "none (follow only)",
+                 cfg.confirmations, self.store.count(), self.cursor)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.node.config.chain_poll_s)
+            try:
+                await self.poll()
+                if self.account is not None:
+                    await self.apply_deadlines()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an RPC hiccup costs one round, never the node
+                log.warning("chain poll failed: %r", exc)
+
+    async def poll(self, notify: bool = True) -> bool:
+        """Read newly confirmed events; rebuild the view when anything changed. True if it did."""
+        assert self.follower is not None and self.store is not None
+        try:
+            result = await asyncio.to_thread(self.follower.poll_once)
+        except ReorgDuringRead as exc:
+            log.info("chain changed during a read (%s); retrying next round", exc)
+            return False
+        self.head, self.cursor = result.head, result.cursor
+        latest = await asyncio.to_thread(self.w3.eth.get_block, "latest")
+        self.block_time = int(latest["timestamp"])
+        if not result.events and result.reverted_to is None and self._loaded:
+            return False
+        self._loaded = True
+        if result.reverted_to is not None:
+            self.reorgs += 1
+        events = await asyncio.to_thread(lambda: list(self.store.events()))  # type: ignore[union-attr]
+        self.node.chain.set_events(events, time.time())
+        if notify:
+            self.on_view_changed()
+        return True
+
+    def on_view_changed(self) -> None:
+        """New chain facts: wake every duty they may enable (each trigger is idempotent)."""
+        node = self.node
+        node._pending_event.set()  # votes that waited for their claim's event
+        for task_id, posting in list(node.chain.postings.items()):
+            record = node.chain.state.tasks.get(task_id)
+            if record is not None and record.status == TASK_OPEN:
+                node.worker.on_task(posting)
+        for claim_id, info in list(node.chain.claims.items()):
+            record = node.chain.state.claims.get(claim_id)
+            if record is not None and record.status == CLAIM_PENDING:
+                node.worker.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
+        for dispute_id, dispute in list(node.chain.state.disputes.items()):
+            if dispute.status == DISPUTE_OPEN and dispute.claim_id in node.chain.claims:
+                node.worker.on_dispute(dispute_id)
+
+    # --- gossip in chain mode ----------------------------------------------------------------
+
+    def validate(self, data: bytes, now: int) -> Message:
+        """Gossip checks when the chain holds the ledger: postings and claims are data (their money
+        moves on chain), so they need a valid signature, not a balance; votes and certificates are
+        checked against the contract's registry and claims, as in the model."""
+        if len(data) > MAX_GOSSIP_BYTES:
+            raise GossipReject(f"gossip message of {len(data)} bytes exceeds {MAX_GOSSIP_BYTES}")
+        try:
+            msg = decode_message(data, MAX_GOSSIP_BYTES)
+        except InvalidInput as exc:
+            raise GossipReject(f"{type(exc).__name__}: {exc}") from None
+        chain, state = self.node.chain, self.node.chain.state
+        try:
+            if isinstance(msg, TaskPosted):
+                task_id = validate_task_posted(msg)
+                if task_id in chain.postings:
+                    raise GossipIgnore("task already known")
+            elif isinstance(msg, ClaimAnnounced):
+                claim = decode_claim(msg.claim)
+                from protocol.claim import validate_claim_signature
+
+                validate_claim_signature(claim)
+                claim_id = compute_claim_id(claim.body)
+                if claim_id in chain.claims:
+                    raise GossipIgnore("claim already known")
+                posting = chain.postings.get(claim.body.task_id)
+                if posting is not None:
+                    task = decode_task(posting.task)
+                    if (claim.body.num_checkpoints, claim.body.total_steps, claim.body.checkpoint_interval) != (
+                            task.num_checkpoints, task.total_steps, task.checkpoint_interval):
+                        raise GossipReject("claim's lengths disagree with its task")
+            elif isinstance(msg, Vote):
+                validate_gossip_vote(msg, state, now)
+            elif isinstance(msg, DisputeVote):
+                validate_gossip_dispute_vote(msg, state, now)
+            elif isinstance(msg, Certificate):
+                validate_gossip_certificate(msg, state, now)
+            elif isinstance(msg, DoubleVoteProof):
+                validate_gossip_double_vote(msg, state, now)
+            else:
+                raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
+        except InvalidInput as exc:
+            raise GossipReject(f"{type(exc).__name__}: {exc}") from None
+        return msg
+
+    def on_message(self, msg: Message, source: str) -> None:
+        """After a message was accepted: turn this node's own acts into transactions."""
+        if self.account is None:
+            return
+        node = self.node
+        if isinstance(msg, ClaimAnnounced):
+            claim = decode_claim(msg.claim)
+            if claim.body.prover == node.pubkey and source == "local":
+                node.spawn(self.submit_claim(claim))
+        elif isinstance(msg, Vote):
+            if msg.evidence is not None and msg.verifier == node.pubkey:
+                node.spawn(self.submit_dispute(msg))
+        elif isinstance(msg, Certificate):
+            if source == "local":  # this node gathered the quorum
+                node.spawn(self.submit_certificate(msg))
+        elif isinstance(msg, DoubleVoteProof):
+            if source == "local":
+                node.spawn(self.submit("report_double_vote", msg.subject, msg.kind, msg.subject,
+                                       self._index(msg.verifier), encode_g2(msg.accept_signature),
+                                       encode_g2(msg.reject_signature)))
+
+    def _index(self, pubkey: bytes) -> int:
+        for i, v in enumerate(self.node.chain.state.verifiers):
+            if v.pubkey == pubkey:
+                return i
+        raise ValueError("key is not a registered verifier")
+
+    # --- transactions ------------------------------------------------------------------------
+
+    async def submit_claim(self, claim: Any) -> TxRecord | None:
+        claim_id = compute_claim_id(claim.body)
+        message = await asyncio.to_thread(
+            self.contract.functions.claim_binding_message(claim_id, self.account.address).call)
+        binding = encode_g2(bls.sign(self.node.key.bls_secret_key, bytes(message)))
+        return await self.submit("claim_task", claim_id, claim.body.task_id, claim_id, claim.body.commitment,
+                                 claim.body.num_checkpoints, self.node.pubkey, encode_g1(self.node.pubkey), binding,
+                                 value=self.node.chain.state.params.prover_bond)
+
+    async def submit_dispute(self, vote: Vote) -> TxRecord | None:
+        ev = vote.evidence
+        assert ev is not None
+        from protocol.vote import compute_dispute_id
+
+        return await self.submit("open_dispute", compute_dispute_id(vote.claim_id, ev.segment), vote.claim_id,
+                                 self._index(vote.verifier), ev.segment, ev.claimed_root, list(ev.claimed_root_path),
+                                 ev.replayed_root, encode_g2(ev.signature))
+
+    async def submit_certificate(self, cert: Certificate) -> TxRecord | None:
+        keys, stakes = await asyncio.to_thread(self.contract.functions.get_registry().call)
+        signers = sum(1 << i for i in cert.signers)
+        return await self.submit("submit_certificate", cert.subject, cert.kind, cert.subject, cert.verdict, signers,
+                                 encode_g2(cert.signature), list(keys), list(stakes))
+
+    async def apply_deadlines(self) -> None:
+        """Submit every deadline that has passed in block time and that nobody has applied yet."""
+        state, now, p = self.node.chain.state, self.block_time, self.node.chain.state.params
+        due: list[tuple[str, bytes]] = []
+        for dispute_id, d in state.disputes.items():
+            if d.status == DISPUTE_OPEN and now >= d.opened_at + p.dispute_window_s:
+                due.append(("expire_dispute", dispute_id))
+        for claim_id, c in state.claims.items():
+            if is_dispute_open_on(state, claim_id):
+                continue
+            if c.status == CLAIM_ACCEPTED and c.certified_at is not None and now >= c.certified_at + p.challenge_window_s:
+                due.append(("settle_claim", claim_id))
+            elif c.status == CLAIM_PENDING and now >= c.registered_at + p.availability_window_s:
+                due.append(("settle_claim", claim_id))
+        for task_id, t in state.tasks.items():
+            if t.status == TASK_OPEN and now >= t.expires_at:
+                due.append(("refund_task", task_id))
+        for fn, subject in due:
+            last = self._tried.get((fn, subject))
+            if last is not None and time.monotonic() - last < RESUBMIT_S:
+                continue
+            self._tried[(fn, subject)] = time.monotonic()
+            await self.submit(fn, subject, subject)
+
+    async def submit(self, fn: str, subject: bytes, *args: Any, value: int = 0) -> TxRecord | None:
+        """Simulate, sign, send and wait for one contract call; None when it was refused or lost a race."""
+        if self.account is None:
+            return None
+        async with self._lock:
+            try:
+                record = await asyncio.to_thread(self._send, fn, subject, args, value)
+            except _Refused as exc:
+                if any(q in exc.reason for q in QUIET_REASONS):
+                    log.info("%s on %s: not needed (%s)", fn, subject.hex()[:12], exc.reason)
+                else:
+                    log.warning("%s on %s refused by the contract: %s", fn, subject.hex()[:12], exc.reason)
+                return None
+            except Exception as exc:  # noqa: BLE001 - RPC failure: the deadline loop or a later event retries
+                log.warning("%s on %s failed: %r", fn, subject.hex()[:12], exc)
+                return None
+        self.txs.append(record)
+        level = logging.INFO if record.status == 1 else logging.WARNING
+        log.log(level, "%s on %s: tx %s, gas %d, status %d", fn, subject.hex()[:12], record.tx, record.gas_used,
+                record.status)
+        return record
+
+    def _send(self, fn: str, subject: bytes, args: tuple[Any, ...], value: int) -> TxRecord:
+        from web3.exceptions import ContractLogicError
+
+        call = getattr(self.contract.functions, fn)(*args)
+        sender = self.account.address
+        try:
+            gas = call.estimate_gas({"from": sender, "value": value})
+        except ContractLogicError as exc:
+            raise _Refused(str(getattr(exc, "message", None) or exc).removeprefix("execution reverted: ")) from None
+        tx = call.build_transaction({"from": sender, "value": value, "gas": gas + gas // 5 + 10_000,
+                                     "nonce": self.w3.eth.get_transaction_count(sender, "pending")})
+        signed = self.account.sign_transaction(tx)
+        sent_at = time.time()
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.2)
+        return TxRecord(fn, subject.hex(), "0x" + bytes(tx_hash).hex(), int(receipt["gasUsed"]), int(receipt["status"]),
+                        int(receipt["blockNumber"]), sent_at, time.time())
+
+    def get_report(self) -> dict[str, Any]:
+        return {"chain_id": self.node.config.chain_id, "contract": self.node.config.contract,
+                "account": self.account.address if self.account else None, "head": self.head,
+                "cursor": self.cursor, "block_time": self.block_time, "confirmations": self.node.config.confirmations,
+                "reorgs": self.reorgs, "events": len(self.node.chain.events),
+                "txs": [dataclasses.asdict(r) for r in self.txs]}
 
 
-__all__ = ["ChainError", "Settlement"]
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+__all__ = ["ChainError", "Settlement", "encode_g1", "encode_g2", "load_contract_abi"]
