@@ -268,6 +268,19 @@ class ChainBackedState(ChainState):
     def would_tick(self, now: int) -> bool:
         return False
 
+    def get_claim_report(self, claim_id: bytes) -> dict[str, Any]:
+        """The model's claim report plus the contract events behind it (task, claim, its disputes)."""
+        report = super().get_claim_report(claim_id)
+        record = self.state.claims.get(claim_id)
+        subjects = [self.claims[claim_id].claim.body.task_id, claim_id]
+        subjects += [d_id for d_id, d in self.state.disputes.items() if d.claim_id == claim_id]
+        txs = sorted((tx for s in subjects for tx in self.extras.txs.get(s, [])), key=lambda t: (t["block"], t["tx"]))
+        report["chain_txs"] = txs
+        report["registered_block_time"] = record.registered_at if record else None
+        settled = [t["time"] for t in txs if t["event"] in ("ClaimPaid", "ClaimVoided", "DisputeUpheld")]
+        report["settled_block_time"] = settled[0] if settled else None
+        return report
+
     def get_ledger_report(self) -> dict[str, Any]:
         report = super().get_ledger_report()
         report["settlement"] = "chain"

@@ -22,13 +22,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import bls
 from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim
-from protocol.constants import MAX_GOSSIP_BYTES
+from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
 from protocol.ledger import (
     CLAIM_ACCEPTED,
@@ -49,8 +48,9 @@ from protocol.messages import (
     validate_gossip_vote,
 )
 from protocol.task import decode_task
-from protocol.vote import DisputeVote, DoubleVoteProof, Vote
+from protocol.vote import SUBJECT_CLAIM, DisputeVote, DoubleVoteProof, Vote
 
+from .evm.contract import ContractRevert
 from .follower import ChainFollower, EventStore, ReorgDuringRead
 from .onchain import ChainError, check_chain, connect, load_eth_key
 
@@ -58,11 +58,9 @@ if TYPE_CHECKING:
     from .app import Node
 
 log = logging.getLogger(__name__)
-RECEIPT_TIMEOUT_S = 60.0
 RESUBMIT_S = 10.0  # a deadline transaction still not reflected in the view is tried again after this
 # Refusals that mean "someone else already did it": a lost race, not a fault.
-QUIET_REASONS = ("already", "is not open", "no longer open")
-REPO = Path(__file__).resolve().parents[1]
+QUIET_REASONS = ("already", "is not open", "no longer open", "reverted when mined")
 
 
 @dataclass(frozen=True)
@@ -78,37 +76,13 @@ class TxRecord:
 
 
 def load_contract_abi() -> list[dict[str, Any]]:
-    """The settlement contract's ABI from its committed artifact."""
-    import json
+    """The settlement contract's ABI from its committed artifact (node/evm/Settlement.json)."""
+    from .evm.contract import load_artifact
 
-    for path in (REPO / "contracts" / "Settlement.json", REPO / "node" / "evm" / "Settlement.json"):
-        if path.is_file():
-            doc = json.loads(path.read_text())
-            return list(doc["abi"] if isinstance(doc, dict) else doc)
-    source = REPO / "contracts" / "Settlement.vy"
-    if source.is_file():  # a checkout without the artifact: compile (vyper is a dependency)
-        import vyper
-
-        return list(vyper.compile_code(source.read_text(), output_formats=["abi"])["abi"])
-    raise ChainError("the settlement contract's ABI is missing (contracts/Settlement.json)")
-
-
-def encode_g1(pubkey: bytes) -> bytes:
-    """A compressed BLS public key (48 bytes) as EIP-2537's 128-byte uncompressed G1 point."""
-    from py_ecc.bls.g2_primitives import pubkey_to_G1
-    from py_ecc.optimized_bls12_381 import normalize
-
-    x, y = normalize(pubkey_to_G1(pubkey))
-    return int(x.n).to_bytes(64, "big") + int(y.n).to_bytes(64, "big")
-
-
-def encode_g2(signature: bytes) -> bytes:
-    """A compressed BLS signature (96 bytes) as EIP-2537's 256-byte G2 point (x.c0, x.c1, y.c0, y.c1)."""
-    from py_ecc.bls.g2_primitives import signature_to_G2
-    from py_ecc.optimized_bls12_381 import normalize
-
-    x, y = normalize(signature_to_G2(signature))
-    return b"".join(int(c).to_bytes(64, "big") for c in (*x.coeffs, *y.coeffs))
+    try:
+        return list(load_artifact()["abi"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ChainError(f"the settlement contract's artifact is unusable: {exc}") from None
 
 
 class Settlement:
@@ -117,7 +91,7 @@ class Settlement:
         cfg = node.config
         self.w3: Any = connect(cfg.rpc_url)
         self.account: Any = None
-        self.contract: Any = None
+        self.client: Any = None
         self.follower: ChainFollower | None = None
         self.store: EventStore | None = None
         self.txs: list[TxRecord] = []
@@ -133,10 +107,12 @@ class Settlement:
         """Refuse an unusable chain (``ChainError``); load the account and the events so far."""
         cfg = self.node.config
         await asyncio.to_thread(check_chain, self.w3, cfg.chain_id, cfg.contract)
+        from .evm.contract import SettlementClient
+
         abi = load_contract_abi()
-        self.contract = self.w3.eth.contract(address=self.w3.to_checksum_address(cfg.contract), abi=abi)
         if cfg.eth_key is not None:
             self.account = load_eth_key(cfg.eth_key)
+        self.client = SettlementClient(self.w3, cfg.contract, self.account, {"abi": abi})
         self.store = EventStore(cfg.data_dir / "chain.sqlite")
         try:
             self.follower = ChainFollower(self.w3, cfg.contract, abi, self.store, confirmations=cfg.confirmations)
@@ -260,13 +236,14 @@ class Settlement:
             if msg.evidence is not None and msg.verifier == node.pubkey:
                 node.spawn(self.submit_dispute(msg))
         elif isinstance(msg, Certificate):
-            if source == "local":  # this node gathered the quorum
+            # This node gathered the quorum. A reject quorum on a claim settles nothing (SPEC.md §16.5):
+            # money moves only through a dispute on one segment, so it is not worth a transaction.
+            if source == "local" and (msg.kind != SUBJECT_CLAIM or msg.verdict == VERDICT_ACCEPT):
                 node.spawn(self.submit_certificate(msg))
         elif isinstance(msg, DoubleVoteProof):
             if source == "local":
                 node.spawn(self.submit("report_double_vote", msg.subject, msg.kind, msg.subject,
-                                       self._index(msg.verifier), encode_g2(msg.accept_signature),
-                                       encode_g2(msg.reject_signature)))
+                                       self._index(msg.verifier), msg.accept_signature, msg.reject_signature))
 
     def _index(self, pubkey: bytes) -> int:
         for i, v in enumerate(self.node.chain.state.verifiers):
@@ -278,11 +255,10 @@ class Settlement:
 
     async def submit_claim(self, claim: Any) -> TxRecord | None:
         claim_id = compute_claim_id(claim.body)
-        message = await asyncio.to_thread(
-            self.contract.functions.claim_binding_message(claim_id, self.account.address).call)
-        binding = encode_g2(bls.sign(self.node.key.bls_secret_key, bytes(message)))
+        message = await asyncio.to_thread(self.client.get_claim_binding_message, claim_id, self.account.address)
+        binding = bls.sign(self.node.key.bls_secret_key, bytes(message))
         return await self.submit("claim_task", claim_id, claim.body.task_id, claim_id, claim.body.commitment,
-                                 claim.body.num_checkpoints, self.node.pubkey, encode_g1(self.node.pubkey), binding,
+                                 claim.body.num_checkpoints, self.node.pubkey, binding,
                                  value=self.node.chain.state.params.prover_bond)
 
     async def submit_dispute(self, vote: Vote) -> TxRecord | None:
@@ -292,13 +268,11 @@ class Settlement:
 
         return await self.submit("open_dispute", compute_dispute_id(vote.claim_id, ev.segment), vote.claim_id,
                                  self._index(vote.verifier), ev.segment, ev.claimed_root, list(ev.claimed_root_path),
-                                 ev.replayed_root, encode_g2(ev.signature))
+                                 ev.replayed_root, ev.signature)
 
     async def submit_certificate(self, cert: Certificate) -> TxRecord | None:
-        keys, stakes = await asyncio.to_thread(self.contract.functions.get_registry().call)
-        signers = sum(1 << i for i in cert.signers)
-        return await self.submit("submit_certificate", cert.subject, cert.kind, cert.subject, cert.verdict, signers,
-                                 encode_g2(cert.signature), list(keys), list(stakes))
+        return await self.submit("submit_certificate", cert.subject, cert.kind, cert.subject, cert.verdict,
+                                 list(cert.signers), cert.signature)
 
     async def apply_deadlines(self) -> None:
         """Submit every deadline that has passed in block time and that nobody has applied yet."""
@@ -331,7 +305,7 @@ class Settlement:
         async with self._lock:
             try:
                 record = await asyncio.to_thread(self._send, fn, subject, args, value)
-            except _Refused as exc:
+            except ContractRevert as exc:
                 if any(q in exc.reason for q in QUIET_REASONS):
                     log.info("%s on %s: not needed (%s)", fn, subject.hex()[:12], exc.reason)
                 else:
@@ -347,22 +321,11 @@ class Settlement:
         return record
 
     def _send(self, fn: str, subject: bytes, args: tuple[Any, ...], value: int) -> TxRecord:
-        from web3.exceptions import ContractLogicError
-
-        call = getattr(self.contract.functions, fn)(*args)
-        sender = self.account.address
-        try:
-            gas = call.estimate_gas({"from": sender, "value": value})
-        except ContractLogicError as exc:
-            raise _Refused(str(getattr(exc, "message", None) or exc).removeprefix("execution reverted: ")) from None
-        tx = call.build_transaction({"from": sender, "value": value, "gas": gas + gas // 5 + 10_000,
-                                     "nonce": self.w3.eth.get_transaction_count(sender, "pending")})
-        signed = self.account.sign_transaction(tx)
         sent_at = time.time()
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.2)
-        return TxRecord(fn, subject.hex(), "0x" + bytes(tx_hash).hex(), int(receipt["gasUsed"]), int(receipt["status"]),
-                        int(receipt["blockNumber"]), sent_at, time.time())
+        kwargs = {"value": value} if value else {}
+        result = getattr(self.client, fn)(*args, **kwargs)  # simulates first: ContractRevert names the reason
+        return TxRecord(fn, subject.hex(), "0x" + result.transaction_hash.hex(), int(result.gas_used), 1,
+                        int(result.block_number), sent_at, time.time())
 
     def get_report(self) -> dict[str, Any]:
         return {"chain_id": self.node.config.chain_id, "contract": self.node.config.contract,
@@ -372,10 +335,4 @@ class Settlement:
                 "txs": [dataclasses.asdict(r) for r in self.txs]}
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-__all__ = ["ChainError", "Settlement", "encode_g1", "encode_g2", "load_contract_abi"]
+__all__ = ["ChainError", "Settlement", "load_contract_abi"]
