@@ -1,10 +1,8 @@
-"""A local anvil chain for tests: started on 127.0.0.1 with a free port, stopped by pid."""
+"""A local anvil chain for tests with extra flags (e.g. an old hardfork): 127.0.0.1, free port, stopped by pid."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,17 +15,13 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ANVIL_CANDIDATES = (
-    REPO / ".tools" / "anvil" / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil",
-    REPO / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil",
-)
 
 
 def find_anvil() -> str | None:
-    for path in ANVIL_CANDIDATES:
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("anvil")
+    from node.evm.anvil import find_anvil as find
+
+    found = find()
+    return None if found is None else str(found)
 
 
 @dataclass
