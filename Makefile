@@ -3,13 +3,22 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean anvil
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(MAKE) anvil
 	touch $(STAMP)
+
+# The local EVM chain (settlement contract tests, devnet): anvil's npm package, pinned by the lockfile.
+ANVIL_DIR := tools/anvil
+anvil: $(ANVIL_DIR)/node_modules/.installed
+
+$(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/package-lock.json
+	cd $(ANVIL_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
 demo: $(STAMP)

@@ -16,6 +16,7 @@
 BPS: constant(uint256) = 10000
 MAX_VERIFIERS: constant(uint256) = 256  # the signer set of a certificate is one uint256 bitmap
 MAX_PATH: constant(uint256) = 64
+MAX_INPUT: constant(uint256) = 1024  # ABI bound of byte inputs; exact lengths are checked with a reason
 MAX_CHECKPOINTS: constant(uint256) = 100000
 
 SUBJECT_CLAIM: constant(uint8) = 0
@@ -58,11 +59,14 @@ HALF_P_HI: constant(uint256) = 17282741772707453034394598013407712875
 HALF_P_LO: constant(uint256) = 80617075055843030690312053732876818007934237714091801549733396136033114903893
 # -G1 (the negated generator), for pairing checks e(pk, H) * e(-G1, sig) == 1
 NEG_G1: constant(Bytes[128]) = x"0000000000000000000000000000000017f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb00000000000000000000000000000000114d1d6855d545a8aa7d76c8cf2e21f267816aef1db507c96655b9d5caac42364e6f38ba0ecb751bad54dcd6b939c2ca"
-ZERO_G2_HASH: constant(bytes32) = keccak256(x"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000")
+ZERO_G1: constant(Bytes[128]) = x"0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+ZERO_G2: constant(Bytes[256]) = x"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+ZERO_G2_HASH: constant(bytes32) = keccak256(ZERO_G2)
 MASK128: constant(uint256) = 2**128 - 1
 FLAGS_MASK: constant(uint256) = 224 << 120
 
 G1ADD: constant(address) = 0x000000000000000000000000000000000000000b
+G1MSM: constant(address) = 0x000000000000000000000000000000000000000C
 G2ADD: constant(address) = 0x000000000000000000000000000000000000000d
 PAIRING: constant(address) = 0x000000000000000000000000000000000000000F
 MAP_FP2_TO_G2: constant(address) = 0x0000000000000000000000000000000000000011
@@ -333,10 +337,16 @@ def _g2_add(a: Bytes[256], b: Bytes[256]) -> Bytes[256]:
 
 @internal
 @view
-def _check_signature_point(sig: Bytes[256]):
+def _g2(sig: Bytes[MAX_INPUT]) -> Bytes[256]:
     assert len(sig) == 256, "signature must be a 256-byte uncompressed G2 point"
+    return slice(sig, 0, 256)
+
+
+@internal
+@view
+def _check_signature_point(sig: Bytes[256]):
     assert keccak256(sig) != ZERO_G2_HASH, "signature is the point at infinity"
-    self._g2_add(sig, empty(Bytes[256]))  # on-curve check; the pairing checks the subgroup
+    self._g2_add(sig, ZERO_G2)  # on-curve check; the pairing checks the subgroup
 
 
 @internal
@@ -347,19 +357,20 @@ def _pairing_ok(pk: Bytes[128], h: Bytes[256], sig: Bytes[256]) -> bool:
     out: Bytes[32] = b""
     ok, out = raw_call(PAIRING, concat(pk, h, NEG_G1, sig), max_outsize=32, is_static_call=True,
                        revert_on_failure=False)
-    assert ok and len(out) == 32, "signature is not a G2 point of the prime-order subgroup"
+    # keys were checked at registration and H comes from the map: only the signature can fail here
+    assert ok and len(out) == 32, "signature is not in the G2 subgroup"
     return convert(out, uint256) == 1
 
 
 @internal
 @view
 def _is_infinity_g1(point: Bytes[128]) -> bool:
-    return point == concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
+    return point == ZERO_G1
 
 
 @internal
 @view
-def _check_pubkey(pubkey: Bytes[48], point: Bytes[128]):
+def _check_pubkey(pubkey: Bytes[MAX_INPUT], point: Bytes[MAX_INPUT]) -> Bytes[48]:
     """The compressed key (protocol/bls.py's form) and the uncompressed point are one valid key."""
     assert len(pubkey) == 48, "public key must be 48 bytes (compressed G1)"
     assert len(point) == 128, "public key point must be 128 bytes (uncompressed G1)"
@@ -368,7 +379,7 @@ def _check_pubkey(pubkey: Bytes[48], point: Bytes[128]):
     flags: uint256 = c_hi >> 120
     assert flags & 64 == 0, "public key is the point at infinity"
     assert flags & 128 != 0, "public key is not in compressed form"
-    assert not self._is_infinity_g1(point), "public key is the point at infinity"
+    assert point != ZERO_G1, "public key is the point at infinity"
     x_hi: uint256 = extract32(point, 0, output_type=uint256)
     x_lo: uint256 = extract32(point, 32, output_type=uint256)
     y_hi: uint256 = extract32(point, 64, output_type=uint256)
@@ -377,7 +388,13 @@ def _check_pubkey(pubkey: Bytes[48], point: Bytes[128]):
     assert c_hi & ~FLAGS_MASK == x_hi and c_lo == x_lo, "public key point does not match the compressed key"
     y_large: bool = y_hi > HALF_P_HI or (y_hi == HALF_P_HI and y_lo > HALF_P_LO)
     assert (flags & 32 != 0) == y_large, "public key point does not match the compressed key's sign"
-    self._g1_add(point, empty(Bytes[128]))  # reverts "not on the curve"; the pairing checks the subgroup
+    self._g1_add(slice(point, 0, 128), ZERO_G1)  # reverts "not on the curve"
+    ok: bool = False
+    out: Bytes[128] = b""
+    ok, out = raw_call(G1MSM, concat(slice(point, 0, 128), convert(1, bytes32)), max_outsize=128, is_static_call=True,
+                       revert_on_failure=False)
+    assert ok and len(out) == 128, "public key is not in the G1 subgroup"
+    return slice(pubkey, 0, 48)
 
 
 @internal
@@ -438,26 +455,27 @@ def _slash_stake(index: uint256, bps: uint256) -> uint256:
 
 @external
 @payable
-def register(pubkey: Bytes[48], point: Bytes[128], pop: Bytes[256]):
+def register(pubkey: Bytes[MAX_INPUT], point: Bytes[MAX_INPUT], pop: Bytes[MAX_INPUT]):
     """Become verifier number verifier_count with msg.value as stake; pop proves the BLS key's owner agreed."""
     assert msg.value >= min_stake, "stake below the minimum"
     assert self.verifier_count < MAX_VERIFIERS, "verifier registry is full"
     assert self.index_of_account[msg.sender] == 0, "account already registered a verifier"
-    key_id: bytes32 = keccak256(pubkey)
-    self._check_pubkey(pubkey, point)
+    key: Bytes[48] = self._check_pubkey(pubkey, point)
+    g1: Bytes[128] = slice(point, 0, 128)
+    key_id: bytes32 = keccak256(key)
     assert self.index_of_pubkey[key_id] == 0, "public key already registered"
-    assert self._verify(point, pubkey, pop, DST_POP), "proof of possession does not verify"
+    assert self._verify(g1, key, self._g2(pop), DST_POP), "proof of possession does not verify"
     index: uint256 = self.verifier_count
     self.verifier_count = index + 1
     self.verifiers[index] = Verifier(account=msg.sender, stake=msg.value, exit_at=0, withdrawn=False)
-    self.verifier_key[index] = point
-    self.verifier_pubkey[index] = pubkey
+    self.verifier_key[index] = g1
+    self.verifier_pubkey[index] = key
     self.index_of_pubkey[key_id] = index + 1
     self.index_of_account[msg.sender] = index + 1
     self.total_stake += msg.value
-    self.registry_leaf[index] = self._leaf(point, msg.value)
+    self.registry_leaf[index] = self._leaf(g1, msg.value)
     self._update_registry()
-    log VerifierRegistered(index=index, account=msg.sender, pubkey=pubkey, stake=msg.value)
+    log VerifierRegistered(index=index, account=msg.sender, pubkey=key, stake=msg.value)
 
 
 @external
@@ -577,7 +595,7 @@ def _binding_message(claim_id: bytes32, prover: address) -> Bytes[256]:
 @external
 @payable
 def claim_task(task_id: bytes32, claim_id: bytes32, commitment: bytes32, num_checkpoints: uint256,
-               prover_pubkey: Bytes[48], prover_point: Bytes[128], binding_signature: Bytes[256]):
+               prover_pubkey: Bytes[MAX_INPUT], prover_point: Bytes[MAX_INPUT], binding_signature: Bytes[MAX_INPUT]):
     """First claim on an open task wins; the bond comes from msg.value, then the sender's balance.
     binding_signature is the claim's BLS key signing (claim_id, chain, contract, sender), so a
     claim seen in the mempool cannot be resubmitted by another account."""
@@ -586,8 +604,9 @@ def claim_task(task_id: bytes32, claim_id: bytes32, commitment: bytes32, num_che
     assert task.status == TASK_OPEN and block.timestamp < task.expires_at, "task is no longer open for claims"
     assert num_checkpoints == task.num_checkpoints, "claim's lengths disagree with its task"
     assert self.claims[claim_id].status == CLAIM_NONE, "claim already registered"
-    self._check_pubkey(prover_pubkey, prover_point)
-    assert self._verify(prover_point, self._binding_message(claim_id, msg.sender), binding_signature, DST_SIG), \
+    key: Bytes[48] = self._check_pubkey(prover_pubkey, prover_point)
+    assert self._verify(slice(prover_point, 0, 128), self._binding_message(claim_id, msg.sender),
+                        self._g2(binding_signature), DST_SIG), \
         "claim binding signature does not verify"
     self._take(msg.sender, prover_bond, msg.value)
     self.tasks[task_id].status = TASK_CLAIMED
@@ -596,7 +615,7 @@ def claim_task(task_id: bytes32, claim_id: bytes32, commitment: bytes32, num_che
                                   num_checkpoints=num_checkpoints, bond=prover_bond,
                                   registered_at=block.timestamp, certified_at=0, status=CLAIM_PENDING,
                                   open_disputes=0)
-    log ClaimRegistered(claim_id=claim_id, task_id=task_id, prover=msg.sender, prover_pubkey=prover_pubkey,
+    log ClaimRegistered(claim_id=claim_id, task_id=task_id, prover=msg.sender, prover_pubkey=key,
                         commitment=commitment, num_checkpoints=num_checkpoints, bond=prover_bond)
 
 
@@ -639,7 +658,7 @@ def _void(claim_id: bytes32):
 @internal
 @view
 def _check_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256, signature: Bytes[256],
-                       keys: DynArray[uint256, 768], stakes: DynArray[uint256, MAX_VERIFIERS]) -> uint256:
+                       keys: DynArray[uint256, 1024], stakes: DynArray[uint256, 1024]) -> uint256:
     """Raise unless a quorum of registered stake signed (kind, subject, verdict); returns signed stake."""
     assert verdict == VERDICT_ACCEPT or verdict == VERDICT_REJECT, "unknown verdict"
     n: uint256 = len(stakes)
@@ -683,8 +702,9 @@ def _check_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: u
 
 
 @external
-def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256, signature: Bytes[256],
-                       keys: DynArray[uint256, 768], stakes: DynArray[uint256, MAX_VERIFIERS]):
+def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256,
+                       signature: Bytes[MAX_INPUT], keys: DynArray[uint256, 1024],
+                       stakes: DynArray[uint256, 1024]):
     """A quorum certificate: an accept on a pending claim starts its challenge window; on a dispute,
     accept upholds it (prover slashed) and reject fails it (challenger slashed). keys and stakes are
     get_registry()'s output; signers bit i is verifier i; signature is the uncompressed aggregate."""
@@ -695,7 +715,7 @@ def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: u
         assert claim.status == CLAIM_PENDING, "claim is already decided"
         assert block.timestamp < claim.registered_at + availability_window, \
             "accept certificate arrived after the claim's availability deadline"
-        signed: uint256 = self._check_certificate(kind, subject, verdict, signers, signature, keys, stakes)
+        signed: uint256 = self._check_certificate(kind, subject, verdict, signers, self._g2(signature), keys, stakes)
         self.claims[subject].status = CLAIM_ACCEPTED
         self.claims[subject].certified_at = block.timestamp
         log ClaimAccepted(claim_id=subject, signers=signers, signed_stake=signed)
@@ -704,7 +724,7 @@ def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: u
     dispute: Dispute = self.disputes[subject]
     assert dispute.status != DISPUTE_NONE, "certificate for unknown dispute"
     assert self._dispute_status(subject) == DISPUTE_OPEN, "dispute is already resolved"
-    self._check_certificate(kind, subject, verdict, signers, signature, keys, stakes)
+    self._check_certificate(kind, subject, verdict, signers, self._g2(signature), keys, stakes)
     self.claims[dispute.claim_id].open_disputes -= 1
     if verdict == VERDICT_ACCEPT:
         self.disputes[subject].status = DISPUTE_UPHELD
@@ -741,7 +761,7 @@ def _evidence_message(claim_id: bytes32, segment: uint256, claimed_root: bytes32
 
 @internal
 @pure
-def _merkle_root(leaf: bytes32, index: uint256, size: uint256, path: DynArray[bytes32, MAX_PATH]) -> bytes32:
+def _merkle_root(leaf: bytes32, index: uint256, size: uint256, path: DynArray[bytes32, 128]) -> bytes32:
     # RFC 9162 §2.1.3.2, as protocol/merkle.py: leaf hashed H(0x00 || data), nodes H(0x01 || l || r)
     fn: uint256 = index
     sn: uint256 = size - 1
@@ -766,8 +786,8 @@ def _merkle_root(leaf: bytes32, index: uint256, size: uint256, path: DynArray[by
 
 @external
 def open_dispute(claim_id: bytes32, challenger: uint256, segment: uint256, claimed_root: bytes32,
-                 claimed_root_path: DynArray[bytes32, MAX_PATH], replayed_root: bytes32,
-                 evidence_signature: Bytes[256]):
+                 claimed_root_path: DynArray[bytes32, 128], replayed_root: bytes32,
+                 evidence_signature: Bytes[MAX_INPUT]):
     """A staked verifier's signed evidence that segment's replay ends elsewhere than the prover's
     committed root. Anyone may relay it; the first valid evidence on a segment holds the dispute."""
     claim: Claim = self.claims[claim_id]
@@ -775,11 +795,12 @@ def open_dispute(claim_id: bytes32, challenger: uint256, segment: uint256, claim
     assert challenger < self.verifier_count, "challenger is not a registered verifier"
     assert self._active_stake(challenger) > 0, "challenger has no stake"
     assert segment + 1 < claim.num_checkpoints, "segment outside the claim"
+    assert len(claimed_root_path) <= MAX_PATH, "evidence path is longer than the tree is deep"
     assert claimed_root != replayed_root, "evidence shows no mismatch: claimed and replayed roots are equal"
     assert self._merkle_root(claimed_root, segment + 1, claim.num_checkpoints, claimed_root_path) == \
         claim.commitment, "evidence's claimed root is not the prover's committed root for that checkpoint"
     message: Bytes[256] = self._evidence_message(claim_id, segment, claimed_root, replayed_root)
-    assert self._verify(self.verifier_key[challenger], message, evidence_signature, DST_SIG), \
+    assert self._verify(self.verifier_key[challenger], message, self._g2(evidence_signature), DST_SIG), \
         "evidence signature does not verify"
     dispute_id: bytes32 = sha256(concat(DOMAIN_DISPUTE_ID, claim_id, slice(convert(segment, bytes32), 24, 8)))
     assert self.disputes[dispute_id].status == DISPUTE_NONE, "a dispute on this segment already exists"
@@ -795,8 +816,8 @@ def open_dispute(claim_id: bytes32, challenger: uint256, segment: uint256, claim
 
 
 @external
-def report_double_vote(kind: uint8, subject: bytes32, verifier: uint256, accept_signature: Bytes[256],
-                       reject_signature: Bytes[256]):
+def report_double_vote(kind: uint8, subject: bytes32, verifier: uint256, accept_signature: Bytes[MAX_INPUT],
+                       reject_signature: Bytes[MAX_INPUT]):
     """Anyone may submit two signatures of one verifier on both verdicts of one subject."""
     assert verifier < self.verifier_count, "not a registered verifier"
     domain: Bytes[19] = b""
@@ -808,9 +829,9 @@ def report_double_vote(kind: uint8, subject: bytes32, verifier: uint256, accept_
     key: bytes32 = keccak256(concat(convert(verifier, bytes32), convert(kind, bytes1), subject))
     assert not self.double_vote_slashed[key], "double vote already slashed"
     point: Bytes[128] = self.verifier_key[verifier]
-    assert self._verify(point, concat(domain, subject, b"\x01"), accept_signature, DST_SIG), \
+    assert self._verify(point, concat(domain, subject, b"\x01"), self._g2(accept_signature), DST_SIG), \
         "accept signature does not verify"
-    assert self._verify(point, concat(domain, subject, b"\x00"), reject_signature, DST_SIG), \
+    assert self._verify(point, concat(domain, subject, b"\x00"), self._g2(reject_signature), DST_SIG), \
         "reject signature does not verify"
     self.double_vote_slashed[key] = True
     burned: uint256 = self._slash_stake(verifier, slash_double_vote_bps)
