@@ -144,10 +144,7 @@ class Node:
         from .p2p import P2PConfig, P2PNetwork
 
         if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
-            from .settlement import Settlement
-
-            self.settlement = Settlement(self)
-            await self.settlement.start()
+            await self.settlement_start()
         self.replay_log()
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
         self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
@@ -192,6 +189,13 @@ class Node:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def settlement_start(self) -> None:
+        """Connect to the settlement chain of the config; ``ChainError`` when it cannot be trusted."""
+        from .settlement import Settlement
+
+        self.settlement = Settlement(self)
+        await self.settlement.start()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
