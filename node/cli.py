@@ -94,6 +94,8 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         dn.wait_ready(net, net.nodes, deadline)
         say(f"nodes up after {time.monotonic() - started:.1f} s; posting {len(net.tasks)} tasks")
         posted = dc.post_tasks_on_chain(chain, net, dn.REWARD, int(time.time()) + 3600) if chain else {}
+        if chain is not None:  # nodes take a task's spec once the chain holds the task
+            dc.wait_tasks_seen(net, posted, deadline)
         dn.post_tasks(net, net.verifiers[0])
         claims = dn.wait_settled(net, net.verifiers[0], deadline)
         dn.wait_consistent(net, min(deadline, time.monotonic() + 15))

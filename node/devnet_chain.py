@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,21 @@ def post_tasks_on_chain(chain: DevChain, net: Devnet, reward: int, expires_at: i
         out[task_id.hex()] = _step("post_task", "requester",
                                    requester.post_task(task_id, reward, expires_at, task.num_checkpoints))
     return out
+
+
+def wait_tasks_seen(net: Devnet, posted: dict[str, Any], deadline: float) -> None:
+    """Wait until the first verifier's view holds every posted task (its confirmation)."""
+    from .devnet import http_get
+
+    while True:
+        try:
+            if set(posted) <= set(http_get(net.verifiers[0], "/ledger")["tasks"]):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise DevnetError("the nodes never saw the tasks posted on chain")
+        time.sleep(0.3)
 
 
 def get_receipt_gas(chain: DevChain, tx: str) -> int | None:

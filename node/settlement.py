@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from .app import Node
 
 log = logging.getLogger(__name__)
-RESUBMIT_S = 10.0  # a deadline transaction still not reflected in the view is tried again after this
+RESUBMIT_S = 10.0
+STAGGER_S = 4.0  # between two nodes' turns to submit the same certificate or deadline (a few blocks)  # a deadline transaction still not reflected in the view is tried again after this
 # Refusals that mean "someone else already did it": a lost race, not a fault.
 QUIET_REASONS = ("already", "is not open", "no longer open", "reverted when mined")
 
@@ -192,9 +193,16 @@ class Settlement:
         chain, state = self.node.chain, self.node.chain.state
         try:
             if isinstance(msg, TaskPosted):
+                # The task id is the hash of the spec, so any valid posting of an id the contract holds
+                # carries that task's spec; one the contract does not hold (yet) waits in the pending queue.
                 task_id = validate_task_posted(msg)
                 if task_id in chain.postings:
                     raise GossipIgnore("task already known")
+                record = state.tasks.get(task_id)
+                if record is None:
+                    raise GossipIgnore("task is not posted on the settlement chain (yet)")
+                if record.num_checkpoints != decode_task(msg.task).num_checkpoints:
+                    raise GossipReject("posting's checkpoints differ from the task's on chain")
             elif isinstance(msg, ClaimAnnounced):
                 claim = decode_claim(msg.claim)
                 from protocol.claim import validate_claim_signature
@@ -203,6 +211,11 @@ class Settlement:
                 claim_id = compute_claim_id(claim.body)
                 if claim_id in chain.claims:
                     raise GossipIgnore("claim already known")
+                record = state.tasks.get(claim.body.task_id)
+                if record is None:
+                    raise GossipIgnore("claim names a task not posted on the settlement chain (yet)")
+                if record.claim_id is not None and record.claim_id != claim_id:
+                    raise GossipIgnore("the chain gave the task to another claim")
                 posting = chain.postings.get(claim.body.task_id)
                 if posting is not None:
                     task = decode_task(posting.task)
@@ -239,11 +252,33 @@ class Settlement:
             # This node gathered the quorum. A reject quorum on a claim settles nothing (SPEC.md §16.5):
             # money moves only through a dispute on one segment, so it is not worth a transaction.
             if source == "local" and (msg.kind != SUBJECT_CLAIM or msg.verdict == VERDICT_ACCEPT):
-                node.spawn(self.submit_certificate(msg))
+                node.spawn(self._submit_certificate_in_turn(msg))
         elif isinstance(msg, DoubleVoteProof):
             if source == "local":
                 node.spawn(self.submit("report_double_vote", msg.subject, msg.kind, msg.subject,
                                        self._index(msg.verifier), msg.accept_signature, msg.reject_signature))
+
+    def get_turn(self, subject: bytes) -> int:
+        """This node's place in the order in which nodes submit for ``subject``.
+
+        Every verifier gathers the same quorum and sees the same deadlines; if all submitted at once,
+        all but one transaction would revert and still cost gas. The verifiers take turns instead,
+        in a rotation that starts at a subject-derived index; a node that is not a verifier comes
+        last. Each turn waits ``STAGGER_S`` longer and submits only if the chain still needs it."""
+        verifiers = self.node.chain.state.verifiers
+        index = self.node.verifier_index
+        if index is None or not verifiers:
+            return len(verifiers)
+        return (index - int.from_bytes(subject[:4], "big")) % len(verifiers)
+
+    async def _submit_certificate_in_turn(self, cert: Certificate) -> TxRecord | None:
+        await asyncio.sleep(self.get_turn(cert.subject) * STAGGER_S)
+        state = self.node.chain.state
+        claim, dispute = state.claims.get(cert.subject), state.disputes.get(cert.subject)
+        if (claim is not None and claim.status != CLAIM_PENDING) or (dispute is not None and dispute.status != DISPUTE_OPEN):
+            log.info("certificate on %s: already on chain, not submitted", cert.subject.hex()[:12])
+            return None
+        return await self.submit_certificate(cert)
 
     def _index(self, pubkey: bytes) -> int:
         for i, v in enumerate(self.node.chain.state.verifiers):
@@ -277,21 +312,23 @@ class Settlement:
     async def apply_deadlines(self) -> None:
         """Submit every deadline that has passed in block time and that nobody has applied yet."""
         state, now, p = self.node.chain.state, self.block_time, self.node.chain.state.params
-        due: list[tuple[str, bytes]] = []
+        due: list[tuple[str, bytes, int]] = []  # (function, subject, deadline in block time)
         for dispute_id, d in state.disputes.items():
-            if d.status == DISPUTE_OPEN and now >= d.opened_at + p.dispute_window_s:
-                due.append(("expire_dispute", dispute_id))
+            if d.status == DISPUTE_OPEN:
+                due.append(("expire_dispute", dispute_id, d.opened_at + p.dispute_window_s))
         for claim_id, c in state.claims.items():
             if is_dispute_open_on(state, claim_id):
                 continue
-            if c.status == CLAIM_ACCEPTED and c.certified_at is not None and now >= c.certified_at + p.challenge_window_s:
-                due.append(("settle_claim", claim_id))
-            elif c.status == CLAIM_PENDING and now >= c.registered_at + p.availability_window_s:
-                due.append(("settle_claim", claim_id))
+            if c.status == CLAIM_ACCEPTED and c.certified_at is not None:
+                due.append(("settle_claim", claim_id, c.certified_at + p.challenge_window_s))
+            elif c.status == CLAIM_PENDING:
+                due.append(("settle_claim", claim_id, c.registered_at + p.availability_window_s))
         for task_id, t in state.tasks.items():
-            if t.status == TASK_OPEN and now >= t.expires_at:
-                due.append(("refund_task", task_id))
-        for fn, subject in due:
+            if t.status == TASK_OPEN:
+                due.append(("refund_task", task_id, t.expires_at))
+        for fn, subject, at in due:
+            if now < at + self.get_turn(subject) * STAGGER_S:
+                continue
             last = self._tried.get((fn, subject))
             if last is not None and time.monotonic() - last < RESUBMIT_S:
                 continue
