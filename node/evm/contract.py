@@ -219,9 +219,10 @@ def _reason(exc: ContractLogicError) -> str:
 
 
 def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    # eth_chainId and the like are cached: every contract call would otherwise ask again
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True))
     try:
-        w3.eth.chain_id
+        _ = w3.eth.chain_id
     except Exception as exc:  # any transport failure: the operator's URL or node is wrong
         raise ChainError(f"no EVM chain answers at {rpc_url}: {exc}") from None
     return w3
@@ -236,6 +237,13 @@ class SettlementClient:
         self.address = Web3.to_checksum_address(address)
         self.account = account
         self.contract = w3.eth.contract(address=self.address, abi=(artifact or load_artifact())["abi"])
+        self._chain_id: int | None = None
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(self.w3.eth.chain_id)
+        return self._chain_id
 
     def with_account(self, account: LocalAccount) -> SettlementClient:
         return SettlementClient(self.w3, self.address, account, {"abi": self.contract.abi})
@@ -251,14 +259,14 @@ class SettlementClient:
             estimate = fn.estimate_gas(tx, block_identifier="pending")
         except ContractLogicError as exc:
             raise ContractRevert(name, _reason(exc)) from None
-        tx.update({"gas": gas or int(estimate * 1.2) + 20_000, "chainId": self.w3.eth.chain_id,
+        tx.update({"gas": gas or int(estimate * 1.2) + 20_000, "chainId": self.chain_id,
                    "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending")})
         fees = self._fees()
         tx.update(fees)
         built = fn.build_transaction(tx)
         signed = self.account.sign_transaction(built)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.02)
         if receipt["status"] != 1:
             raise ContractRevert(name, "reverted when mined (the chain changed since the estimate)")
         return TxResult(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"], self.decode_events(receipt))
