@@ -29,6 +29,7 @@ from typing import Any
 
 from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim
+from protocol.constants import VERDICT_ACCEPT
 from protocol.errors import InvalidInput
 from protocol.genesis import Genesis, VerifierEntry, compute_samples_required
 from protocol.ledger import (
@@ -230,11 +231,19 @@ class ChainBackedState(ChainState):
         except (KeyError, IndexError, ValueError, InvalidInput) as exc:  # a log the fold cannot place
             log.error("contract events do not fold into a ledger view: %r", exc)
             return
-        for (subject, _verdict), _cert in self.certificates.items():
-            record = self.state.claims.get(subject)
-            info = self.claims.get(subject)
-            if info is not None and record is not None and record.certified_at is None:
-                info.certified_at = None  # a reorg undid the acceptance
+        self._sync_claim_times(wall)
+
+    def _sync_claim_times(self, wall: float) -> None:
+        """Wall-clock times of the chain's acceptance and settlement as this node first saw them;
+        a reorg that undid one clears it."""
+        for claim_id, info in self.claims.items():
+            record = self.state.claims.get(claim_id)
+            if record is None or record.certified_at is None:
+                info.certified_at = info.certificate_verdict = None
+            elif info.certified_at is None:
+                info.certified_at, info.certificate_verdict = wall, VERDICT_ACCEPT
+            if record is None or record.status not in (CLAIM_PAID, CLAIM_SLASHED, CLAIM_VOID):
+                info.settled_at = None
         self._mark_settled(wall)
 
     def apply(self, msg: Message, now: int, wall: float) -> None:
@@ -247,15 +256,13 @@ class ChainBackedState(ChainState):
         elif isinstance(msg, ClaimAnnounced):
             claim = decode_claim(msg.claim)
             self.claims.setdefault(compute_claim_id(claim.body), ClaimInfo(claim, msg.fetch, wall))
+            self._sync_claim_times(wall)
         elif isinstance(msg, Vote):
             self.votes.setdefault(msg.claim_id, {})[msg.verifier] = msg
         elif isinstance(msg, DisputeVote):
             self.dispute_votes.setdefault(msg.dispute_id, {})[msg.verifier] = msg
         elif isinstance(msg, Certificate):
-            self.certificates.setdefault((msg.subject, msg.verdict), msg)
-            info = self.claims.get(msg.subject)
-            if info is not None and info.certified_at is None:
-                info.certified_at, info.certificate_verdict = wall, msg.verdict
+            self.certificates.setdefault((msg.subject, msg.verdict), msg)  # certified_at: when the chain says so
         elif isinstance(msg, DoubleVoteProof):
             pass  # the contract slashes (node.settlement submits the proof); nothing to record here
         else:

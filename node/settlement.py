@@ -255,8 +255,7 @@ class Settlement:
                 node.spawn(self._submit_certificate_in_turn(msg))
         elif isinstance(msg, DoubleVoteProof):
             if source == "local":
-                node.spawn(self.submit("report_double_vote", msg.subject, msg.kind, msg.subject,
-                                       self._index(msg.verifier), msg.accept_signature, msg.reject_signature))
+                node.spawn(self.submit_double_vote(msg))
 
     def get_turn(self, subject: bytes) -> int:
         """This node's place in the order in which nodes submit for ``subject``.
@@ -308,6 +307,10 @@ class Settlement:
     async def submit_certificate(self, cert: Certificate) -> TxRecord | None:
         return await self.submit("submit_certificate", cert.subject, cert.kind, cert.subject, cert.verdict,
                                  list(cert.signers), cert.signature)
+
+    async def submit_double_vote(self, proof: DoubleVoteProof) -> TxRecord | None:
+        return await self.submit("report_double_vote", proof.subject, proof.kind, proof.subject,
+                                 self._index(proof.verifier), proof.accept_signature, proof.reject_signature)
 
     async def apply_deadlines(self) -> None:
         """Submit every deadline that has passed in block time and that nobody has applied yet."""

@@ -1,5 +1,6 @@
 """A node's settlement on anvil, in process: its certificate is submitted once and a second
-submission loses quietly; the payout deadline is applied in block time by a transaction."""
+submission loses quietly; the payout deadline is applied in block time by a transaction; a
+double-vote proof slashes on chain once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from node.config import load_config  # noqa: E402
 from protocol.certificate import compute_certificate  # noqa: E402
 from protocol.ledger import get_claim_context  # noqa: E402
 from protocol.task import compute_task_id  # noqa: E402
-from protocol.vote import compute_vote  # noqa: E402
+from protocol.vote import compute_dispute_vote, compute_double_vote_proof, compute_vote  # noqa: E402
 
 
 def test_certificate_submitted_once_duplicate_quiet_and_payout_by_deadline(tmp_path: Path,
@@ -73,6 +74,20 @@ def test_certificate_submitted_once_duplicate_quiet_and_payout_by_deadline(tmp_p
                 await v0.settlement.apply_deadlines()
             assert [r.what for r in v0.settlement.txs] == ["submit_certificate", "settle_claim"]
             assert chain.client.get_claim(claim_id).status == "paid"
+            # A verifier that signed both verdicts is slashed on chain, once; the repeat is quiet.
+            sk1 = net.verifiers[1].key.bls_secret_key
+            proof = compute_double_vote_proof(compute_dispute_vote(sk1, b"\x33" * 32, 1),
+                                              compute_dispute_vote(sk1, b"\x33" * 32, 0))
+            stake = v0.chain.state.verifiers[1].stake
+            assert await v0.settlement.submit_double_vote(proof) is not None
+            assert await v1.settlement.submit_double_vote(proof) is None
+            expected = stake - stake * net.params.slash_double_vote_bps // 10000
+            deadline = time.monotonic() + 20
+            while v0.chain.state.verifiers[1].stake != expected:
+                assert time.monotonic() < deadline, "slash never reached the view"
+                await asyncio.sleep(0.3)
+                await v0.settlement.poll(notify=False)
+            assert chain.client.get_registry().stakes[1] == expected
             for node in (v0, v1):
                 node.settlement.close()
                 node.store.close()
