@@ -114,6 +114,7 @@ class Settlement:
         if cfg.eth_key is not None:
             self.account = load_eth_key(cfg.eth_key)
         self.client = SettlementClient(self.w3, cfg.contract, self.account, {"abi": abi})
+        await asyncio.to_thread(self.check_params)
         self.store = EventStore(cfg.data_dir / "chain.sqlite")
         try:
             self.follower = ChainFollower(self.w3, cfg.contract, abi, self.store, confirmations=cfg.confirmations)
@@ -123,6 +124,27 @@ class Settlement:
         log.info("settlement on chain %d, contract %s, account %s, %d confirmations; %d events up to block %d",
                  cfg.chain_id, cfg.contract, self.account.address if self.account else "none (follow only)",
                  cfg.confirmations, self.store.count(), self.cursor)
+
+    def check_params(self) -> None:
+        """The contract must run the genesis rules: its deadlines, quorum, bond and slashing are what
+        this node computes samples and submits deadlines with."""
+        p = self.node.genesis.params
+        expected = {"challenge_window": p.challenge_window_s, "availability_window": p.availability_window_s,
+                    "dispute_window": p.dispute_window_s, "quorum_numerator": p.quorum_numerator,
+                    "quorum_denominator": p.quorum_denominator, "prover_bond": p.prover_bond,
+                    "slash_double_vote_bps": p.slash_double_vote_bps,
+                    "slash_failed_challenge_bps": p.slash_failed_challenge_bps,
+                    "challenger_reward_bps": p.challenger_reward_bps, "slash_unavailable_bps": p.slash_unavailable_bps}
+        functions = self.client.contract.functions
+        try:
+            actual = {name: int(getattr(functions, name)().call()) for name in expected}
+        except Exception as exc:  # noqa: BLE001 - not this contract, or the endpoint failed
+            raise ChainError(f"contract {self.node.config.contract} does not answer as the settlement contract: "
+                             f"{type(exc).__name__}: {exc}") from None
+        differ = [f"{k} {actual[k]} (genesis {v})" for k, v in expected.items() if actual[k] != v]
+        if differ:
+            raise ChainError(f"contract {self.node.config.contract} runs other parameters than the genesis: "
+                             + ", ".join(differ))
 
     def close(self) -> None:
         if self.store is not None:

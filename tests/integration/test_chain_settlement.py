@@ -95,3 +95,29 @@ def test_certificate_submitted_once_duplicate_quiet_and_payout_by_deadline(tmp_p
         asyncio.run(scenario())
     finally:
         dc.stop_chain(chain)
+
+
+def test_node_refuses_a_contract_with_other_rules_than_its_genesis(tmp_path: Path) -> None:
+    import dataclasses
+
+    from node import devnet_chain as dc
+    from node.app import Node
+    from node.evm.anvil import find_anvil
+    from node.evm.contract import SettlementParams, deploy_settlement
+    from node.onchain import ChainError
+
+    if find_anvil() is None:
+        pytest.skip("anvil is not installed (make installs it)")
+    net = dn.create(tmp_path / "net", 1, 0, 0)
+    chain = dc.start_chain(net)
+    try:
+        other = dataclasses.replace(SettlementParams.from_params(net.params), challenge_window=99, unbonding_delay=10_000)
+        client, _ = deploy_settlement(chain.client.w3, chain.accounts["requester"], other)
+        config = tmp_path / "net" / "v0.toml"
+        config.write_text(config.read_text().replace(chain.contract, client.address))
+        node = Node(load_config(config))
+        with pytest.raises(ChainError, match=r"other parameters than the genesis: challenge_window 99 \(genesis 3\)"):
+            asyncio.run(node.settlement_start())
+        node.store.close()
+    finally:
+        dc.stop_chain(chain)
