@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_node_commands(sub)
     register_dataset_commands(sub)
+    from .chain_cli import register as register_chain_commands
+
+    register_chain_commands(sub)
     return p
 
 
@@ -253,11 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .chain_cli import ChainCliError
     from .keyfile import KeyFileError
 
     try:
         return int(args.func(args))
-    except (CliError, KeyFileError, PolError, OSError) as exc:
+    except (CliError, KeyFileError, ChainCliError, PolError, OSError) as exc:
         kind = type(exc).__name__
         print(f"pol: error: {exc} [{kind}]", file=sys.stderr)
         return EXIT_ERROR
