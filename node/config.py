@@ -21,7 +21,7 @@
     rpc_url = "http://127.0.0.1:8545"  # JSON-RPC over HTTP
     chain_id = 31337
     contract = "0x…"                   # the settlement contract's address
-    eth_key = "keys/v0.eth"            # the operator's account: a 32-byte private key as hex
+    eth_key = "keys/v0.eth.json"       # the operator's account (pol chain key-new; or a file of 64 hex digits)
     confirmations = 2                  # blocks an event must be buried under before the node uses it
     chain_poll_s = 1.0
 

@@ -2,7 +2,7 @@
 
 ``start_chain`` runs anvil on 127.0.0.1 (a free port, a block every second so that block time and
 confirmations advance), deploys the settlement contract with the genesis parameters, gives every
-node and the requester an Ethereum account (``keys/<name>.eth``) funded by ``anvil_setBalance``,
+node and the requester an Ethereum account (``keys/<name>.eth.json``) funded by ``anvil_setBalance``,
 and points every node's config at the chain. ``register_verifiers`` stakes each verifier with its
 BLS key and proof of possession, in genesis order (so chain indices equal genesis indices);
 ``post_tasks_on_chain`` escrows each task's reward. ``get_receipt_gas`` lets the report show what
@@ -12,7 +12,6 @@ each settlement step cost.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from protocol import bls
 from protocol.task import compute_task_id
 
 from .devnet import Devnet, DevnetError
+from .evm.ethkey import generate_eth_key, save_eth_keyfile
 from .onchain import load_eth_key
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,8 @@ def start_chain(net: Devnet) -> DevChain:
     try:
         w3 = connect(anvil.url)
         for name in [n.name for n in net.nodes] + ["requester"]:
-            path = net.directory / "keys" / f"{name}.eth"
-            path.write_text("0x" + secrets.token_bytes(32).hex() + "\n")
-            path.chmod(0o600)
+            path = net.directory / "keys" / f"{name}.eth.json"
+            save_eth_keyfile(path, generate_eth_key())  # the `pol chain key-new` format: usable with `pol stake`…
             chain.accounts[name] = load_eth_key(path)
             w3.provider.make_request("anvil_setBalance", [chain.accounts[name].address, hex(FUNDS_WEI)])
         client, receipt = deploy_settlement(w3, chain.accounts["requester"], SettlementParams.from_params(net.params))
@@ -72,7 +71,7 @@ def start_chain(net: Devnet) -> DevChain:
         for n in net.nodes:
             with open(net.directory / f"{n.name}.toml", "a") as fh:
                 fh.write(f'rpc_url = "{chain.url}"\nchain_id = {CHAIN_ID}\ncontract = "{chain.contract}"\n'
-                         f'eth_key = "keys/{n.name}.eth"\nconfirmations = {CONFIRMATIONS}\nchain_poll_s = 0.5\n')
+                         f'eth_key = "keys/{n.name}.eth.json"\nconfirmations = {CONFIRMATIONS}\nchain_poll_s = 0.5\n')
         return chain
     except BaseException:
         stop_chain(chain)

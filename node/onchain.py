@@ -51,7 +51,8 @@ def connect(rpc_url: str, timeout: float = RPC_TIMEOUT_S) -> Any:
 
 
 def load_eth_key(path: Path) -> Any:
-    """The operator's Ethereum account from a file holding its private key as 64 hex digits (0x optional)."""
+    """The operator's Ethereum account: a key file of ``pol chain key-new`` (node/evm/ethkey.py), or a
+    file holding only the private key as 64 hex digits (0x optional)."""
     from eth_account import Account
 
     try:
@@ -60,13 +61,13 @@ def load_eth_key(path: Path) -> Any:
         raise ChainError(f"eth_key file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ChainError(f"eth_key file {path} is unreadable: {exc}") from None
-    if text.startswith("{"):  # a JSON document with the key under "private_key" (the chain CLI's format)
-        import json
+    if text.startswith("{"):
+        from .evm.ethkey import EthKeyFileError, load_eth_keyfile
 
         try:
-            text = str(json.loads(text).get("private_key", ""))
-        except (ValueError, AttributeError):
-            raise ChainError(f"eth_key file {path} is not valid JSON") from None
+            return load_eth_keyfile(path)
+        except EthKeyFileError as exc:
+            raise ChainError(str(exc)) from None
     hexkey = text[2:] if text.startswith(("0x", "0X")) else text
     if not re.fullmatch(r"[0-9a-fA-F]{64}", hexkey):
         raise ChainError(f"eth_key file {path} must hold a 32-byte private key as 64 hex digits")

@@ -47,9 +47,16 @@ def test_start_up_checks_refuse_each_unusable_chain() -> None:
 
 def test_eth_key_file_formats(tmp_path: Path) -> None:
     (tmp_path / "a").write_text(ANVIL_KEY0 + "\n")
-    (tmp_path / "b").write_text('{"private_key": "%s"}' % ANVIL_KEY0[2:])
+    from eth_account import Account
+
+    from node.evm.ethkey import save_eth_keyfile
+
+    save_eth_keyfile(tmp_path / "b", Account.from_key(ANVIL_KEY0))  # `pol chain key-new`'s format
     for name in ("a", "b"):
         assert load_eth_key(tmp_path / name).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    (tmp_path / "b").chmod(0o644)
+    with pytest.raises(ChainError, match="accessible by other users"):
+        load_eth_key(tmp_path / "b")
     (tmp_path / "bad").write_text("0x1234")
     with pytest.raises(ChainError, match="64 hex digits"):
         load_eth_key(tmp_path / "bad")
