@@ -24,6 +24,7 @@
     eth_key = "keys/v0.eth.json"       # the operator's account (pol chain key-new; or a file of 64 hex digits)
     confirmations = 2                  # blocks an event must be buried under before the node uses it
     chain_poll_s = 1.0
+    chain_start_block = 0              # the contract's deployment block: events before it need no reading
 
 Relative paths are relative to the config file's directory.
 """
@@ -67,6 +68,7 @@ class NodeConfig:
     eth_key: Path | None = None
     confirmations: int = 2
     chain_poll_s: float = 1.0
+    chain_start_block: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,7 +122,7 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-CHAIN_KEYS = {"rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s"}
+CHAIN_KEYS = {"rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s", "chain_start_block"}
 
 
 def _chain_fields(raw: dict[str, Any], rel: Any, path: Path) -> dict[str, Any]:
@@ -142,11 +144,14 @@ def _chain_fields(raw: dict[str, Any], rel: Any, path: Path) -> dict[str, Any]:
     if not isinstance(contract, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", contract):
         raise ConfigError(f"{path}: contract must be a 0x-prefixed 20-byte hex address")
     poll = float(raw.get("chain_poll_s", 1.0))
+    start = raw.get("chain_start_block", 0)
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ConfigError(f"{path}: chain_start_block must be a block number (integer >= 0)")
     if not 0.05 <= poll <= 60:
         raise ConfigError(f"{path}: chain_poll_s must be in 0.05..60")
     return {"rpc_url": str(raw["rpc_url"]), "chain_id": chain_id, "contract": contract,
             "eth_key": rel(raw["eth_key"], "eth_key") if raw.get("eth_key") else None,
-            "confirmations": confirmations, "chain_poll_s": poll}
+            "confirmations": confirmations, "chain_poll_s": poll, "chain_start_block": start}
 
 
 def format_config_toml(doc: dict[str, Any]) -> str:

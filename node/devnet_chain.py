@@ -71,7 +71,8 @@ def start_chain(net: Devnet) -> DevChain:
         for n in net.nodes:
             with open(net.directory / f"{n.name}.toml", "a") as fh:
                 fh.write(f'rpc_url = "{chain.url}"\nchain_id = {CHAIN_ID}\ncontract = "{chain.contract}"\n'
-                         f'eth_key = "keys/{n.name}.eth.json"\nconfirmations = {CONFIRMATIONS}\nchain_poll_s = 0.5\n')
+                         f'eth_key = "keys/{n.name}.eth.json"\nconfirmations = {CONFIRMATIONS}\nchain_poll_s = 0.5\n'
+                         f'chain_start_block = {receipt.block_number}\n')
         return chain
     except BaseException:
         stop_chain(chain)

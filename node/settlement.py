@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RESUBMIT_S = 10.0
+CATCH_UP_ROUNDS = 20  # block ranges (of up to 2000 blocks) read per poll
 STAGGER_S = 4.0  # between two nodes' turns to submit the same certificate or deadline (a few blocks)  # a deadline transaction still not reflected in the view is tried again after this
 # Refusals that mean "someone else already did it": a lost race, not a fault.
 QUIET_REASONS = ("already", "is not open", "no longer open", "reverted when mined")
@@ -117,10 +118,14 @@ class Settlement:
         await asyncio.to_thread(self.check_params)
         self.store = EventStore(cfg.data_dir / "chain.sqlite")
         try:
-            self.follower = ChainFollower(self.w3, cfg.contract, abi, self.store, confirmations=cfg.confirmations)
+            self.follower = ChainFollower(self.w3, cfg.contract, abi, self.store, confirmations=cfg.confirmations,
+                                          start_block=cfg.chain_start_block)
         except ValueError as exc:
             raise ChainError(str(exc)) from None
-        await self.poll(notify=False)  # nothing else runs yet; Node.run wakes the duties once up
+        try:
+            await self.poll(notify=False)  # nothing else runs yet; Node.run wakes the duties once up
+        except Exception as exc:  # noqa: BLE001 - the endpoint answered the checks but not this
+            raise ChainError(f"reading the contract's events failed: {type(exc).__name__}: {exc}") from None
         log.info("settlement on chain %d, contract %s, account %s, %d confirmations; %d events up to block %d",
                  cfg.chain_id, cfg.contract, self.account.address if self.account else "none (follow only)",
                  cfg.confirmations, self.store.count(), self.cursor)
@@ -165,19 +170,24 @@ class Settlement:
     async def poll(self, notify: bool = True) -> bool:
         """Read newly confirmed events; rebuild the view when anything changed. True if it did."""
         assert self.follower is not None and self.store is not None
-        try:
-            result = await asyncio.to_thread(self.follower.poll_once)
-        except ReorgDuringRead as exc:
-            log.info("chain changed during a read (%s); retrying next round", exc)
-            return False
-        self.head, self.cursor = result.head, result.cursor
+        changed = False
+        for _ in range(CATCH_UP_ROUNDS):  # a node far behind reads several ranges per round, boundedly
+            try:
+                result = await asyncio.to_thread(self.follower.poll_once)
+            except ReorgDuringRead as exc:
+                log.info("chain changed during a read (%s); retrying next round", exc)
+                break
+            self.head, self.cursor = result.head, result.cursor
+            changed = changed or bool(result.events) or result.reverted_to is not None
+            if result.reverted_to is not None:
+                self.reorgs += 1
+            if result.cursor >= result.head - self.node.config.confirmations:
+                break
         latest = await asyncio.to_thread(self.w3.eth.get_block, "latest")
         self.block_time = int(latest["timestamp"])
-        if not result.events and result.reverted_to is None and self._loaded:
+        if not changed and self._loaded:
             return False
         self._loaded = True
-        if result.reverted_to is not None:
-            self.reorgs += 1
         events = await asyncio.to_thread(lambda: list(self.store.events()))  # type: ignore[union-attr]
         self.node.chain.set_events(events, time.time())
         if notify:

@@ -34,6 +34,7 @@ def test_chain_keys_parsed_and_eth_key_relative_to_the_config(tmp_path: Path) ->
     (CHAIN.replace("ab" * 20, "ab" * 19), "20-byte hex address"),
     (CHAIN + "confirmations = -1\n", "confirmations must be an integer"),
     (CHAIN + 'confirmations = "2"\n', "confirmations must be an integer"),
+    (CHAIN + "chain_start_block = -5\n", "chain_start_block must be a block number"),
 ])
 def test_bad_chain_keys_are_refused_with_the_reason(tmp_path: Path, text: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
