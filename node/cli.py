@@ -101,7 +101,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         dn.wait_consistent(net, min(deadline, time.monotonic() + 15))
         report = build_report(net, claims, time.monotonic() - started)
         if chain is not None:
-            add_chain_report(report, chain, claims, posted, setup)
+            add_chain_report(report, net, chain, claims, posted, setup)
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
@@ -124,9 +124,11 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             dc.stop_chain(chain)
 
 
-def add_chain_report(report: dict[str, Any], chain: Any, claims: list[dict[str, Any]], posted: dict[str, Any],
+def add_chain_report(report: dict[str, Any], net: Any, chain: Any, claims: list[dict[str, Any]], posted: dict[str, Any],
                      setup: list[dict[str, Any]]) -> None:
-    """Per claim: each settlement step's transaction and gas, and claim-to-payout latency in block time."""
+    """Per claim: each settlement step's transaction and gas, and claim-to-payout latency in block time;
+    per node: the gas of the transactions it sent (the network's cost per claim)."""
+    from . import devnet as dn
     from . import devnet_chain as dc
 
     by_id = {c["claim_id"]: c for c in claims}
@@ -141,8 +143,20 @@ def add_chain_report(report: dict[str, Any], chain: Any, claims: list[dict[str, 
         row["gas_total"] = sum(s["gas"] or 0 for s in steps)
         reg, done = c.get("registered_block_time"), c.get("settled_block_time")
         row["block_seconds_to_payout"] = None if reg is None or done is None else done - reg
+    gas_by_node: dict[str, Any] = {"requester": sum(s["gas"] for s in posted.values())}
+    reverted = 0
+    for n in net.nodes:
+        try:
+            doc = dn.http_get(n, "/settlement")
+            gas_by_node[n.name] = sum(t["gas_used"] for t in doc["txs"])
+            reverted += doc["reverted_when_mined"]
+        except (OSError, ValueError, KeyError):
+            gas_by_node[n.name] = None
+    total = sum(g for g in gas_by_node.values() if g is not None)
     report["settlement"] = {"chain": "anvil", "url": chain.url, "contract": chain.contract, "deploy_tx": chain.deploy_tx,
-                            "deploy_gas": chain.deploy_gas, "registrations": setup}
+                            "deploy_gas": chain.deploy_gas, "registrations": setup, "gas_by_node": gas_by_node,
+                            "network_gas_per_claim": total // max(1, len(claims)),
+                            "reverted_when_mined": reverted}
 
 
 def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
@@ -203,7 +217,10 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"    total gas {r['gas_total']}; claim registered to settled in "
                          f"{r['block_seconds_to_payout']} s of block time")
     if "settlement" in report:
-        lines.append(f"settled on chain: contract {report['settlement']['contract']} at {report['settlement']['url']}")
+        st = report["settlement"]
+        lines.append(f"settled on chain: contract {st['contract']} at {st['url']}; gas sent per node {st['gas_by_node']}; "
+                     f"network gas per claim {st['network_gas_per_claim']}; transactions that lost a race on chain "
+                     f"{st['reverted_when_mined']}")
     else:
         lines.append("settled by gossip-folded ledgers (a model for tests; NOT for money)")
     lines.append(f"(* = cheating prover)  ledgers consistent across verifiers: {report['consistent']}; "

@@ -98,10 +98,11 @@ class Settlement:
         self.store: EventStore | None = None
         self.txs: list[TxRecord] = []
         self.head = self.cursor = self.block_time = 0
-        self.reorgs = 0
+        self.reorgs = self.reverted = 0
         self._loaded = False
         self._lock = asyncio.Lock()  # one transaction in flight per node: nonces stay in order
         self._tried: dict[tuple[str, bytes], float] = {}
+        self._in_turn: set[bytes] = set()  # subjects whose certificate waits for this node's turn
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -206,6 +207,8 @@ class Settlement:
             record = node.chain.state.claims.get(claim_id)
             if record is not None and record.status == CLAIM_PENDING:
                 node.worker.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
+        if self.account is not None:
+            self._resubmit_certificates()
         for dispute_id, dispute in list(node.chain.state.disputes.items()):
             if dispute.status == DISPUTE_OPEN and dispute.claim_id in node.chain.claims:
                 node.worker.on_dispute(dispute_id)
@@ -302,14 +305,35 @@ class Settlement:
             return len(verifiers)
         return (index - int.from_bytes(subject[:4], "big")) % len(verifiers)
 
-    async def _submit_certificate_in_turn(self, cert: Certificate) -> TxRecord | None:
-        await asyncio.sleep(self.get_turn(cert.subject) * STAGGER_S)
+    def _resubmit_certificates(self) -> None:
+        """A quorum this node holds whose subject the chain still shows undecided goes (back) on chain:
+        its aggregator may have crashed, or a reorg dropped the transaction. In turn, at most every
+        ``RESUBMIT_S``."""
         state = self.node.chain.state
-        claim, dispute = state.claims.get(cert.subject), state.disputes.get(cert.subject)
-        if (claim is not None and claim.status != CLAIM_PENDING) or (dispute is not None and dispute.status != DISPUTE_OPEN):
-            log.info("certificate on %s: already on chain, not submitted", cert.subject.hex()[:12])
+        for (subject, verdict), cert in list(self.node.chain.certificates.items()):
+            claim, dispute = state.claims.get(subject), state.disputes.get(subject)
+            undecided = (claim is not None and claim.status == CLAIM_PENDING and verdict == VERDICT_ACCEPT
+                         and cert.kind == SUBJECT_CLAIM) or (dispute is not None and dispute.status == DISPUTE_OPEN)
+            last = self._tried.get(("submit_certificate", subject))
+            if undecided and subject not in self._in_turn and (last is None or time.monotonic() - last >= RESUBMIT_S):
+                self.node.spawn(self._submit_certificate_in_turn(cert))
+
+    async def _submit_certificate_in_turn(self, cert: Certificate) -> TxRecord | None:
+        if cert.subject in self._in_turn:
             return None
-        return await self.submit_certificate(cert)
+        self._in_turn.add(cert.subject)
+        try:
+            await asyncio.sleep(self.get_turn(cert.subject) * STAGGER_S)
+            state = self.node.chain.state
+            claim, dispute = state.claims.get(cert.subject), state.disputes.get(cert.subject)
+            if (claim is not None and claim.status != CLAIM_PENDING) or \
+                    (dispute is not None and dispute.status != DISPUTE_OPEN):
+                log.info("certificate on %s: already on chain, not submitted", cert.subject.hex()[:12])
+                return None
+            return await self.submit_certificate(cert)
+        finally:
+            self._tried[("submit_certificate", cert.subject)] = time.monotonic()
+            self._in_turn.discard(cert.subject)
 
     def _index(self, pubkey: bytes) -> int:
         for i, v in enumerate(self.node.chain.state.verifiers):
@@ -378,6 +402,8 @@ class Settlement:
             try:
                 record = await asyncio.to_thread(self._send, fn, subject, args, value)
             except ContractRevert as exc:
+                if "when mined" in exc.reason:
+                    self.reverted += 1  # a lost race that reached the chain: it cost gas
                 if any(q in exc.reason for q in QUIET_REASONS):
                     log.info("%s on %s: not needed (%s)", fn, subject.hex()[:12], exc.reason)
                 else:
@@ -403,7 +429,7 @@ class Settlement:
         return {"chain_id": self.node.config.chain_id, "contract": self.node.config.contract,
                 "account": self.account.address if self.account else None, "head": self.head,
                 "cursor": self.cursor, "block_time": self.block_time, "confirmations": self.node.config.confirmations,
-                "reorgs": self.reorgs, "events": len(self.node.chain.events),
+                "reorgs": self.reorgs, "reverted_when_mined": self.reverted, "events": len(self.node.chain.events),
                 "txs": [dataclasses.asdict(r) for r in self.txs]}
 
 

@@ -35,6 +35,11 @@ def test_devnet_pays_honest_and_slashes_cheat(tmp_path: Path) -> None:
         for step in rows[name]["chain_steps"]:
             assert step["tx"].startswith("0x") and len(step["tx"]) == 66 and step["gas"] > 21000
         assert rows[name]["block_seconds_to_payout"] >= 0
+    # Every node reported what it sent (GET /settlement); together that is the network's cost.
+    gas = report["settlement"]["gas_by_node"]
+    assert all(isinstance(gas[name], int) for name in ("requester", "v0", "v1", "v2", "v3", "p0", "p1"))
+    assert gas["p0"] > 0 and gas["p1"] > 0  # each prover paid for its own claim
+    assert report["settlement"]["network_gas_per_claim"] >= min(rows[n]["gas_total"] for n in ("p0", "p1"))
     # Each node logged to its own file; no transaction was refused for a reason other than a lost race.
     for name in ("v0", "v1", "v2", "v3", "p0", "p1"):
         log = (tmp_path / "net" / name / "node.log").read_text()
