@@ -59,9 +59,9 @@ HALF_P_HI: constant(uint256) = 17282741772707453034394598013407712875
 HALF_P_LO: constant(uint256) = 80617075055843030690312053732876818007934237714091801549733396136033114903893
 # -G1 (the negated generator), for pairing checks e(pk, H) * e(-G1, sig) == 1
 NEG_G1: constant(Bytes[128]) = x"0000000000000000000000000000000017f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb00000000000000000000000000000000114d1d6855d545a8aa7d76c8cf2e21f267816aef1db507c96655b9d5caac42364e6f38ba0ecb751bad54dcd6b939c2ca"
-ZERO_G1: constant(Bytes[128]) = x"0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-ZERO_G2: constant(Bytes[256]) = x"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-ZERO_G2_HASH: constant(bytes32) = keccak256(ZERO_G2)
+ZERO_G2_HASH: constant(bytes32) = keccak256(x"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000")
+P_HI: constant(uint256) = 34565483545414906068789196026815425751
+P_LO: constant(uint256) = 45442060874369865957053122457065728162598490762543039060009208264153100167851
 MASK128: constant(uint256) = 2**128 - 1
 FLAGS_MASK: constant(uint256) = 224 << 120
 
@@ -124,7 +124,7 @@ challenger_reward_bps: public(immutable(uint256))
 slash_unavailable_bps: public(immutable(uint256))
 
 verifiers: public(HashMap[uint256, Verifier])
-verifier_key: public(HashMap[uint256, Bytes[128]])  # uncompressed G1 point (EIP-2537 encoding)
+verifier_key: HashMap[uint256, Bytes[128]]  # uncompressed G1 point (EIP-2537 encoding)
 verifier_pubkey: public(HashMap[uint256, Bytes[48]])  # compressed, as protocol/bls.py writes it
 verifier_count: public(uint256)
 index_of_pubkey: public(HashMap[bytes32, uint256])  # keccak(compressed key) -> index + 1
@@ -132,6 +132,7 @@ index_of_account: public(HashMap[address, uint256])  # account -> index + 1
 registry_leaf: HashMap[uint256, bytes32]  # keccak(point || active stake)
 registry_hash: public(bytes32)  # fold of the leaves; certificates pass the registry against it
 total_stake: public(uint256)  # active stake (the quorum's denominator)
+apk_all: public(Bytes[128])  # sum of the keys with active stake: certificates subtract the non-signers
 
 balances: public(HashMap[address, uint256])
 burned: public(uint256)
@@ -262,6 +263,7 @@ def __init__(
     assert _unbonding_delay >= _availability_window + _challenge_window + _dispute_window, \
         "unbonding delay shorter than a claim's life"
     challenge_window = _challenge_window
+    self.apk_all = concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
     availability_window = _availability_window
     dispute_window = _dispute_window
     unbonding_delay = _unbonding_delay
@@ -338,7 +340,7 @@ def _g2_add(a: Bytes[256], b: Bytes[256]) -> Bytes[256]:
 @internal
 @view
 def _g2(sig: Bytes[MAX_INPUT]) -> Bytes[256]:
-    assert len(sig) == 256, "signature must be a 256-byte uncompressed G2 point"
+    assert len(sig) == 256, "signature must be 256 bytes (G2)"
     return slice(sig, 0, 256)
 
 
@@ -346,7 +348,21 @@ def _g2(sig: Bytes[MAX_INPUT]) -> Bytes[256]:
 @view
 def _check_signature_point(sig: Bytes[256]):
     assert keccak256(sig) != ZERO_G2_HASH, "signature is the point at infinity"
-    self._g2_add(sig, ZERO_G2)  # on-curve check; the pairing checks the subgroup
+    self._g2_add(sig, concat(concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32)), concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))))  # on-curve check; the pairing checks the subgroup
+
+
+@internal
+@pure
+def _g1_neg(point: Bytes[128]) -> Bytes[128]:
+    # (x, p - y); the encoding of infinity (all zero) is its own negation
+    y_hi: uint256 = extract32(point, 64, output_type=uint256)
+    y_lo: uint256 = extract32(point, 96, output_type=uint256)
+    if y_hi == 0 and y_lo == 0:
+        return point
+    borrow: uint256 = 0
+    if y_lo > P_LO:
+        borrow = 1
+    return concat(slice(point, 0, 64), convert(P_HI - y_hi - borrow, bytes32), convert(unsafe_sub(P_LO, y_lo), bytes32))
 
 
 @internal
@@ -365,30 +381,30 @@ def _pairing_ok(pk: Bytes[128], h: Bytes[256], sig: Bytes[256]) -> bool:
 @internal
 @view
 def _is_infinity_g1(point: Bytes[128]) -> bool:
-    return point == ZERO_G1
+    return point == concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32))
 
 
 @internal
 @view
 def _check_pubkey(pubkey: Bytes[MAX_INPUT], point: Bytes[MAX_INPUT]) -> Bytes[48]:
     """The compressed key (protocol/bls.py's form) and the uncompressed point are one valid key."""
-    assert len(pubkey) == 48, "public key must be 48 bytes (compressed G1)"
-    assert len(point) == 128, "public key point must be 128 bytes (uncompressed G1)"
+    assert len(pubkey) == 48, "public key must be 48 bytes"
+    assert len(point) == 128, "public key point must be 128 bytes"
     c_hi: uint256 = convert(slice(pubkey, 0, 16), uint256)
     c_lo: uint256 = extract32(pubkey, 16, output_type=uint256)
     flags: uint256 = c_hi >> 120
     assert flags & 64 == 0, "public key is the point at infinity"
     assert flags & 128 != 0, "public key is not in compressed form"
-    assert point != ZERO_G1, "public key is the point at infinity"
+    assert point != concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32)), "public key is the point at infinity"
     x_hi: uint256 = extract32(point, 0, output_type=uint256)
     x_lo: uint256 = extract32(point, 32, output_type=uint256)
     y_hi: uint256 = extract32(point, 64, output_type=uint256)
     y_lo: uint256 = extract32(point, 96, output_type=uint256)
     assert x_hi <= MASK128 and y_hi <= MASK128, "public key point has nonzero padding"
-    assert c_hi & ~FLAGS_MASK == x_hi and c_lo == x_lo, "public key point does not match the compressed key"
+    assert c_hi & ~FLAGS_MASK == x_hi and c_lo == x_lo, "public key point does not match the key"
     y_large: bool = y_hi > HALF_P_HI or (y_hi == HALF_P_HI and y_lo > HALF_P_LO)
-    assert (flags & 32 != 0) == y_large, "public key point does not match the compressed key's sign"
-    self._g1_add(slice(point, 0, 128), ZERO_G1)  # reverts "not on the curve"
+    assert (flags & 32 != 0) == y_large, "public key point has the wrong sign"
+    self._g1_add(slice(point, 0, 128), concat(empty(bytes32), empty(bytes32), empty(bytes32), empty(bytes32)))  # reverts "not on the curve"
     ok: bool = False
     out: Bytes[128] = b""
     ok, out = raw_call(G1MSM, concat(slice(point, 0, 128), convert(1, bytes32)), max_outsize=128, is_static_call=True,
@@ -411,7 +427,11 @@ def _verify(point: Bytes[128], message: Bytes[256], sig: Bytes[256], dst: Bytes[
 @internal
 @view
 def _leaf(point: Bytes[128], stake: uint256) -> bytes32:
-    return keccak256(concat(point, convert(stake, bytes32)))
+    # over the compact words a certificate passes: (x_hi << 128 | y_hi, x_lo, y_lo, stake)
+    x_hi: uint256 = extract32(point, 0, output_type=uint256)
+    y_hi: uint256 = extract32(point, 64, output_type=uint256)
+    return keccak256(abi_encode((x_hi << 128) | y_hi, extract32(point, 32, output_type=uint256),
+                                extract32(point, 96, output_type=uint256), stake))
 
 
 @internal
@@ -440,6 +460,8 @@ def _set_stake(index: uint256, stake: uint256):
     self.verifiers[index].stake = stake
     now_active: uint256 = self._active_stake(index)
     self.total_stake = self.total_stake - was + now_active
+    if was > 0 and now_active == 0:
+        self.apk_all = self._g1_add(self.apk_all, self._g1_neg(self.verifier_key[index]))
     self.registry_leaf[index] = self._leaf(self.verifier_key[index], now_active)
     self._update_registry()
 
@@ -473,6 +495,7 @@ def register(pubkey: Bytes[MAX_INPUT], point: Bytes[MAX_INPUT], pop: Bytes[MAX_I
     self.index_of_pubkey[key_id] = index + 1
     self.index_of_account[msg.sender] = index + 1
     self.total_stake += msg.value
+    self.apk_all = self._g1_add(self.apk_all, g1)
     self.registry_leaf[index] = self._leaf(g1, msg.value)
     self._update_registry()
     log VerifierRegistered(index=index, account=msg.sender, pubkey=key, stake=msg.value)
@@ -489,6 +512,8 @@ def begin_unbonding():
     exit_at: uint256 = block.timestamp + unbonding_delay
     self.verifiers[index].exit_at = exit_at
     self.total_stake -= was
+    if was > 0:
+        self.apk_all = self._g1_add(self.apk_all, self._g1_neg(self.verifier_key[index]))
     self.registry_leaf[index] = self._leaf(self.verifier_key[index], 0)
     self._update_registry()
     log UnbondingStarted(index=index, exit_at=exit_at)
@@ -579,12 +604,6 @@ def post_task(task_id: bytes32, reward: uint256, expires_at: uint256, num_checkp
                    num_checkpoints=num_checkpoints)
 
 
-@external
-@view
-def claim_binding_message(claim_id: bytes32, prover: address) -> Bytes[256]:
-    return self._binding_message(claim_id, prover)
-
-
 @internal
 @view
 def _binding_message(claim_id: bytes32, prover: address) -> Bytes[256]:
@@ -655,76 +674,69 @@ def _void(claim_id: bytes32):
     self._settle(claim_id, CLAIM_VOID, task.requester, claim.prover, kept)
 
 
-@internal
-@view
-def _check_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256, signature: Bytes[256],
-                       keys: DynArray[uint256, 1024], stakes: DynArray[uint256, 1024]) -> uint256:
-    """Raise unless a quorum of registered stake signed (kind, subject, verdict); returns signed stake."""
+@external
+def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256,
+                       signature: Bytes[MAX_INPUT], keys: DynArray[uint256, 3 * MAX_VERIFIERS],
+                       stakes: DynArray[uint256, MAX_VERIFIERS]):
+    """A quorum certificate: an accept on a pending claim starts its challenge window; on a dispute,
+    accept upholds it (prover slashed) and reject fails it (challenger slashed). keys and stakes are
+    get_registry()'s output; signers bit i is verifier i; signature is the uncompressed aggregate."""
     assert verdict == VERDICT_ACCEPT or verdict == VERDICT_REJECT, "unknown verdict"
+    message: Bytes[64] = b""
+    if kind == SUBJECT_CLAIM:
+        status: uint8 = self.claims[subject].status  # single fields: a whole Claim is nine cold loads
+        assert status != CLAIM_NONE, "certificate for unknown claim"
+        assert verdict != VERDICT_REJECT, "a reject certificate settles nothing"
+        assert status == CLAIM_PENDING, "claim is already decided"
+        assert block.timestamp < self.claims[subject].registered_at + availability_window, \
+            "certificate after the availability deadline"
+        message = concat(DOMAIN_VOTE, subject, convert(verdict, bytes1))
+    else:
+        assert kind == SUBJECT_DISPUTE, "unknown subject kind"
+        assert self.disputes[subject].status != DISPUTE_NONE, "certificate for unknown dispute"
+        assert self._dispute_status(subject) == DISPUTE_OPEN, "dispute is already resolved"
+        message = concat(DOMAIN_DISPUTE_VOTE, subject, convert(verdict, bytes1))
+
+    # The check reads keys and stakes from calldata where they lie (an internal call would copy them).
     n: uint256 = len(stakes)
     assert n == self.verifier_count, "registry has the wrong number of verifiers"
-    assert len(keys) == 3 * n, "registry keys must be three words per verifier"
+    assert len(keys) == 3 * n, "registry needs 3 key words per verifier"
     assert signers != 0, "certificate has no signers"
     assert n == MAX_VERIFIERS or signers >> n == 0, "signer index outside the registry"
-    self._check_signature_point(signature)
+    sig: Bytes[256] = self._g2(signature)
+    self._check_signature_point(sig)
     h: bytes32 = empty(bytes32)
     total: uint256 = 0
     signed: uint256 = 0
-    apk: Bytes[128] = empty(Bytes[128])
+    # apk_all holds every key with active stake; subtracting the non-signers leaves the signers' sum,
+    # so a full certificate costs no point addition at all
+    apk: Bytes[128] = self.apk_all
     for i: uint256 in range(MAX_VERIFIERS):
         if i >= n:
             break
         w0: uint256 = keys[3 * i]
-        point: Bytes[128] = concat(convert(w0 >> 128, bytes32), convert(keys[3 * i + 1], bytes32),
-                                   convert(w0 & MASK128, bytes32), convert(keys[3 * i + 2], bytes32))
+        w1: uint256 = keys[3 * i + 1]
+        w2: uint256 = keys[3 * i + 2]
         stake: uint256 = stakes[i]
-        h = keccak256(concat(h, keccak256(concat(point, convert(stake, bytes32)))))
+        h = keccak256(concat(h, keccak256(abi_encode(w0, w1, w2, stake))))
         total += stake
         if (signers >> i) & 1 == 1:
             assert stake > 0, "a signer has no stake"
             signed += stake
-            if len(apk) == 0:
-                apk = point
-            else:
-                apk = self._g1_add(apk, point)
-    assert h == self.registry_hash, "registry does not match the registered verifiers"
+        elif stake > 0:
+            apk = self._g1_add(apk, self._g1_neg(concat(convert(w0 >> 128, bytes32), convert(w1, bytes32),
+                                                         convert(w0 & MASK128, bytes32), convert(w2, bytes32))))
+    assert h == self.registry_hash, "registry does not match"
     assert signed * quorum_denominator >= total * quorum_numerator, "signers hold less than the quorum of stake"
-    message: Bytes[256] = b""
-    if kind == SUBJECT_CLAIM:
-        message = concat(DOMAIN_VOTE, subject, convert(verdict, bytes1))
-    else:
-        assert kind == SUBJECT_DISPUTE, "unknown subject kind"
-        message = concat(DOMAIN_DISPUTE_VOTE, subject, convert(verdict, bytes1))
     assert not self._is_infinity_g1(apk), "aggregate key is the point at infinity"
-    assert self._pairing_ok(apk, self._hash_to_g2(message, DST_SIG), signature), \
-        "aggregate signature does not verify over the signers' keys"
-    return signed
+    assert self._pairing_ok(apk, self._hash_to_g2(message, DST_SIG), sig), "aggregate signature does not verify"
 
-
-@external
-def submit_certificate(kind: uint8, subject: bytes32, verdict: uint8, signers: uint256,
-                       signature: Bytes[MAX_INPUT], keys: DynArray[uint256, 1024],
-                       stakes: DynArray[uint256, 1024]):
-    """A quorum certificate: an accept on a pending claim starts its challenge window; on a dispute,
-    accept upholds it (prover slashed) and reject fails it (challenger slashed). keys and stakes are
-    get_registry()'s output; signers bit i is verifier i; signature is the uncompressed aggregate."""
     if kind == SUBJECT_CLAIM:
-        claim: Claim = self.claims[subject]
-        assert claim.status != CLAIM_NONE, "certificate for unknown claim"
-        assert verdict != VERDICT_REJECT, "a reject certificate settles nothing"
-        assert claim.status == CLAIM_PENDING, "claim is already decided"
-        assert block.timestamp < claim.registered_at + availability_window, \
-            "accept certificate arrived after the claim's availability deadline"
-        signed: uint256 = self._check_certificate(kind, subject, verdict, signers, self._g2(signature), keys, stakes)
         self.claims[subject].status = CLAIM_ACCEPTED
         self.claims[subject].certified_at = block.timestamp
         log ClaimAccepted(claim_id=subject, signers=signers, signed_stake=signed)
         return
-    assert kind == SUBJECT_DISPUTE, "unknown subject kind"
     dispute: Dispute = self.disputes[subject]
-    assert dispute.status != DISPUTE_NONE, "certificate for unknown dispute"
-    assert self._dispute_status(subject) == DISPUTE_OPEN, "dispute is already resolved"
-    self._check_certificate(kind, subject, verdict, signers, self._g2(signature), keys, stakes)
     self.claims[dispute.claim_id].open_disputes -= 1
     if verdict == VERDICT_ACCEPT:
         self.disputes[subject].status = DISPUTE_UPHELD
@@ -767,7 +779,7 @@ def _merkle_root(leaf: bytes32, index: uint256, size: uint256, path: DynArray[by
     sn: uint256 = size - 1
     result: bytes32 = sha256(concat(b"\x00", leaf))
     for node: bytes32 in path:
-        assert sn != 0, "evidence path is longer than the tree is deep"
+        assert sn != 0, "evidence path too long"
         if fn & 1 == 1 or fn == sn:
             result = sha256(concat(b"\x01", node, result))
             if fn & 1 == 0:
@@ -780,7 +792,7 @@ def _merkle_root(leaf: bytes32, index: uint256, size: uint256, path: DynArray[by
             result = sha256(concat(b"\x01", result, node))
         fn = fn >> 1
         sn = sn >> 1
-    assert sn == 0, "evidence path is shorter than the tree is deep"
+    assert sn == 0, "evidence path too short"
     return result
 
 
@@ -795,10 +807,10 @@ def open_dispute(claim_id: bytes32, challenger: uint256, segment: uint256, claim
     assert challenger < self.verifier_count, "challenger is not a registered verifier"
     assert self._active_stake(challenger) > 0, "challenger has no stake"
     assert segment + 1 < claim.num_checkpoints, "segment outside the claim"
-    assert len(claimed_root_path) <= MAX_PATH, "evidence path is longer than the tree is deep"
-    assert claimed_root != replayed_root, "evidence shows no mismatch: claimed and replayed roots are equal"
+    assert len(claimed_root_path) <= MAX_PATH, "evidence path too long"
+    assert claimed_root != replayed_root, "claimed and replayed roots are equal"
     assert self._merkle_root(claimed_root, segment + 1, claim.num_checkpoints, claimed_root_path) == \
-        claim.commitment, "evidence's claimed root is not the prover's committed root for that checkpoint"
+        claim.commitment, "claimed root is not in the prover's commitment"
     message: Bytes[256] = self._evidence_message(claim_id, segment, claimed_root, replayed_root)
     assert self._verify(self.verifier_key[challenger], message, self._g2(evidence_signature), DST_SIG), \
         "evidence signature does not verify"

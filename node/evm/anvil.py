@@ -127,7 +127,8 @@ class AnvilProcess:
 
 def start_anvil(port: int | None = None, chain_id: int = 31337, accounts: int = 10,
                 balance_eth: int = 10_000, block_time: float | None = None, timeout: float = 20.0,
-                binary: Path | None = None, log_path: Path | None = None) -> AnvilProcess:
+                binary: Path | None = None, log_path: Path | None = None,
+                extra_args: tuple[str, ...] = ()) -> AnvilProcess:
     """Start anvil on 127.0.0.1 (a free port unless given) and wait until it answers."""
     binary = binary or find_anvil()
     if binary is None:
@@ -139,6 +140,7 @@ def start_anvil(port: int | None = None, chain_id: int = 31337, accounts: int = 
                "--accounts", str(accounts), "--balance", str(balance_eth)]
         if block_time is not None:
             cmd += ["--block-time", str(block_time)]
+        cmd += list(extra_args)
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL
         try:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

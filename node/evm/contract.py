@@ -90,6 +90,15 @@ def compute_g2_point(signature: bytes) -> bytes:
     return b"".join(_fp(int(c)) for c in (*x.coeffs, *y.coeffs))
 
 
+DOMAIN_CLAIM_BIND = b"pol/v1/claim-bind"
+
+
+def compute_claim_binding_message(claim_id: bytes, chain_id: int, contract: str, prover: str) -> bytes:
+    """What the claim's BLS key signs so that only ``prover`` (an Ethereum account) can register it."""
+    return (DOMAIN_CLAIM_BIND + claim_id + chain_id.to_bytes(32, "big") + bytes.fromhex(contract[2:])
+            + bytes.fromhex(prover[2:]))
+
+
 def compute_signer_bitmap(indices: Sequence[int]) -> int:
     bitmap = 0
     for index in indices:
@@ -390,7 +399,7 @@ class SettlementClient:
         return int(self.w3.eth.get_balance(self.address))
 
     def get_claim_binding_message(self, claim_id: bytes, prover: str) -> bytes:
-        return bytes(self.contract.functions.claim_binding_message(claim_id, Web3.to_checksum_address(prover)).call())
+        return compute_claim_binding_message(claim_id, self.chain_id, self.address, prover)
 
     # -- events --
 

@@ -29,7 +29,13 @@ def test_committed_artifact_is_the_compiled_source() -> None:
     committed = load_artifact()
     assert fresh["bytecode"] == committed["bytecode"], f"recompile: python -m node.evm.compile > {ARTIFACT_PATH}"
     assert json.dumps(fresh["abi"], sort_keys=True) == json.dumps(committed["abi"], sort_keys=True)
-    assert len(fresh["bytecode_runtime"]) // 2 - 1 <= 24576  # EIP-170: deployable on mainnet-like chains
+    immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function" and entry["name"] in {
+        "challenge_window", "availability_window", "dispute_window", "unbonding_delay", "quorum_numerator",
+        "quorum_denominator", "prover_bond", "min_stake", "slash_double_vote_bps", "slash_failed_challenge_bps",
+        "challenger_reward_bps", "slash_unavailable_bps"})
+    assert immutables == 12 * 32
+    # EIP-170: runtime code plus the immutables appended at deployment fit mainnet-like chains
+    assert len(bytes.fromhex(fresh["bytecode_runtime"][2:])) + immutables <= 24576
 
 
 def test_chain_has_bls_precompiles(chain: Chain) -> None:
