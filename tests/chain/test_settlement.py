@@ -27,7 +27,7 @@ def assert_conserved(chain: Chain) -> None:
 def test_committed_artifact_is_the_compiled_source() -> None:
     fresh = compile_settlement()
     committed = load_artifact()
-    assert fresh["bytecode"] == committed["bytecode"], f"recompile: python -m node.evm.compile > {ARTIFACT_PATH}"
+    assert fresh["bytecode"] == committed["bytecode"], f"stale {ARTIFACT_PATH.name}: run python -m node.evm.compile"
     assert json.dumps(fresh["abi"], sort_keys=True) == json.dumps(committed["abi"], sort_keys=True)
     immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function" and entry["name"] in {
         "challenge_window", "availability_window", "dispute_window", "unbonding_delay", "quorum_numerator",
