@@ -58,6 +58,54 @@ def _read_task(path: str) -> Any:
         raise CliError(f"task file {path} does not exist") from None
 
 
+def _read_posting_id(value: str, task: Any) -> bytes:
+    """``--posting``: a 64-hex posting id, or a file holding one or an encoded ``task_posted`` message
+    (binary or hex) of this task; ``offline`` is the offline id that no ledger accepts (SPEC.md §9)."""
+    from protocol.constants import OFFLINE_POSTING_ID
+    from protocol.errors import InvalidInput
+    from protocol.ledger import TaskPosted, compute_posting_id
+    from protocol.messages import decode_message
+    from protocol.task import compute_task_id, decode_task
+
+    if value == "offline":
+        return OFFLINE_POSTING_ID
+    raw: bytes = value.encode()
+    if not _is_hex(value, 64):
+        try:
+            raw = Path(value).read_bytes().strip()
+        except FileNotFoundError:
+            raise CliError(f"--posting {value!r} is neither a 64-hex posting id nor an existing file") from None
+    text = raw.decode("ascii", "replace")
+    if _is_hex(text, 64):
+        return bytes.fromhex(text)
+    if _is_hex(text):
+        raw = bytes.fromhex(text)
+    try:
+        msg = decode_message(raw)
+    except InvalidInput as exc:
+        raise CliError(f"--posting {value}: not a posting id or an encoded task_posted message ({exc})") from None
+    if not isinstance(msg, TaskPosted):
+        raise CliError(f"--posting {value}: the message is not a task posting")
+    if compute_task_id(decode_task(msg.task)) != compute_task_id(task):
+        raise CliError(f"--posting {value}: the posting is for another task")
+    return compute_posting_id(msg)
+
+
+def _is_hex(text: str, length: int | None = None) -> bool:
+    if length is not None and len(text) != length:
+        return False
+    return len(text) % 2 == 0 and len(text) > 0 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _resolve_task_id(value: str) -> bytes:
+    """``--task``: a 64-hex task id, a task TOML file or a built-in task name."""
+    from protocol.task import compute_task_id
+
+    if _is_hex(value, 64):
+        return bytes.fromhex(value)
+    return compute_task_id(_read_task(value))
+
+
 def cmd_prove(args: argparse.Namespace) -> int:
     from prover.prove import prove
     from protocol.task import compute_task_id
@@ -67,10 +115,12 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
+    posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
-        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update)
+        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id)
     doc = {
         "task_id": compute_task_id(task).hex(),
+        "posting_id": posting_id.hex(),
         "claim_id": result.claim_id.hex(),
         "commitment": result.claim.body.commitment.hex(),
         "final_root": result.claim.body.final_root.hex(),
@@ -95,9 +145,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.dir)
     if not path.is_dir():
         raise CliError(f"{path} is not a directory")
+    expected_task = _resolve_task_id(args.task) if args.task else None
+    expected_posting = None
+    if args.posting:
+        expected_posting = _read_posting_id(args.posting, _read_task(args.task)) if args.task and not _is_hex(
+            args.task, 64) else _read_posting_id_only(args.posting)
     report = verify_dir(path, segments=segments, secret_key=key,
-                        on_segment=None if args.json else segment_printer())
+                        on_segment=None if args.json else segment_printer(), expected_task_id=expected_task,
+                        expected_posting_id=expected_posting)
     doc = report.to_json()
+    # What was verified comes first: a verdict means nothing without the task it is about.
+    head = (f"task {doc['task_id']} ({doc['task_name']}): {doc['total_steps']} steps, checkpoint interval "
+            f"{doc['checkpoint_interval']}, {doc['num_segments']} segments")
+    if report.task_id is None:
+        head = "task: unreadable"
     if report.verdict == ACCEPT:
         text = f"ACCEPT claim {doc['claim_id']}\nreplayed segments {doc['sample']} of {doc['num_segments']}"
         esc = doc["escape_probability"]
@@ -105,8 +166,64 @@ def cmd_verify(args: argparse.Namespace) -> int:
             text += "\n" + ", ".join(f"escape if {k.replace('_', ' ')}: {v:.3g}" for k, v in esc.items())
     else:
         text = f"REJECT: check '{report.failed_check}' failed\n{report.reason}"
-    _emit(args, doc, text)
+    _emit(args, doc, head + "\n" + text)
     return EXIT_OK if report.verdict == ACCEPT else EXIT_REJECT
+
+
+def _read_posting_id_only(value: str) -> bytes:
+    """``--posting`` without a task file to check a posting message against: an id or an id file."""
+    from protocol.constants import OFFLINE_POSTING_ID
+
+    if value == "offline":
+        return OFFLINE_POSTING_ID
+    text = value if _is_hex(value, 64) else Path(value).read_text(encoding="ascii", errors="replace").strip()
+    if not _is_hex(text, 64):
+        raise CliError("--posting without a --task file takes a 64-hex posting id (or a file holding one)")
+    return bytes.fromhex(text)
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from prover.model import export_model, read_final_from_dir
+    from protocol.claim import decode_claim
+
+    expected = None
+    if args.claim:
+        if not _is_hex(args.claim, 64):
+            raise CliError("--claim takes a 64-hex claim id")
+        expected = bytes.fromhex(args.claim.lower())
+    if args.source.startswith(("http://", "https://")):
+        if expected is None:
+            raise CliError("fetching from a node needs --claim ID (the claim the ledger paid for)")
+        base = args.source.rstrip("/") + f"/claims/{expected.hex()}"
+
+        def get(what: str) -> bytes:
+            try:
+                with urllib.request.urlopen(f"{base}/{what}", timeout=args.timeout) as resp:
+                    return bytes(resp.read())
+            except urllib.error.HTTPError as exc:
+                raise CliError(f"{base}/{what}: HTTP {exc.code} {exc.read()[:200].decode(errors='replace')}") from None
+            except (urllib.error.URLError, TimeoutError) as exc:
+                raise CliError(f"{base}/{what}: {exc}") from None
+
+        claim, checkpoint = decode_claim(get("claim")), get("model")
+    else:
+        path = Path(args.source)
+        if not path.is_dir():
+            raise CliError(f"{path} is neither a proof directory nor an http:// node URL")
+        claim, checkpoint = read_final_from_dir(path)
+    if args.task and claim.body.task_id != _resolve_task_id(args.task):
+        raise CliError(f"the claim is for task {claim.body.task_id.hex()}, not the task asked for")
+    result = export_model(claim, checkpoint, Path(args.out), expected)
+    doc = {"claim_id": result.claim_id.hex(), "task_id": result.task_id.hex(), "final_root": result.final_root.hex(),
+           "step": result.step, "tensors": result.tensors, "parameters": result.parameters, "out": args.out,
+           "bytes": result.bytes_written}
+    _emit(args, doc, f"model of claim {doc['claim_id']} (task {doc['task_id']}, step {result.step}) checked "
+                     f"against final root {doc['final_root']}\nwrote {args.out}: {result.tensors} tensors, "
+                     f"{result.parameters} parameters")
+    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -204,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("task", help="task TOML file, or the name of a built-in task (e.g. digits-mlp)")
     pr.add_argument("--out", required=True, help="proof directory (created; rerun to resume)")
     pr.add_argument("--key", required=True, help="key file that signs the claim")
+    pr.add_argument("--posting", default="offline",
+                    help="the task posting the claim answers: 64-hex posting id, or a file with the id or the "
+                         "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
+                         "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
@@ -212,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--segments", default="4", help="number of segments to replay, or 'all' (default 4)")
     v.add_argument("--key", help="verifier key file; the sample derives from its signature (default: ephemeral)")
+    v.add_argument("--task", help="the task you asked for (TOML file, 64-hex task id or built-in name): a proof of "
+                                  "any other task is rejected (default: trust DIR/task.toml and print what it is)")
+    v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -221,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_audit)
+
+    fm = sub.add_parser("fetch-model", help="download the trained model of a claim, check it against the claim's "
+                                            "final root and write a plain safetensors file (parameters, torch names)")
+    fm.add_argument("source", help="a proof directory, or a node's HTTP API URL (e.g. http://127.0.0.1:8701)")
+    fm.add_argument("--claim", help="64-hex id of the claim (required with a URL; checked with a directory)")
+    fm.add_argument("--task", help="also require the claim to be for this task (file, 64-hex id or built-in name)")
+    fm.add_argument("--out", required=True, help="safetensors file to write (loadable by safetensors.torch.load_file)")
+    fm.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds (default 60)")
+    fm.add_argument("--json", action="store_true")
+    fm.set_defaults(func=cmd_fetch_model)
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")

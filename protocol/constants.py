@@ -22,6 +22,11 @@ DOMAIN_CLAIM_ID: Final = b"pol/v1/claim-id"
 DOMAIN_SAMPLE: Final = b"pol/v1/sample"
 DOMAIN_SAMPLE_SEED: Final = b"pol/v1/sample-seed"
 DOMAIN_DATASET: Final = b"pol/v1/dataset"
+DOMAIN_TRAINING_SEED: Final = b"pol/v1/training-seed"  # || task id || prover key || posting id
+
+# The posting id of offline experiments (`pol prove` without --posting). No SHA-256 output is
+# all zeros in practice, so no ledger posting has this id and the ledger refuses such claims.
+OFFLINE_POSTING_ID: Final = bytes(32)
 
 # Hard limits against oversized input. A checkpoint of a built-in task is far below them.
 MAX_TASK_BYTES: Final = 64 * 1024

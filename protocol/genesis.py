@@ -93,7 +93,7 @@ class Params:
     slash_double_vote_bps: int = 5000  # of the equivocating verifier's stake, burned
     slash_failed_challenge_bps: int = 1000  # of the challenger's stake, burned
     challenger_reward_bps: int = 5000  # of a slashed prover bond, paid to the challenger; rest burned
-    slash_unavailable_bps: int = 0  # of the bond of a prover whose claim went void, burned
+    slash_unavailable_bps: int = 1000  # of the bond of a prover whose claim went void, burned
     target_escape_numerator: int = 1  # target probability that a one-segment fake escapes one verifier
     target_escape_denominator: int = 1000
     min_samples: int = 1

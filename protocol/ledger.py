@@ -15,6 +15,7 @@ only on a replay of a specific segment.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -69,6 +70,7 @@ class TaskRecord:
     checkpoint_interval: int
     status: str
     claim_id: bytes | None = None
+    posting_id: bytes = b""  # compute_posting_id of the posting: claims must name it
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,14 @@ def compute_task_posted_message(task_id: bytes, requester: bytes, reward: int, e
     return DOMAIN_TASK_POSTED + encode_canonical(body)
 
 
+def compute_posting_id(posting: TaskPosted) -> bytes:
+    """``SHA-256`` of the message the requester signed (SPEC.md §16.3). Claims name it, and it keys the
+    run's randomness (§9), so one training run answers exactly one posting."""
+    task_id = compute_task_id(decode_task(posting.task))
+    return hashlib.sha256(compute_task_posted_message(task_id, posting.requester, posting.reward,
+                                                      posting.expires_at)).digest()
+
+
 def compute_task_posted(secret_key: bytes, task: bytes, reward: int, expires_at: int) -> TaskPosted:
     requester = bls.compute_public_key(secret_key)
     message = compute_task_posted_message(compute_task_id(decode_task(task)), requester, reward, expires_at)
@@ -205,7 +215,8 @@ def process_task_posted(state: LedgerState, posting: TaskPosted, now: int) -> Le
         raise InvalidTransition("task posting is before genesis or already expired")
     task = decode_task(posting.task)
     record = TaskRecord(posting.requester, posting.reward, posting.reward, posting.expires_at,
-                        task.num_checkpoints, task.total_steps, task.checkpoint_interval, TASK_OPEN)
+                        task.num_checkpoints, task.total_steps, task.checkpoint_interval, TASK_OPEN,
+                        posting_id=compute_posting_id(posting))
     balances = _debit(state.balances, posting.requester, posting.reward, "task reward")
     return replace(state, balances=balances, tasks=_put(state.tasks, task_id, record))
 
@@ -225,6 +236,11 @@ def process_claim(state: LedgerState, claim: Claim, now: int) -> LedgerState:
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise InvalidTransition("claim's lengths disagree with its task")
+    if body.posting_id != task.posting_id:
+        # The run's randomness is keyed by the posting (SPEC.md §9): a run for another posting, or an
+        # offline run, is not work for this one.
+        raise InvalidTransition(f"claim answers posting {body.posting_id.hex()[:16]}…, the task's posting is "
+                                f"{task.posting_id.hex()[:16]}…")
     bond = state.params.prover_bond
     samples = compute_samples_required(task.num_checkpoints - 1, task.reward, bond, state.verifiers, state.params)
     record = ClaimRecord(body.task_id, body.prover, body.commitment, body.num_checkpoints, samples, bond, now,
@@ -257,11 +273,21 @@ def _settle(state: LedgerState, claim_id: bytes, status: str, escrow_to: bytes, 
 
 
 def _void(state: LedgerState, claim_id: bytes) -> LedgerState:
-    """No fraud proven but no acceptance either: requester refunded, bond back less the unavailability slash."""
+    """No fraud proven but no acceptance either: the bond goes back less the unavailability slash (burned),
+    and the task reopens with its escrow, so a prover that claims and never serves cannot take the task from
+    the others; an expired task is refunded by the same tick (``process_tick`` step 4)."""
     claim = state.claims[claim_id]
     task = state.tasks[claim.task_id]
-    kept = claim.bond - claim.bond * state.params.slash_unavailable_bps // BPS
-    return _settle(state, claim_id, CLAIM_VOID, task.requester, {claim.prover: kept})
+    slash = claim.bond * state.params.slash_unavailable_bps // BPS
+    balances = _credit(state.balances, claim.prover, claim.bond - slash)
+    tasks = _put(state.tasks, claim.task_id, replace(task, status=TASK_OPEN, claim_id=None))
+    claims = _put(state.claims, claim_id, replace(claim, bond=0, status=CLAIM_VOID))
+    disputes = state.disputes
+    for dispute_id, dispute in state.disputes.items():
+        if dispute.claim_id == claim_id and dispute.status == DISPUTE_OPEN:
+            disputes = _put(disputes, dispute_id, replace(dispute, status=DISPUTE_MOOT))
+    return replace(state, balances=balances, tasks=tasks, claims=claims, disputes=disputes,
+                   burned=state.burned + slash)
 
 
 def process_certificate(state: LedgerState, cert: Certificate, now: int) -> LedgerState:

@@ -57,7 +57,7 @@ def fx() -> Fixture:
     net = make_network()
     genesis = get_initial_state(net.genesis)
     posting = compute_task_posted(net.requester_key, make_task(), 100, T0 + 5_000)
-    claim, roots = make_claim(net.prover_key, posting.task)
+    claim, roots = make_claim(net.prover_key, posting)
     empty = process_task_posted(genesis, posting, T0)
     state = process_claim(empty, claim, T0)
     ctx = get_claim_context(state, compute_claim_id(claim.body))

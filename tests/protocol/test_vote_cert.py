@@ -20,6 +20,8 @@ from protocol.certificate import (
     encode_certificate,
     validate_certificate,
 )
+from protocol.constants import OFFLINE_POSTING_ID
+from protocol.ledger import TaskPosted, compute_posting_id
 from protocol.claim import Claim, ClaimBody, compute_claim_id, compute_commitment, compute_signed_claim
 from protocol.detection import compute_network_escape_probability
 from protocol.encoding import encode_canonical
@@ -102,11 +104,14 @@ def make_task(seed: int = 1) -> bytes:
     return encode_task(parse_task_toml(TASK_TOML.format(seed=seed, sha="ab" * 32)))
 
 
-def make_claim(prover_key: bytes, task: bytes, salt: bytes = b"") -> tuple[Claim, list[bytes]]:
-    """A signed claim on ``task`` over made-up checkpoint roots; returns (claim, roots)."""
+def make_claim(prover_key: bytes, task: bytes | TaskPosted, salt: bytes = b"") -> tuple[Claim, list[bytes]]:
+    """A signed claim on ``task`` (answering it, if it is a posting) over made-up checkpoint roots;
+    returns (claim, roots)."""
+    posting_id = compute_posting_id(task) if isinstance(task, TaskPosted) else OFFLINE_POSTING_ID
+    task = task.task if isinstance(task, TaskPosted) else task
     roots = [hashlib.sha256(salt + i.to_bytes(4, "big")).digest() for i in range(17)]
     body = ClaimBody(compute_task_id(decode_task(task)), bls.compute_public_key(prover_key), compute_commitment(roots),
-                     roots[-1], 17, 400, 25)
+                     roots[-1], 17, 400, 25, posting_id)
     return compute_signed_claim(prover_key, body), roots
 
 

@@ -1,0 +1,152 @@
+"""Holes in what a claim is worth (issue 8): work theft, relabelled tasks, the undelivered model and
+a verifier that is not told what it verifies. Each test fails on the code before the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pol.keyfile import generate_keyfile, save_keyfile
+from prover.prove import ProveError, prove
+from prover.recommit import recommit
+from prover.transcript import ProofDir
+from protocol.constants import OFFLINE_POSTING_ID
+from protocol.task import compute_task_id, parse_task_toml
+from verifier.verify import ACCEPT, REJECT, verify_dir
+
+from .conftest import tiny_task_toml
+
+
+def _verify(path: Path, **kw):  # type: ignore[no-untyped-def]
+    return verify_dir(path, segments=kw.pop("segments", 1), secret_key=None, **kw)
+
+
+def test_claim_names_its_posting_and_offline_is_default(proof_dir: Path) -> None:
+    claim = ProofDir(proof_dir).read_claim()
+    assert claim.body.posting_id == OFFLINE_POSTING_ID
+    assert _verify(proof_dir).verdict == ACCEPT
+
+
+def test_stolen_proof_resigned_by_thief_is_rejected(proof_dir: Path) -> None:
+    thief = generate_keyfile().bls_secret_key
+    claim = recommit(ProofDir(proof_dir), thief)  # same checkpoints, the thief's key and signature
+    assert claim.body.commitment == claim.body.commitment
+    report = _verify(proof_dir)
+    assert report.verdict == REJECT and report.failed_check == "init", report.reason
+    assert "not the initial state" in (report.reason or "")
+
+
+def test_run_for_one_posting_cannot_answer_another(tmp_path: Path, tiny_task, prover_key: bytes) -> None:  # type: ignore[no-untyped-def]
+    a, b = bytes([1]) * 32, bytes([2]) * 32
+    out = tmp_path / "a"
+    first = prove(tiny_task, out, prover_key, posting_id=a)
+    assert first.claim.body.posting_id == a
+    recommit(ProofDir(out), prover_key, posting_id=b)  # relabel the same run as work for posting b
+    report = _verify(out)
+    assert report.verdict == REJECT and report.failed_check == "init"
+    # The same prover, task and posting always give the same run; the offline run differs from it.
+    other = prove(tiny_task, tmp_path / "off", prover_key)
+    assert other.claim.body.commitment != first.claim.body.commitment
+    # A directory holding a run for another posting is not resumed into this one.
+    with pytest.raises(ProveError, match="another prover key or posting"):
+        prove(tiny_task, tmp_path / "off", prover_key, posting_id=a)
+
+
+def test_relabelled_task_is_new_work(proof_dir: Path, prover_key: bytes) -> None:
+    """Renaming a task gives a new task id; the old run must not be a valid proof of it."""
+    (proof_dir / "task.toml").write_text(tiny_task_toml().replace('"tiny-digits"', '"tiny-digits-2"'))
+    recommit(ProofDir(proof_dir), prover_key)
+    report = _verify(proof_dir)
+    assert report.verdict == REJECT and report.failed_check == "init"
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble"])
+def test_final_checkpoint_must_be_delivered(proof_dir: Path, damage: str) -> None:
+    final = ProofDir(proof_dir).checkpoint(4)
+    if damage == "delete":
+        final.unlink()
+    else:
+        data = bytearray(final.read_bytes())
+        data[-5] ^= 0xFF  # a weight of the delivered model
+        final.write_bytes(bytes(data))
+    report = _verify(proof_dir, segments=1)  # whichever segment is sampled, the final state is checked
+    assert report.verdict == REJECT and report.failed_check == "final", report.reason
+
+
+def test_verify_with_task_rejects_a_shorter_or_other_task(proof_dir: Path, tmp_path: Path) -> None:
+    asked = parse_task_toml(tiny_task_toml(steps=400))
+    report = _verify(proof_dir, expected_task_id=compute_task_id(asked))
+    assert report.verdict == REJECT and report.failed_check == "task"
+    assert "40 steps" in (report.reason or "") and compute_task_id(asked).hex() in (report.reason or "")
+    same = parse_task_toml(tiny_task_toml())
+    assert _verify(proof_dir, expected_task_id=compute_task_id(same)).verdict == ACCEPT
+
+
+def _pol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pol.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_verify_task_flag_and_output_names_the_task(proof_dir: Path, tmp_path: Path) -> None:
+    long_task = tmp_path / "long.toml"
+    long_task.write_text(tiny_task_toml(steps=400))
+    res = _pol("verify", str(proof_dir), "--segments", "1", "--task", str(long_task))
+    assert res.returncode == 1, res.stderr
+    first = res.stdout.splitlines()[0]
+    tid = compute_task_id(parse_task_toml(tiny_task_toml())).hex()
+    assert first.startswith(f"task {tid}") and "40 steps" in first and "interval 10" in first
+    assert "REJECT: check 'task'" in res.stdout
+    res = _pol("verify", str(proof_dir), "--segments", "1", "--task", tid, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    assert (doc["task_id"], doc["total_steps"], doc["checkpoint_interval"]) == (tid, 40, 10)
+
+
+def test_cli_prove_with_posting_hex(tmp_path: Path) -> None:
+    key = tmp_path / "k.json"
+    save_keyfile(key, generate_keyfile())
+    task = tmp_path / "t.toml"
+    task.write_text(tiny_task_toml(steps=10))
+    posting = "ab" * 32
+    res = _pol("prove", str(task), "--out", str(tmp_path / "p"), "--key", str(key), "--posting", posting, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["posting_id"] == posting
+    res = _pol("verify", str(tmp_path / "p"), "--posting", "cd" * 32, "--json")
+    assert res.returncode == 1 and json.loads(res.stdout)["failed_check"] == "claim"
+    res = _pol("prove", str(task), "--out", str(tmp_path / "q"), "--key", str(key), "--posting", "nonsense")
+    assert res.returncode == 2 and "posting" in res.stderr
+    shutil.rmtree(tmp_path / "p")
+
+
+def test_fetch_model_from_proof_dir_loads_in_plain_torch(proof_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from prover.checkpoint import read_checkpoint
+
+    claim = ProofDir(proof_dir).read_claim()
+    from protocol.claim import compute_claim_id
+
+    out = tmp_path / "model.safetensors"
+    res = _pol("fetch-model", str(proof_dir), "--claim", compute_claim_id(claim.body).hex(), "--out", str(out),
+               "--json")
+    assert res.returncode == 0, res.stderr
+    tensors = load_file(str(out))
+    final = {leaf.name: leaf for leaf in read_checkpoint(ProofDir(proof_dir).checkpoint(4))}
+    assert set(tensors) == {"fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"}
+    for name, t in tensors.items():
+        assert t.dtype == torch.float32
+        assert torch.equal(t, torch.from_numpy(final[f"param/{name}"].array().copy()))
+    # A garbled final checkpoint is refused and nothing is written.
+    ckpt = ProofDir(proof_dir).checkpoint(4)
+    data = bytearray(ckpt.read_bytes())
+    data[-5] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    bad = tmp_path / "bad.safetensors"
+    res = _pol("fetch-model", str(proof_dir), "--out", str(bad))
+    assert res.returncode == 2 and "commits to" in res.stderr, res.stderr
+    assert not bad.exists()
