@@ -29,7 +29,7 @@ from protocol.ledger import TASK_OPEN, TaskPosted, compute_posting_id, get_claim
 from protocol.merkle import compute_merkle_proof
 from protocol.messages import ClaimAnnounced, decode_message, compute_claim_announced, encode_message
 from protocol.state import get_sorted_leaves
-from protocol.sampling import compute_sample_proof, compute_segment_sample
+from protocol.sampling import compute_sample_proof, compute_verifier_sample
 from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
@@ -214,8 +214,8 @@ class Worker:
         ctx = get_claim_context(node.chain.state, claim_id)
         task = decode_task(node.chain.postings[info.claim.body.task_id].task)
         rt = await self._runtime(task, info.claim)
-        sample = compute_segment_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
-                                        ctx.samples_required)
+        sample = compute_verifier_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
+                                         ctx.sample_milli)
         roots = await self.fetch_roots(claim_id)
         init_root = await asyncio.to_thread(lambda: compute_root(init_state(rt)))
         if roots[0] != init_root:

@@ -226,6 +226,37 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_economics(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from protocol.economics import SamplingImpossible
+    from protocol.errors import InvalidGenesis
+    from protocol.genesis import Params, validate_params
+
+    from .economics import compute_table, draw_plot, format_table, get_row_document
+
+    overrides = {k: v for k, v in (("deterrence_bps", args.deterrence_bps), ("bond_reward_bps", args.bond_reward_bps),
+                                   ("prover_bond", args.prover_bond), ("min_sample_milli", args.min_sample_milli))
+                 if v is not None}
+    params = dataclasses.replace(Params(), **overrides)
+    if min(args.verifiers) < 1 or min(args.segments) < 1 or args.reward < 1:
+        raise CliError("--verifiers, --segments and --reward must be positive")
+    try:
+        validate_params(params)
+        rows = compute_table(args.verifiers, args.segments, args.reward, params)
+    except (InvalidGenesis, SamplingImpossible) as exc:
+        raise CliError(f"these parameters cannot deter fakes: {exc}") from None
+    doc: dict[str, Any] = {"params": dataclasses.asdict(params), "reward": args.reward,
+                           "rows": [get_row_document(r) for r in rows]}
+    text = format_table(rows, params)
+    if args.plot:
+        draw_plot(Path(args.plot), args.verifiers, args.reward, params)
+        doc["plot"] = args.plot
+        text += f"\nwrote {args.plot}"
+    _emit(args, doc, text)
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from prover.transcript import ProofDir, read_transcript
     from protocol.claim import compute_claim_id
@@ -355,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds (default 60)")
     fm.add_argument("--json", action="store_true")
     fm.set_defaults(func=cmd_fetch_model)
+
+    ec = sub.add_parser("economics", help="verification cost and cheating loss for given parameters (SPEC §16.2)")
+    ec.add_argument("--verifiers", type=int, nargs="+", default=[4, 16, 64], help="network sizes (default 4 16 64)")
+    ec.add_argument("--segments", type=int, nargs="+", default=[100, 1000, 10_000], help="segments per claim")
+    ec.add_argument("--reward", type=int, default=1000, help="task reward (default 1000)")
+    ec.add_argument("--deterrence-bps", type=int, help="deterrence D in basis points (default 30000: 3x)")
+    ec.add_argument("--bond-reward-bps", type=int, help="bond as a share of the reward, in bps (default 40000)")
+    ec.add_argument("--prover-bond", type=int, help="minimum bond (default 1000)")
+    ec.add_argument("--min-sample-milli", type=int, help="floor on samples per verifier, in 1/1000 (default 0)")
+    ec.add_argument("--plot", help="also draw the cost/security chart to this PNG file")
+    ec.add_argument("--json", action="store_true")
+    ec.set_defaults(func=cmd_economics)
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")

@@ -27,7 +27,8 @@ from .claim import Claim, compute_claim_id, validate_claim_signature
 from .constants import BPS, DOMAIN_TASK_POSTED, VERDICT_ACCEPT, VERDICT_REJECT
 from .encoding import encode_canonical
 from .errors import InsufficientFunds, InvalidCertificate, InvalidTransition, InvalidVote
-from .genesis import Genesis, Params, VerifierEntry, compute_samples_required, validate_genesis
+from .economics import compute_claim_bond, compute_claim_sample_milli
+from .genesis import Genesis, Params, VerifierEntry, validate_genesis
 from .task import compute_task_id, decode_task
 from .vote import (
     SUBJECT_DISPUTE,
@@ -79,7 +80,7 @@ class ClaimRecord:
     prover: bytes
     commitment: bytes
     num_checkpoints: int
-    samples_required: int  # fixed at registration so later slashing cannot change it
+    sample_milli: int  # mean segments per verifier (1/1000), fixed at registration: slashing cannot change it
     bond: int  # locked while the claim is undecided, 0 afterwards
     registered_at: int
     status: str
@@ -159,7 +160,7 @@ def get_claim_context(state: LedgerState, claim_id: bytes) -> ClaimContext:
     claim = state.claims.get(claim_id)
     if claim is None:
         raise InvalidTransition(f"claim {claim_id.hex()[:16]}… is not registered")
-    return ClaimContext(claim_id, claim.commitment, claim.num_checkpoints, claim.samples_required)
+    return ClaimContext(claim_id, claim.commitment, claim.num_checkpoints, claim.sample_milli)
 
 
 def is_claim_settled(claim: ClaimRecord) -> bool:
@@ -241,8 +242,8 @@ def process_claim(state: LedgerState, claim: Claim, now: int) -> LedgerState:
         # offline run, is not work for this one.
         raise InvalidTransition(f"claim answers posting {body.posting_id.hex()[:16]}…, the task's posting is "
                                 f"{task.posting_id.hex()[:16]}…")
-    bond = state.params.prover_bond
-    samples = compute_samples_required(task.num_checkpoints - 1, task.reward, bond, state.verifiers, state.params)
+    bond = compute_claim_bond(task.reward, state.params)
+    samples = compute_claim_sample_milli(task.reward, bond, state.verifiers, state.params)
     record = ClaimRecord(body.task_id, body.prover, body.commitment, body.num_checkpoints, samples, bond, now,
                          CLAIM_PENDING)
     balances = _debit(state.balances, body.prover, bond, "prover bond")

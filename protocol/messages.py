@@ -38,6 +38,7 @@ from .constants import (
 )
 from .encoding import decode_canonical, encode_canonical
 from .errors import GossipIgnore, GossipReject, InvalidInput, InvalidMessage, InvalidProof
+from .economics import compute_claim_bond
 from .genesis import get_field, get_list, get_uint, validate_keys
 from .ledger import (
     CLAIM_PENDING,
@@ -351,7 +352,7 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     # [REJECT] the prover signed the claim
     _or_reject(validate_claim_signature, claim)
     # [IGNORE] the prover can post the bond
-    if state.balances.get(body.prover, 0) < state.params.prover_bond:
+    if state.balances.get(body.prover, 0) < compute_claim_bond(task.reward, state.params):
         raise GossipIgnore("prover's balance does not cover the bond")
     return claim
 

@@ -48,7 +48,7 @@ def test_prover_vanishes_fetch_resumes_from_other_verifier(tmp_path: Path) -> No
         v0_key = v0.key.public_key.hex()
         wait_for(lambda: any(v["verifier"] == v0_key for v in dn.http_get(v0, "/votes")["votes"]), 90,
                  "v0 fetched every checkpoint and voted")
-        assert claims(v0)[0]["samples_required"] == net.tasks[0].num_checkpoints - 1
+        assert claims(v0)[0]["sample_milli"] >= (net.tasks[0].num_checkpoints - 1) * 1000  # devnet: replay all
         _start(net, [v1])
         at_kill = _kill_mid_transfer(v1, prover, 60)
         assert at_kill["fetching"], f"the prover died after the transfer, not during it: {at_kill}"

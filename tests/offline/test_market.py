@@ -150,3 +150,15 @@ def test_fetch_model_from_proof_dir_loads_in_plain_torch(proof_dir: Path, tmp_pa
     res = _pol("fetch-model", str(proof_dir), "--out", str(bad))
     assert res.returncode == 2 and "commits to" in res.stderr, res.stderr
     assert not bad.exists()
+
+
+def test_cli_economics_table_json_and_plot(tmp_path: Path) -> None:
+    png = tmp_path / "econ.png"
+    res = _pol("economics", "--verifiers", "4", "64", "--segments", "100", "--json", "--plot", str(png))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [r["verifiers"] for r in doc["rows"]] == [4, 64]
+    assert all(r["replay_fraction"] <= 0.05 and r["best_cheat_gain"] < 0 for r in doc["rows"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = _pol("economics", "--deterrence-bps", "50000", "--bond-reward-bps", "20000")
+    assert res.returncode == 2 and "cannot deter" in res.stderr

@@ -93,8 +93,8 @@ def test_post_and_claim_lock_funds(world: World) -> None:
     assert s.balances[requester] == 10_000 - REWARD
     assert s.balances[prover] == 5_000 - BOND
     assert get_total_money(s) == get_total_money(world.genesis_state) == 10_000 + 5_000 + 9
-    # Samples for 16 segments, k = 2 honest signers, target min(1/10, 1000/1100): ((16-m)/16)^2 <= 1/10.
-    assert s.claims[compute_claim_id(world.claim.body)].samples_required == 11
+    # The economic rate (k = 2, R = 100, B = 1000, D = 3: (1 - mu)^2 <= 1 - 300/1100) is below PARAMS' floor.
+    assert s.claims[compute_claim_id(world.claim.body)].sample_milli == 11_000
 
 
 def test_accept_pays_after_window_only(world: World) -> None:
