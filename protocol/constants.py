@@ -23,6 +23,7 @@ DOMAIN_SAMPLE: Final = b"pol/v1/sample"
 DOMAIN_SAMPLE_SEED: Final = b"pol/v1/sample-seed"
 DOMAIN_DATASET: Final = b"pol/v1/dataset"
 DOMAIN_SAMPLE_COUNT: Final = b"pol/v1/sample-count"  # || sample signature: how many segments (§16.2)
+DOMAIN_FORCED_ROOT: Final = b"pol/v1/forced-root"  # || secret || u64le(index): roots of forced errors
 DOMAIN_TRAINING_SEED: Final = b"pol/v1/training-seed"  # || task id || prover key || posting id
 
 # The posting id of offline experiments (`pol prove` without --posting). No SHA-256 output is

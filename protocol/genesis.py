@@ -95,7 +95,8 @@ class Params:
     slash_unavailable_bps: int = 1000  # of the bond of a prover whose claim went void, burned
     deterrence_bps: int = 30000  # expected penalty of any fake >= this x its largest saving (§16.2)
     bond_reward_bps: int = 40000  # a claim's bond is at least this share of the task's reward
-    min_sample_milli: int = 0  # floor on the mean segments per verifier, in 1/1000 (devnets: replay all)
+    min_sample_milli: int = 0
+    slash_lazy_bps: int = 2000  # of a verifier's stake, burned when it accepted a revealed forced error  # floor on the mean segments per verifier, in 1/1000 (devnets: replay all)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def validate_params(params: Params) -> None:
     if not (den > 0 and 2 * num > den and num <= den):
         raise InvalidGenesis(f"quorum {num}/{den} must be in (1/2, 1]")
     for key in ("slash_double_vote_bps", "slash_failed_challenge_bps", "challenger_reward_bps",
-                "slash_unavailable_bps"):
+                "slash_unavailable_bps", "slash_lazy_bps"):
         if not 0 <= getattr(params, key) <= BPS:
             raise InvalidGenesis(f"{key} must be in [0, {BPS}]")
     if params.deterrence_bps < BPS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from .claim import Claim, compute_claim_id, validate_claim_signature
 from .constants import BPS, DOMAIN_TASK_POSTED, VERDICT_ACCEPT, VERDICT_REJECT
 from .encoding import encode_canonical
 from .errors import InsufficientFunds, InvalidCertificate, InvalidTransition, InvalidVote
+from .forced import ForcedErrorReveal, is_lazy_accept, validate_forced_reveal
 from .economics import compute_claim_bond, compute_claim_sample_milli
 from .genesis import Genesis, Params, VerifierEntry, validate_genesis
 from .task import compute_task_id, decode_task
@@ -109,6 +110,9 @@ class LedgerState:
     disputes: Mapping[bytes, DisputeRecord]
     slashed_double_votes: frozenset[tuple[int, int, bytes]]  # (verifier, kind, subject)
     burned: int = 0
+    # Revealed forced-error claims (§16.7): claim id -> checkpoint indices whose roots are pseudo-random.
+    forced: Mapping[bytes, frozenset[int]] = field(default_factory=lambda: MappingProxyType({}))
+    slashed_lazy: frozenset[tuple[int, bytes]] = frozenset()  # (verifier, claim id)
 
 
 def _put(mapping: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
@@ -273,13 +277,13 @@ def _settle(state: LedgerState, claim_id: bytes, status: str, escrow_to: bytes, 
     return replace(state, balances=balances, tasks=tasks, claims=claims, disputes=disputes, burned=burned)
 
 
-def _void(state: LedgerState, claim_id: bytes) -> LedgerState:
+def _void(state: LedgerState, claim_id: bytes, slash_bps: int | None = None) -> LedgerState:
     """No fraud proven but no acceptance either: the bond goes back less the unavailability slash (burned),
     and the task reopens with its escrow, so a prover that claims and never serves cannot take the task from
     the others; an expired task is refunded by the same tick (``process_tick`` step 4)."""
     claim = state.claims[claim_id]
     task = state.tasks[claim.task_id]
-    slash = claim.bond * state.params.slash_unavailable_bps // BPS
+    slash = claim.bond * (state.params.slash_unavailable_bps if slash_bps is None else slash_bps) // BPS
     balances = _credit(state.balances, claim.prover, claim.bond - slash)
     tasks = _put(state.tasks, claim.task_id, replace(task, status=TASK_OPEN, claim_id=None))
     claims = _put(state.claims, claim_id, replace(claim, bond=0, status=CLAIM_VOID))
@@ -396,3 +400,39 @@ def process_double_vote(state: LedgerState, proof: DoubleVoteProof, now: int) ->
     state = replace(state, slashed_double_votes=state.slashed_double_votes | {key})
     return _slash_stake(state, index, state.params.slash_double_vote_bps)
 
+
+
+# --- forced errors (§16.7) ------------------------------------------------------------------
+
+
+def process_forced_reveal(state: LedgerState, reveal: ForcedErrorReveal, now: int) -> LedgerState:
+    """Record a revealed forced-error claim. An undecided one becomes void with its whole bond back (a test,
+    not an unavailable claim) and its task reopens; a settled one stays settled. Revealing again is a no-op."""
+    if reveal.claim_id in state.forced:
+        return state
+    claim = state.claims.get(reveal.claim_id)
+    if claim is None:
+        raise InvalidTransition(f"reveal for unknown claim {reveal.claim_id.hex()[:16]}…")
+    pseudo = validate_forced_reveal(reveal, claim.commitment, claim.num_checkpoints)
+    if not is_claim_settled(claim):
+        state = _void(state, reveal.claim_id, slash_bps=0)
+    return replace(state, forced=_put(state.forced, reveal.claim_id, pseudo))
+
+
+def process_lazy_vote(state: LedgerState, vote: Vote, now: int) -> LedgerState:
+    """Slash a verifier whose valid accept vote on a revealed forced error proves it did not do the work:
+    ``stake · slash_lazy_bps / BPS`` burned, once per (verifier, claim)."""
+    pseudo = state.forced.get(vote.claim_id)
+    if pseudo is None:
+        raise InvalidTransition("the vote's claim is not a revealed forced error")
+    if vote.verdict != VERDICT_ACCEPT:
+        raise InvalidVote("only an accept vote on a forced error is evidence of laziness")
+    claim = state.claims[vote.claim_id]
+    index = get_staked_verifier_index(state.verifiers, vote.verifier)
+    if (index, vote.claim_id) in state.slashed_lazy:
+        return state
+    validate_vote(vote, get_claim_context(state, vote.claim_id), state.verifiers)
+    if not is_lazy_accept(vote.segments, pseudo, claim.num_checkpoints):
+        raise InvalidVote("the vote's sample touches no false segment and the final state is real: not lazy")
+    state = replace(state, slashed_lazy=state.slashed_lazy | {(index, vote.claim_id)})
+    return _slash_stake(state, index, state.params.slash_lazy_bps)
