@@ -18,6 +18,7 @@ from protocol.claim import Claim, compute_claim_id, decode_claim
 from protocol.constants import VERDICT_ACCEPT
 from protocol.errors import InvalidInput
 from protocol.genesis import Genesis, get_total_stake, get_verifier_index, is_quorum
+from protocol.economics import compute_claim_bond
 from protocol.ledger import (
     LedgerState,
     TaskPosted,
@@ -163,7 +164,7 @@ class ChainState:
             "certificates": certs,
             "dispute": dispute,
             "reward": task.reward if task else None,
-            "bond": record.bond if record else None,
+            "bond": compute_claim_bond(task.reward, self.state.params) if task else None,  # locked at claim
             "sample_milli": record.sample_milli if record else None,
             "announced_at": info.announced_at,
             "certified_at": info.certified_at,
