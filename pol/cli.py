@@ -276,6 +276,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "complete": claim is not None,
         "claim_id": compute_claim_id(claim.body).hex() if claim else None,
         "prover": claim.body.prover.hex() if claim else None,
+        "posting_id": claim.body.posting_id.hex() if claim else None,
         "commitment": claim.body.commitment.hex() if claim else None,
         "final_root": claim.body.final_root.hex() if claim else None,
         "checkpoints": [{"index": e.index, "step": e.step, "root": e.root.hex(), "loss": e.loss} for e in entries],

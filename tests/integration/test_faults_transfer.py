@@ -11,6 +11,8 @@ Small chunks (``chunk_bytes``) make each checkpoint hundreds of requests, so the
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,15 @@ def test_prover_vanishes_fetch_resumes_from_other_verifier(tmp_path: Path) -> No
         assert dn.wait_consistent(net, time.monotonic() + 20)
         ledger = dn.http_get(v1, "/ledger")
         assert ledger["balances"][prover.key.public_key.hex()] == dn.PROVER_BALANCE + dn.REWARD
+        # The requester gets the trained model from a verifier (each fetched and checked the final state to
+        # vote), although the prover is gone.
+        model = tmp_path / "model.safetensors"
+        got = subprocess.run([sys.executable, "-m", "pol.cli", "fetch-model", v1.url, "--claim", paid[0]["claim_id"],
+                              "--out", str(model), "--json"], capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0, got.stderr
+        from safetensors.torch import load_file
+
+        assert set(load_file(str(model))) == {"fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"}
     finally:
         dn.stop_all(net)
     for n in net.nodes:
