@@ -332,6 +332,11 @@ class Node:
                 self.chain.tick(now, wall)
                 self.store.append(None, "tick", b"", now, wall, "local")
                 log.info("deadlines applied at %d: %s", now, self.chain.get_ledger_report()["claims"])
+                # A void claim reopens its task (SPEC.md §16.5): provers may claim it again.
+                for task_id, posting in list(self.chain.postings.items()):
+                    record = self.chain.state.tasks.get(task_id)
+                    if record is not None and record.status == "open":
+                        self.worker.on_task(posting)
 
     async def _pending_loop(self) -> None:
         while True:
