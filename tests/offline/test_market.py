@@ -162,3 +162,61 @@ def test_cli_economics_table_json_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = _pol("economics", "--deterrence-bps", "50000", "--bond-reward-bps", "20000")
     assert res.returncode == 2 and "cannot deter" in res.stderr
+
+
+def test_thief_front_running_in_the_ledger_loses_and_the_prover_is_paid(tmp_path: Path, tiny_task) -> None:  # type: ignore[no-untyped-def]
+    """End to end without a network: a thief copies an honest proof for the same posting, re-signs it and
+    registers first. Verification (the real replay) rejects the copy, so it gets no certificate and goes void
+    at a cost to the thief; the task reopens and the honest prover's claim is registered, certified and paid."""
+    from protocol import bls
+    from protocol.certificate import compute_certificate
+    from protocol.claim import compute_claim_id
+    from protocol.errors import InvalidTransition
+    from protocol.genesis import Account, Genesis, Params, VerifierEntry
+    from protocol.ledger import (
+        CLAIM_PAID,
+        CLAIM_VOID,
+        compute_posting_id,
+        compute_task_posted,
+        get_claim_context,
+        get_initial_state,
+        get_total_money,
+        process_certificate,
+        process_claim,
+        process_task_posted,
+        process_tick,
+    )
+    from protocol.task import encode_task
+    from protocol.vote import compute_vote
+
+    keys = [bls.compute_secret_key(bytes([i]) * 32) for i in range(5)]
+    verifier_keys, requester, honest, thief = keys[:2], keys[2], keys[3], keys[4]
+    params = Params(availability_window_s=100, challenge_window_s=10)
+    genesis = Genesis("theft", 0, params, tuple(
+        VerifierEntry(bls.compute_public_key(k), bls.compute_pop(k), 100, f"v{i}") for i, k in enumerate(verifier_keys)),
+        tuple(Account(bls.compute_public_key(k), 100_000) for k in (requester, honest, thief)))
+    posting = compute_task_posted(requester, encode_task(tiny_task), 1000, 10_000)
+    state = process_task_posted(get_initial_state(genesis), posting, 1)
+    honest_dir, thief_dir = tmp_path / "honest", tmp_path / "thief"
+    prove(tiny_task, honest_dir, honest, posting_id=compute_posting_id(posting))
+    shutil.copytree(honest_dir, thief_dir)
+    stolen = recommit(ProofDir(thief_dir), thief)
+    honest_claim = ProofDir(honest_dir).read_claim()
+
+    state = process_claim(state, stolen, 2)  # the thief is first
+    with pytest.raises(InvalidTransition, match="no longer open"):
+        process_claim(state, honest_claim, 3)
+    assert _verify(thief_dir).verdict == REJECT  # no honest verifier signs an accept vote for the copy
+    state = process_tick(state, 2 + params.availability_window_s)
+    assert state.claims[compute_claim_id(stolen.body)].status == CLAIM_VOID
+    assert state.balances[bls.compute_public_key(thief)] < 100_000  # stealing cost the thief
+
+    now = 3 + params.availability_window_s
+    state = process_claim(state, honest_claim, now)
+    assert _verify(honest_dir).verdict == ACCEPT
+    ctx = get_claim_context(state, compute_claim_id(honest_claim.body))
+    cert = compute_certificate([compute_vote(k, ctx) for k in verifier_keys], genesis.verifiers)
+    state = process_tick(process_certificate(state, cert, now + 1), now + 1 + params.challenge_window_s)
+    assert state.claims[ctx.claim_id].status == CLAIM_PAID
+    assert state.balances[bls.compute_public_key(honest)] == 100_000 + 1000
+    assert get_total_money(state) == get_total_money(get_initial_state(genesis))
