@@ -186,8 +186,10 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from prover.checkpoint import MAX_CHECKPOINT_BYTES
     from prover.model import export_model, read_final_from_dir
     from protocol.claim import decode_claim
+    from protocol.constants import MAX_CLAIM_BYTES
 
     expected = None
     if args.claim:
@@ -199,16 +201,19 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
             raise CliError("fetching from a node needs --claim ID (the claim the ledger paid for)")
         base = args.source.rstrip("/") + f"/claims/{expected.hex()}"
 
-        def get(what: str) -> bytes:
+        def get(what: str, limit: int) -> bytes:
             try:
                 with urllib.request.urlopen(f"{base}/{what}", timeout=args.timeout) as resp:
-                    return bytes(resp.read())
+                    data = bytes(resp.read(limit + 1))  # a node cannot make us read without end
+                    if len(data) > limit:
+                        raise CliError(f"{base}/{what}: the node sent more than {limit} bytes")
+                    return data
             except urllib.error.HTTPError as exc:
                 raise CliError(f"{base}/{what}: HTTP {exc.code} {exc.read()[:200].decode(errors='replace')}") from None
             except (urllib.error.URLError, TimeoutError) as exc:
                 raise CliError(f"{base}/{what}: {exc}") from None
 
-        claim, checkpoint = decode_claim(get("claim")), get("model")
+        claim, checkpoint = decode_claim(get("claim", MAX_CLAIM_BYTES)), get("model", MAX_CHECKPOINT_BYTES)
     else:
         path = Path(args.source)
         if not path.is_dir():
