@@ -16,7 +16,8 @@ miss probabilities, so ``P_detect`` is concave and zero at ``c = 0``), so (*) ho
 once it holds for ``c = S``, where ``P_detect(S) = 1 - P(a verifier replays nothing)^k``. For a mean
 below one sample that is ``1 - (1 - mu)^k``, and the smallest sufficient ``mu`` has a closed form.
 
-Pure integer arithmetic (exact ``Fraction`` comparisons): a contract can mirror it with fixed point.
+The ledger's rule is integer arithmetic in 10^18 fixed point that fits 256 bits, so a contract computes
+the same ``sample_milli``; the reports (``compute_escape_probability``, ...) are exact rationals.
 """
 
 from __future__ import annotations
@@ -53,27 +54,49 @@ def get_sample_count(sample_signature: bytes, sample_milli: int) -> int:
     return sample_milli // MILLI + (1 if u < sample_milli % MILLI else 0)
 
 
-def _zero_replay_probability(sample_milli: int) -> Fraction:
-    """Probability that one verifier draws a count of zero."""
-    return Fraction(MILLI - sample_milli, MILLI) if sample_milli < MILLI else Fraction(0)
+FIXED_ONE = 10**18  # fixed point for the rate rule: every product fits 256 bits, so a contract computes it too
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def compute_zero_replay_power(sample_milli: int, honest: int) -> int:
+    """``P(a verifier replays nothing)^honest`` in units of ``FIXED_ONE``, rounded up at every product.
+
+    ``P = (1000 - sample_milli)/1000`` (0 from 1000 on); the power is square-and-multiply over the bits
+    of ``honest``, most significant first, each product ``ceil(x * y / FIXED_ONE)``. Rounding up only
+    overstates the escape chance, so the rate it yields is never below the exact rule's.
+    """
+    if sample_milli >= MILLI:
+        return 0
+    base = (MILLI - sample_milli) * (FIXED_ONE // MILLI)
+    result = FIXED_ONE
+    for bit in bin(honest)[2:]:
+        result = _ceil_div(result * result, FIXED_ONE)
+        if bit == "1":
+            result = _ceil_div(result * base, FIXED_ONE)
+    return result
 
 
 def compute_sample_milli(reward: int, bond: int, honest: int, params: Params) -> int:
     """Smallest mean sample count (in 1/1000 segments) per verifier that satisfies (*), at least
-    ``min_sample_milli``. Raises ``SamplingImpossible`` when no rate does (bond too small for D)."""
+    ``min_sample_milli``: the smallest ``x`` in [0, 1000] with
+    ``compute_zero_replay_power(x, k) * (R + B) * BPS <= FIXED_ONE * ((R + B) * BPS - deterrence_bps * R)``.
+    Raises ``SamplingImpossible`` when no rate does (the bond is too small for D)."""
     if reward <= 0 or bond < 0 or honest < 1:
         raise ValueError("reward must be positive, bond non-negative, honest signers at least 1")
-    d = Fraction(params.deterrence_bps, BPS)
-    # (1 - mu)^k <= 1 - D R / (R + B): the largest tolerated chance that no honest verifier replays.
-    allowed = 1 - d * Fraction(reward, reward + bond)
+    total = (reward + bond) * BPS
+    allowed = FIXED_ONE * (total - params.deterrence_bps * reward)  # (1 - D R / (R + B)) * FIXED_ONE * total
     if allowed < 0:
+        d = Fraction(params.deterrence_bps, BPS)
         raise SamplingImpossible(
             f"bond {bond} is too small for deterrence {d}: it must be at least (D - 1) x reward = "
             f"{(d - 1) * reward}; raise the bond (bond_reward_bps), no sample rate can make up for it")
-    low, high = 0, MILLI  # at MILLI every verifier replays at least one segment: P(zero) = 0 <= allowed
+    low, high = 0, MILLI  # at MILLI every verifier replays at least one segment: the power is 0
     while low < high:
         mid = (low + high) // 2
-        if _zero_replay_probability(mid) ** honest <= allowed:
+        if compute_zero_replay_power(mid, honest) * total <= allowed:
             high = mid
         else:
             low = mid + 1

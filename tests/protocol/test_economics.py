@@ -33,9 +33,20 @@ def test_rate_is_the_smallest_meeting_the_closed_form(honest: int, reward: int, 
     mu = 1 - (1 - d * reward / (reward + bond)) ** (1 / honest)
     assert abs(milli - mu * MILLI) <= 1.0 + 1e-9
     allowed = 1 - Fraction(params.deterrence_bps, BPS) * Fraction(reward, reward + bond)
-    assert Fraction(MILLI - milli, MILLI) ** honest <= allowed
-    if milli > 0:
-        assert Fraction(MILLI - milli + 1, MILLI) ** honest > allowed
+    assert Fraction(MILLI - milli, MILLI) ** honest <= allowed  # the exact rule holds at the chosen rate
+    if milli > 1:  # and fixed point costs at most one thousandth of a segment over the exact minimum
+        assert Fraction(MILLI - milli + 2, MILLI) ** honest > allowed
+
+
+@pytest.mark.parametrize("honest", [1, 2, 3, 22, 341, 1024])
+@pytest.mark.parametrize("milli", [0, 1, 41, 500, 999, 1000])
+def test_fixed_point_power_rounds_up_by_little(honest: int, milli: int) -> None:
+    from protocol.economics import FIXED_ONE, compute_zero_replay_power
+
+    exact = Fraction(max(MILLI - milli, 0), MILLI) ** honest * FIXED_ONE
+    fixed = compute_zero_replay_power(milli, honest)
+    assert exact <= fixed <= exact + 2 * honest  # units of 1e-18
+    assert fixed * (2**63 * 2 * BPS) < 2**256  # every product of the rule fits a uint256
 
 
 @pytest.mark.parametrize("segments", [1, 7, 100])
