@@ -25,6 +25,7 @@ from protocol.constants import MAX_GOSSIP_BYTES, MAX_SYNC_ITEMS
 from protocol.encoding import encode_canonical
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
 from protocol.genesis import decode_genesis
+from protocol.forced import ForcedErrorReveal
 from protocol.ledger import TaskPosted
 from protocol.messages import (
     ClaimAnnounced,
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS = "/pol/tasks/1", "/pol/claims/1", "/pol/votes/1", "/pol/certs/1"
 TOPICS = (TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS)
 TOPIC_OF: dict[type, str] = {TaskPosted: TOPIC_TASKS, ClaimAnnounced: TOPIC_CLAIMS, Vote: TOPIC_VOTES,
-                             DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS}
+                             DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS,
+                             ForcedErrorReveal: TOPIC_CLAIMS}
 PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/1"
 MAX_SYNC_RESPONSE = 900 * 1024
 MAX_PENDING, PENDING_TTL_S = 2000, 300.0
@@ -354,6 +356,11 @@ class Node:
                 self.chain.tick(now, wall)
                 self.store.append(None, "tick", b"", now, wall, "local")
                 log.info("deadlines applied at %d: %s", now, self.chain.get_ledger_report()["claims"])
+                # A void claim reopens its task (SPEC.md §16.5): provers may claim it again.
+                for task_id, posting in list(self.chain.postings.items()):
+                    record = self.chain.state.tasks.get(task_id)
+                    if record is not None and record.status == "open":
+                        self.worker.on_task(posting)
 
     async def _pending_loop(self) -> None:
         while True:
@@ -415,7 +422,7 @@ class Node:
 
 def get_kind(msg: Message) -> str:
     return {TaskPosted: "task_posted", ClaimAnnounced: "claim", Vote: "vote", DisputeVote: "dispute_vote",
-            Certificate: "certificate", DoubleVoteProof: "double_vote"}.get(type(msg), type(msg).__name__)
+            Certificate: "certificate", DoubleVoteProof: "double_vote", ForcedErrorReveal: "forced_reveal"}.get(type(msg), type(msg).__name__)
 
 
 def describe(msg: Message) -> str:
