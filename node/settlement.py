@@ -29,6 +29,7 @@ from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim, validate_claim_signature
 from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
+from protocol.forced import ForcedErrorReveal
 from protocol.ledger import (
     CLAIM_ACCEPTED,
     CLAIM_PENDING,
@@ -45,6 +46,7 @@ from protocol.messages import (
     validate_gossip_certificate,
     validate_gossip_dispute_vote,
     validate_gossip_double_vote,
+    validate_gossip_forced_reveal,
     validate_gossip_vote,
 )
 from protocol.task import decode_task
@@ -270,6 +272,8 @@ class Settlement:
                 validate_gossip_certificate(msg, state, now)
             elif isinstance(msg, DoubleVoteProof):
                 validate_gossip_double_vote(msg, state, now)
+            elif isinstance(msg, ForcedErrorReveal):
+                validate_gossip_forced_reveal(msg, state, now)  # relayed; settles nothing on this contract
             else:
                 raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
         except InvalidInput as exc:
