@@ -26,7 +26,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     d.add_argument("--cheaters", type=int, default=1)
     d.add_argument("--dir", default=None, help="fresh directory for keys, genesis, databases and logs")
     d.add_argument("--steps", type=int, default=40, help="training steps of each devnet task (default 40)")
-    d.add_argument("--timeout", type=float, default=150.0, help="seconds until the devnet gives up (default 150)")
+    d.add_argument("--timeout", type=float, default=300.0, help="seconds until the devnet gives up (default 300)")
     d.add_argument("--keep", action="store_true", help="leave the nodes running until Ctrl-C")
     d.add_argument("--json", action="store_true")
     d.add_argument("--gossip-ledger", action="store_true",
