@@ -190,3 +190,31 @@ def test_unbonding_then_withdrawal(chain: Chain) -> None:
     post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
     accept_claim(chain.client, chain.verifier_keys, [0, 1], claim.claim_id)
     assert_conserved(chain)
+
+
+def test_certificate_from_protocol_votes_verifies_on_chain(chain: Chain) -> None:
+    """Votes and their aggregate made by protocol/vote.py and protocol/certificate.py, unchanged."""
+    from protocol.certificate import compute_certificate
+    from protocol.genesis import VerifierEntry
+    from protocol.vote import ClaimContext, compute_vote
+
+    claim = make_claim("protocol-votes")
+    post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
+    ctx = ClaimContext(claim.claim_id, claim.commitment, claim.num_checkpoints, 1)
+    entries = [VerifierEntry(bls.compute_public_key(sk), b"", stake, f"p{i}")
+               for i, (sk, stake) in enumerate(zip(chain.verifier_keys, STAKES))]
+    cert = compute_certificate([compute_vote(chain.verifier_keys[i], ctx) for i in (3, 0, 2)], entries)
+    assert cert.signers == (0, 2, 3)
+    chain.client.submit_certificate(cert.kind, cert.subject, cert.verdict, cert.signers, cert.signature)
+    assert chain.client.get_claim(claim.claim_id).status == "accepted"
+
+
+def test_chain_without_bls_precompiles_is_refused() -> None:
+    from node.evm.anvil import MissingPrecompiles, check_eip2537, find_anvil, start_anvil
+
+    if find_anvil() is None:
+        pytest.skip("anvil is not installed (run `make anvil`)")
+    with start_anvil(extra_args=("--hardfork", "cancun")) as old_chain:
+        assert not has_eip2537(old_chain.url)
+        with pytest.raises(MissingPrecompiles, match="no EIP-2537"):
+            check_eip2537(old_chain.url)
