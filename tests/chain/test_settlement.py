@@ -7,7 +7,7 @@ import json
 import pytest
 
 from node.evm.anvil import has_eip2537
-from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, load_artifact
+from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, compute_g1_point, load_artifact
 from protocol import bls
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, compute_subject_message
@@ -50,6 +50,24 @@ def test_registry_views(chain: Chain) -> None:
         assert v.pubkey == bls.compute_public_key(sk) and v.account == chain.accounts[1 + i].address
     registry = c.get_registry()
     assert len(registry.keys) == 3 * len(STAKES) and registry.stakes == STAKES
+    # SPEC.md §16.7 registry hash, computed here from the keys alone (not from the contract's words)
+    from eth_utils import keccak
+    from py_ecc.optimized_bls12_381 import Z1, add
+    from py_ecc.optimized_bls12_381.optimized_curve import normalize
+    from py_ecc.bls.g2_primitives import pubkey_to_G1
+
+    h = b"\x00" * 32
+    apk = Z1
+    for sk, stake in zip(chain.verifier_keys, STAKES):
+        point = compute_g1_point(bls.compute_public_key(sk))
+        x, y = point[16:64], point[80:128]
+        words = (int.from_bytes(x[:16], "big") << 128 | int.from_bytes(y[:16], "big"), int.from_bytes(x[16:], "big"),
+                 int.from_bytes(y[16:], "big"), stake)
+        h = keccak(h + keccak(b"".join(w.to_bytes(32, "big") for w in words)))
+        apk = add(apk, pubkey_to_G1(bls.compute_public_key(sk)))
+    assert bytes(c.contract.functions.registry_hash().call()) == h
+    ax, ay = normalize(apk)
+    assert bytes(c.contract.functions.apk_all().call()) == int(ax).to_bytes(64, "big") + int(ay).to_bytes(64, "big")
     assert_conserved(chain)
 
 
