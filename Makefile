@@ -21,7 +21,7 @@ $(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/pac
 	touch $@
 
 # The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
-demo: $(STAMP)
+demo: $(STAMP) anvil
 	.venv/bin/pol devnet --verifiers 4 --provers 2 --cheaters 1
 
 test: $(STAMP)
