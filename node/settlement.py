@@ -171,6 +171,7 @@ class Settlement:
             try:
                 await self.poll()
                 if self.account is not None:
+                    self._retry_own_claims()
                     await self.apply_deadlines()
             except asyncio.CancelledError:
                 raise
@@ -352,8 +353,22 @@ class Settlement:
 
     # --- transactions ------------------------------------------------------------------------
 
+    def _retry_own_claims(self) -> None:
+        """This prover's announced claim that the chain does not show while its task is still open (the
+        transaction failed or a reorg dropped it) is sent again, at most every ``RESUBMIT_S``."""
+        state = self.node.chain.state
+        for claim_id, info in list(self.node.chain.claims.items()):
+            body = info.claim.body
+            task = state.tasks.get(body.task_id)
+            if body.prover != self.node.pubkey or claim_id in state.claims or task is None or task.status != TASK_OPEN:
+                continue
+            last = self._tried.get(("claim_task", claim_id))
+            if last is None or time.monotonic() - last >= RESUBMIT_S:
+                self.node.spawn(self.submit_claim(info.claim))
+
     async def submit_claim(self, claim: Any) -> TxRecord | None:
         claim_id = compute_claim_id(claim.body)
+        self._tried[("claim_task", claim_id)] = time.monotonic()
         message = await asyncio.to_thread(self.client.get_claim_binding_message, claim_id, self.account.address)
         binding = bls.sign(self.node.key.bls_secret_key, bytes(message))
         return await self.submit("claim_task", claim_id, claim.body.task_id, claim_id, claim.body.commitment,
