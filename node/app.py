@@ -89,6 +89,10 @@ class Node:
         self.pubkey = bls.compute_public_key(self.key.bls_secret_key)
         self.genesis = decode_genesis(config.genesis.read_bytes())
         self.chain = ChainState(self.genesis)  # validates the genesis (proofs of possession)
+        if config.rpc_url:  # the contract holds the ledger; gossip is data (node.chainview)
+            from .chainview import ChainBackedState
+
+            self.chain = ChainBackedState(self.genesis)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.data_dir / "node.sqlite")
         self.net: Any = None
@@ -103,6 +107,7 @@ class Node:
         from .work import Worker
 
         self.worker = Worker(self)
+        self.settlement: Any = None  # node.settlement.Settlement when the config names a chain
 
     # --- time and identity -----------------------------------------------------------------
 
@@ -140,6 +145,8 @@ class Node:
         from .http import build_app
         from .p2p import P2PConfig, P2PNetwork
 
+        if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
+            await self.settlement_start()
         self.replay_log()
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
         self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
@@ -165,6 +172,9 @@ class Node:
         (self.config.data_dir / "ready.json").write_text(encode_canonical({}).hex())  # marker for scripts
         for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop()):
             self.spawn(coro)
+        if self.settlement is not None:
+            self.spawn(self.settlement.run())
+            self.settlement.on_view_changed()
         self.worker.resume()
         try:
             await self._stopping.wait()
@@ -176,9 +186,18 @@ class Node:
             await runner.cleanup()
             await self.net.stop()
             self.store.close()
+            if self.settlement is not None:
+                self.settlement.close()
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def settlement_start(self) -> None:
+        """Connect to the settlement chain of the config; ``ChainError`` when it cannot be trusted."""
+        from .settlement import Settlement
+
+        self.settlement = Settlement(self)
+        await self.settlement.start()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -207,7 +226,8 @@ class Node:
                 log.warning("verifier %s signed both verdicts on %s; double-vote proof: %s", proof.verifier.hex()[:12],
                             proof.subject.hex()[:12], result)
                 raise GossipIgnore(f"signer already cast the other verdict (double-vote proof: {result})")
-            msg = validate_gossip_message(data, self.chain.state, now)
+            msg = self.settlement.validate(data, now) if self.settlement is not None else \
+                validate_gossip_message(data, self.chain.state, now)
             self._check_vote_replay(msg)
         except GossipReject as exc:
             self.stats["rejected"] += 1
@@ -272,6 +292,8 @@ class Node:
         self.store.append(compute_message_id(data), get_kind(msg), data, now, wall, source)
         self.stats["accepted"] += 1
         log.info("applied %s (%s)", describe(msg), source)
+        if self.settlement is not None:
+            self.settlement.on_message(msg, source)
         self._after_apply(msg)
         self._pending_event.set()
         return "accept"

@@ -95,7 +95,7 @@ class ChainState:
         elif isinstance(msg, DoubleVoteProof):
             self.state = process_double_vote(self.state, msg, now)
         elif isinstance(msg, ForcedErrorReveal):
-            # Every accept vote this node holds on a revealed forced error is checked for laziness (§16.7).
+            # Every accept vote this node holds on a revealed forced error is checked for laziness (§16.9).
             self.state = process_forced_reveal(self.state, msg, now)
             for vote in self.votes.get(msg.claim_id, {}).values():
                 try:

@@ -130,4 +130,11 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_get("/certificates", certificates)
     app.router.add_get("/ledger", ledger)
     app.router.add_post("/tasks", post_task)
+
+    async def settlement(_: web.Request) -> web.Response:
+        if node.settlement is None:
+            return reply({"settlement": "gossip model (not for money)"})
+        return reply(node.settlement.get_report())
+
+    app.router.add_get("/settlement", settlement)
     return app

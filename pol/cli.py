@@ -322,6 +322,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "shapes", "builtin") == "large":
+        from gpu_ops.bench_shapes import format_large, run_large
+
+        res = run_large(_positive_int(str(args.steps), "--steps"), args.threads)
+        _emit(args, res, format_large(res) + "\n(CPU-time medians, sides interleaved; det/nat = deterministic / native "
+              "fp32, floor r = deterministic / native fp64 (DGEMM), root = state-root hashing share of the det step)")
+        return EXIT_OK
     from gpu_ops.bench import format_table, run_bench
 
     res = run_bench(args.tasks or None, _positive_int(str(args.steps), "--steps"), args.threads)
@@ -419,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", nargs="*", help="built-in task names (default: all)")
     b.add_argument("--steps", type=int, default=20, help="timed steps per task and mode (default 20)")
     b.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default 1)")
+    b.add_argument("--shapes", choices=("builtin", "large"), default="builtin",
+                   help="builtin: the built-in tasks; large: MLP 784-1024-1024-10, a d=256 transformer block, "
+                        "a 32->64 conv and a 2048 exact matmul (det vs native fp32 vs native fp64)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
@@ -428,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_node_commands(sub)
     register_dataset_commands(sub)
+    from .chain_cli import register as register_chain_commands
+
+    register_chain_commands(sub)
     return p
 
 
@@ -436,11 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .chain_cli import ChainCliError
     from .keyfile import KeyFileError
 
     try:
         return int(args.func(args))
-    except (CliError, KeyFileError, PolError, OSError) as exc:
+    except (CliError, KeyFileError, ChainCliError, PolError, OSError) as exc:
         kind = type(exc).__name__
         print(f"pol: error: {exc} [{kind}]", file=sys.stderr)
         return EXIT_ERROR

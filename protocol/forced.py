@@ -1,5 +1,5 @@
 """Forced errors: claims built to be wrong, so that a verifier that accepts without working is caught
-(SPEC.md §16.7, after Truebit's forced errors).
+(SPEC.md §16.9, after Truebit's forced errors).
 
 A tester (any funded prover) registers an ordinary-looking claim whose checkpoint roots it draws
 from a secret: ``r_j = H(DOMAIN_FORCED_ROOT || secret || u64le(j))`` for every index j outside a set

@@ -110,7 +110,7 @@ class LedgerState:
     disputes: Mapping[bytes, DisputeRecord]
     slashed_double_votes: frozenset[tuple[int, int, bytes]]  # (verifier, kind, subject)
     burned: int = 0
-    # Revealed forced-error claims (§16.7): claim id -> checkpoint indices whose roots are pseudo-random.
+    # Revealed forced-error claims (§16.9): claim id -> checkpoint indices whose roots are pseudo-random.
     forced: Mapping[bytes, frozenset[int]] = field(default_factory=lambda: MappingProxyType({}))
     slashed_lazy: frozenset[tuple[int, bytes]] = frozenset()  # (verifier, claim id)
 
@@ -351,13 +351,9 @@ def process_reject_vote(state: LedgerState, vote: Vote, now: int) -> LedgerState
     dispute_id = compute_dispute_id(vote.claim_id, vote.evidence.segment)
     existing = state.disputes.get(dispute_id)
     if existing is not None:
-        # One dispute per segment. While it is open, the challenger with the lowest verifier index
-        # holds it, so nodes that saw the reject votes in different orders agree on who is paid.
-        index = get_staked_verifier_index(state.verifiers, vote.verifier)
-        if existing.status != DISPUTE_OPEN or index >= existing.challenger:
-            return state
-        held = replace(existing, challenger=index, replayed_root=vote.evidence.replayed_root)
-        return replace(state, disputes=_put(state.disputes, dispute_id, held))
+        # One dispute per segment, held by its first valid challenger in the ledger's order of
+        # events: the settlement contract's order on chain (SPEC.md §16.7), which every node shares.
+        return state
     claim = state.claims[vote.claim_id]
     if is_claim_settled(claim):
         raise InvalidTransition("claim is already settled")
@@ -402,7 +398,7 @@ def process_double_vote(state: LedgerState, proof: DoubleVoteProof, now: int) ->
 
 
 
-# --- forced errors (§16.7) ------------------------------------------------------------------
+# --- forced errors (§16.9) ------------------------------------------------------------------
 
 
 def process_forced_reveal(state: LedgerState, reveal: ForcedErrorReveal, now: int) -> LedgerState:

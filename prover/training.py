@@ -17,7 +17,7 @@ import torch
 
 from gpu_ops import nn, optim
 from protocol.errors import InvalidCheckpoint, PolError
-from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root
+from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root_from_arrays
 from protocol.task import Task
 
 from .datasets import Dataset, load_dataset
@@ -144,7 +144,20 @@ def _leaf(name: str, t: torch.Tensor) -> TensorLeaf:
 
 
 def compute_root(state: TrainState) -> bytes:
-    return compute_state_root(get_state_leaves(state))
+    """The state root, hashed straight from the tensors' memory (no leaf copies; same root as
+    ``compute_state_root(get_state_leaves(state))``)."""
+    arrays = {STEP_TENSOR: np.array(state.step, dtype="<i8")}
+    for name, t in state.params.items():
+        arrays[f"param/{name}"] = _f32_array(t)
+    for slot, tensors in state.slots.items():
+        for name, t in tensors.items():
+            arrays[f"opt/{slot}/{name}"] = _f32_array(t)
+    return compute_state_root_from_arrays(arrays)
+
+
+def _f32_array(t: torch.Tensor) -> np.ndarray:
+    arr = t.detach().contiguous().numpy()
+    return arr if arr.dtype == np.dtype("<f4") else arr.astype("<f4")
 
 
 def get_state_from_leaves(rt: Runtime, leaves: list[TensorLeaf]) -> TrainState:
