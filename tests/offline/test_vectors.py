@@ -191,7 +191,7 @@ def test_binding_vectors_posting_id_run_seed_and_claim_id() -> None:
 
 
 def test_binding_vectors_sample_count_rate_and_forced_roots() -> None:
-    """Sample counts, the ledger's sample rate and forced-error roots (SPEC.md §16.2, §16.7), against
+    """Sample counts, the ledger's sample rate and forced-error roots (SPEC.md §16.2, §16.9), against
     tests/vectors/make_binding.py, which implements them from the SPEC text with hashlib and integers."""
     from protocol.economics import compute_sample_milli, get_sample_count
     from protocol.forced import compute_forced_root
