@@ -72,10 +72,10 @@ def _read_posting_id(value: str, task: Any) -> bytes:
     raw: bytes = value.encode()
     if not _is_hex(value, 64):
         try:
-            raw = Path(value).read_bytes().strip()
+            raw = Path(value).read_bytes()
         except FileNotFoundError:
             raise CliError(f"--posting {value!r} is neither a 64-hex posting id nor an existing file") from None
-    text = raw.decode("ascii", "replace")
+    text = raw.strip().decode("ascii", "replace")  # strip only the text forms: binary msgpack is used as is
     if _is_hex(text, 64):
         return bytes.fromhex(text)
     if _is_hex(text):
