@@ -8,17 +8,24 @@ compressed G2 points.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
-
-import py_ecc.bls as _py_ecc_bls
 
 from .constants import BLS_PUBKEY_LEN, BLS_SIGNATURE_LEN
 from .errors import InvalidSignature
+
+_RECURSION_LIMIT = min(max(sys.getrecursionlimit(), 1000), 4000)
+import py_ecc.bls as _py_ecc_bls  # noqa: E402 - the limit must be read before this import
 
 try:  # optional fast backend
     import milagro_bls_binding as _milagro
 except ImportError:  # pragma: no cover - depends on the environment
     _milagro = None
+
+# py-ecc raises the interpreter's recursion limit to 100000 at import. With it, parsing a deeply
+# nested document (JSON, TOML) overflows the C stack and kills the process with SIGSEGV instead of
+# raising RecursionError. Its BLS code needs no deep recursion, so the limit is put back.
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 # py-ecc types keys and signatures as NewTypes of bytes; through Any we pass plain bytes.
 _PyEcc: Any = getattr(_py_ecc_bls, "G2ProofOfPossession")

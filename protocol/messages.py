@@ -70,7 +70,7 @@ from .vote import (
 )
 
 T = TypeVar("T")
-_TENSOR_NAME = re.compile(r"^[a-z0-9_./-]{1,128}$")  # the same rule as protocol.state
+_TENSOR_NAME = re.compile(r"[a-z0-9_./-]{1,128}")  # the same rule as protocol.state
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def _parse_sync_response(doc: Any) -> SyncResponse:
 
 def _tensor_name(d: dict[str, Any], w: str) -> str:
     name: str = get_field(d, "tensor", str, w, InvalidMessage)
-    if not _TENSOR_NAME.match(name):
+    if not _TENSOR_NAME.fullmatch(name):
         raise InvalidMessage(f"{w}.tensor {name[:40]!r} is not a tensor name")
     return name
 

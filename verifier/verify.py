@@ -26,6 +26,8 @@ from prover.transcript import ProofDir, read_transcript
 from protocol import bls
 from protocol.claim import Claim, compute_claim_id, validate_claim_against_task, validate_claim_signature
 from protocol.claim import validate_transcript_roots
+from protocol.budget import validate_task_cost
+from protocol.constants import MAX_SEGMENT_FLOPS, MAX_STATE_BYTES
 from protocol.detection import compute_escape_probability
 from protocol.errors import InvalidInput, InvalidSegment
 from protocol.sampling import SampleProof, compute_sample_proof, compute_segment_sample
@@ -83,11 +85,13 @@ SegmentCallback = Callable[[SegmentResult], None]
 
 
 def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
-               on_segment: SegmentCallback | None = None) -> VerifyReport:
+               on_segment: SegmentCallback | None = None, max_state_bytes: int = MAX_STATE_BYTES,
+               max_segment_flops: int = MAX_SEGMENT_FLOPS) -> VerifyReport:
     """Verify the proof in ``path``. ``segments=None`` replays every segment.
 
     Returns a report with verdict accept or reject. Raises ``ReplayError`` (or OSError) when
-    the verifier itself cannot proceed.
+    the verifier itself cannot proceed; ``OverBudget`` (a ``ReplayError``) when the task's state or
+    segment compute exceeds the given budget, checked before anything is allocated.
     """
     report = VerifyReport()
     pdir = ProofDir(path)
@@ -98,6 +102,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         task = pdir.read_task()
         report.task_id = compute_task_id(task)
         report.num_segments = task.num_segments
+        validate_task_cost(task, max_state_bytes, max_segment_flops)  # before the dataset or any tensor
         rt = Runtime.for_task(task)  # checks the dataset hash
         report.timings["load_task"] = clock() - t0
 
@@ -116,7 +121,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
 
         check = "init"
         t0 = clock()
-        check_init(rt, pdir, roots[0])
+        layout = check_init(rt, pdir, roots[0])
         report.timings["init"] = clock() - t0
 
         check = "sample"
@@ -130,7 +135,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         check = "segment"
         t0 = clock()
         for j in report.sample:
-            state = load_state(rt, pdir, j, roots[j])
+            state = load_state(rt, pdir, j, roots[j], layout)
             result = replay_segment(rt, state, j, roots[j + 1])
             report.segments.append(result)
             if on_segment is not None:
