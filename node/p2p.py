@@ -20,7 +20,8 @@ Interface (all methods are called from the asyncio loop that ran ``start()``)::
     await net.connect(multiaddr); net.connected_peers(); await net.stop()
 
 Errors: ``PeerUnavailable`` (no connection could be made), ``RequestFailed(reason)`` (timeout, transport
-failure after one redial, remote handler error, integrity failure) and its subclass ``ResponseTooLarge``.
+failure after one redial, remote handler error, integrity failure) and its subclasses ``ResponseTooLarge``
+and ``ProtocolNotSupported`` (the peer does not speak the protocol; the connection is kept).
 Own published messages are not echoed into ``incoming``; gossip is best effort (P3), so callers should
 reconcile with requests.
 """
@@ -45,6 +46,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -88,6 +90,10 @@ class RequestFailed(P2PError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ProtocolNotSupported(RequestFailed):
+    """The peer is connected and healthy but does not speak the protocol (a standard libp2p peer)."""
 
 
 class ResponseTooLarge(RequestFailed):
@@ -152,6 +158,18 @@ def _describe(exc: BaseException) -> str:
         # Yamux reports a killed peer as a clean EOF (P9): without the END frame this is a truncation.
         return "stream closed before the end-of-response marker (truncated)"
     return repr(exc)
+
+
+def _is_unsupported(exc: BaseException) -> bool:
+    """True when multistream-select refused the protocol (the peer answered "na")."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProtocolNotSupportedError) or "not supported" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -512,6 +530,11 @@ class P2PNetwork:
                 await self._drop_connection(peer)
                 raise RequestFailed(f"protocol violation by {peer} on {protocol}: {exc}") from None
             except Exception as exc:  # transport failure: StreamFailure, SwarmException, StreamEOF, ...
+                if _is_unsupported(exc):
+                    # Multistream answered "na": the connection is fine. Dropping it would cut off every
+                    # peer that only speaks the standard protocols (gossip) and not our optional ones.
+                    clean = True
+                    raise ProtocolNotSupported(f"{peer} does not support {protocol}") from None
                 cause = _describe(exc)
                 log.debug("%s request to %s failed (attempt %d): %s", protocol, peer, attempt, cause)
                 if attempt == 2:
