@@ -41,6 +41,7 @@ def build_app(node: "Node") -> web.Application:
                        "resumes": node.worker.fetcher.stats.resumes, "by_peer": node.worker.fetcher.stats.by_peer,
                        "served": node.worker.chunk_server.served, "served_bytes": node.worker.chunk_server.served_bytes,
                        "fetching": node.worker.fetcher.current},
+            "guard": node.guard.report(),
         })
 
     async def peers(_: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ Interface (all methods are called from the asyncio loop that ran ``start()``)::
     net.incoming                                                 # asyncio.Queue[GossipMessage]
     await net.publish(topic, data)                               # paced; ValueError if too big/rejected
     await net.request(peer_id, protocol, payload, timeout=None, max_response_bytes=None) -> bytes
-    await net.connect(multiaddr); net.connected_peers(); await net.stop()
+    await net.connect(multiaddr); net.connected_peers(); await net.disconnect(peer_id); await net.stop()
 
 Errors: ``PeerUnavailable`` (no connection could be made), ``RequestFailed(reason)`` (timeout, transport
 failure after one redial, remote handler error, integrity failure) and its subclasses ``ResponseTooLarge``
@@ -272,6 +272,10 @@ class P2PNetwork:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         self._remember(info)
         await self._call(self._connect_trio, info)
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (a peer that exhausted its budget or its score)."""
+        await self._call(self._drop_connection, ID.from_base58(peer_id))
 
     def connected_peers(self) -> list[str]:
         if self._host is None or not self._running:

@@ -23,7 +23,8 @@ from prover.transcript import ProofDir, read_transcript
 from protocol.claim import compute_claim_id, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.encoding import decode_canonical, encode_canonical
-from protocol.errors import InvalidInput, InvalidMessage
+from protocol.budget import validate_task_cost
+from protocol.errors import InvalidInput, InvalidMessage, OverBudget
 from protocol.genesis import get_field, validate_keys
 from protocol.ledger import TASK_OPEN, TaskPosted, get_claim_context
 from protocol.merkle import compute_merkle_proof
@@ -96,8 +97,25 @@ class Worker:
 
         self.node.spawn(run())
 
+    def over_budget(self, task: Task) -> str | None:
+        """Why this node will not train or replay ``task`` (its state or compute exceeds our budget), or None.
+
+        Checked from the task spec alone, before any data set, tensor or fetch is allocated.
+        """
+        limits = self.node.limits
+        try:
+            validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
+        except (OverBudget, InvalidInput) as exc:
+            return str(exc)
+        return None
+
     def on_task(self, posting: TaskPosted) -> None:
         cfg = self.node.config
+        reason = self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            log.warning("task %s is beyond this node's budget: %s", compute_task_id(decode_task(posting.task)).hex()[:12],
+                        reason)
+            return
         if cfg.role != "prover":
             # Loading a task's data set takes seconds: do it now, before a claim on it arrives.
             task = decode_task(posting.task)
@@ -118,6 +136,12 @@ class Worker:
             claim_id = compute_claim_id(decode_claim(msg.claim).body)
         record = self.node.chain.state.claims.get(claim_id)
         if record is None or record.status != "pending":
+            return
+        posting = self.node.chain.postings.get(record.task_id)
+        reason = None if posting is None else self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            self.skipped[claim_id] = f"over budget: {reason}"
+            log.warning("claim %s: not verifying, %s", claim_id.hex()[:12], self.skipped[claim_id])
             return
         mine = self.node.store.get_my_vote(claim_id)
         if mine is not None:

@@ -50,6 +50,7 @@ from .ledger import (
     validate_task_posted,
 )
 from .merkle import MerkleProof, compute_root_from_proof
+from .task import compute_task_id, decode_task
 from .state import DTYPES, TensorLeaf, compute_root_from_tensor_proof
 from .vote import (
     MAX_PATH,
@@ -314,8 +315,12 @@ def _or_reject(fn: Callable[..., T], *args: Any) -> T:
 
 
 def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -> None:
-    # [REJECT] the task decodes, the reward is positive and the requester signed the posting
-    task_id = _or_reject(validate_task_posted, msg)
+    # The checks that need no signature come first: a flood of postings from an unfunded key, or
+    # replays of a posted task, cost one decode each and no pairing.
+    # [REJECT] the task decodes and the reward is positive
+    task_id = _or_reject(lambda: compute_task_id(decode_task(msg.task)))
+    if msg.reward <= 0:
+        raise GossipReject("a task's reward must be positive")
     # [IGNORE] the task is not already posted
     if task_id in state.tasks:
         raise GossipIgnore("task already posted")
@@ -325,6 +330,8 @@ def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -
     # [IGNORE] the requester can pay (our view of balances may lag the sender's)
     if state.balances.get(msg.requester, 0) < msg.reward:
         raise GossipIgnore("requester's balance does not cover the reward")
+    # [REJECT] the requester signed the posting
+    _or_reject(validate_task_posted, msg)
 
 
 def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> Claim:
@@ -345,11 +352,11 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise GossipReject("claim's lengths disagree with its task")
-    # [REJECT] the prover signed the claim
-    _or_reject(validate_claim_signature, claim)
-    # [IGNORE] the prover can post the bond
+    # [IGNORE] the prover can post the bond (before the signature: an unfunded flood costs no pairing)
     if state.balances.get(body.prover, 0) < state.params.prover_bond:
         raise GossipIgnore("prover's balance does not cover the bond")
+    # [REJECT] the prover signed the claim
+    _or_reject(validate_claim_signature, claim)
     return claim
 
 
