@@ -140,6 +140,7 @@ class Node:
     async def run(self) -> None:
         from aiohttp import web
 
+        from .auth import ensure_api_token
         from .http import build_app
         from .p2p import P2PConfig, P2PNetwork
 
@@ -158,7 +159,7 @@ class Node:
         if index is not None and self.genesis.verifiers[index].peer_id != self.net.peer_id:
             log.warning("this node's peer id %s differs from the genesis entry %s", self.net.peer_id,
                         self.genesis.verifiers[index].peer_id)
-        runner = web.AppRunner(build_app(self), access_log=None)
+        runner = web.AppRunner(build_app(self, ensure_api_token(self.config.data_dir)), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.config.http_port)
         await site.start()
