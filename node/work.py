@@ -61,6 +61,7 @@ class Worker:
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
+        self._layouts: dict[bytes, dict[str, tuple[str, tuple[int, ...]]]] = {}  # task id -> name -> dtype, shape
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
@@ -366,6 +367,7 @@ class Worker:
             from prover.training import get_state_leaves, init_state
 
             leaves = await asyncio.to_thread(lambda: get_sorted_leaves(get_state_leaves(init_state(rt))))
+            self._layouts[task_id] = {leaf.name: (leaf.dtype, leaf.shape) for leaf in leaves}
             self._names[task_id] = [leaf.name for leaf in leaves]
         return self._names[task_id]
 
@@ -413,7 +415,7 @@ class Worker:
         body = self.node.chain.claims[claim_id].claim.body
         names = await self._state_names(rt)
         leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
-                                          self._candidates(claim_id))
+                                          self._candidates(claim_id), self._layouts.get(compute_task_id(rt.task)))
         path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)
