@@ -149,7 +149,11 @@ class Node:
         self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
                                         bootstrap=self.config.bootstrap, topics=TOPICS,
                                         max_gossip_bytes=MAX_GOSSIP_BYTES,
-                                        request_timeout_s=self.config.fetch_timeout_s),
+                                        request_timeout_s=self.config.fetch_timeout_s,
+                                        # relayed per author: twice what this node processes, so the node's
+                                        # own budget still sees (and scores) a flooder before libp2p cuts it
+                                        origin_rate_per_s=2 * self.limits.gossip_per_s,
+                                        origin_burst=2 * self.limits.gossip_burst),
                               validators=validators)
         self.net.set_request_handler(PROTO_SYNC, self.guard.serving(self._serve_sync))
         self.net.set_request_handler(PROTO_PROOF, self.guard.serving(self.worker.serve_proof))
@@ -340,6 +344,7 @@ class Node:
             peer = self.guard.to_disconnect.pop()
             self.stats["disconnected"] = self.stats.get("disconnected", 0) + 1
             try:
+                self.net.ban(peer, self.limits.ban_s)  # in libp2p too: its gossip is no longer relayed
                 await self.net.disconnect(peer)
             except Exception as exc:  # noqa: BLE001 - it may be gone already
                 log.debug("disconnecting %s failed: %r", peer[-8:], exc)
