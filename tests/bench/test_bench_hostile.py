@@ -19,16 +19,17 @@ import pytest
 
 from node import devnet as dn
 from tests.integration.node_helpers import claims, running_devnet, wait_for
-from tests.integration.test_hostile_network import _flood
+from tests.integration.test_hostile_network import _flood, make_flood
 
 
 def _run(directory: Path, flood: bool) -> dict[str, float]:
     with running_devnet(directory, verifiers=2, provers=1, cheaters=0) as net:
         v0 = net.verifiers[0]
+        messages = make_flood(net) if flood else []
         started = time.monotonic()
 
         async def scenario() -> None:
-            attack = asyncio.create_task(_flood(net, v0)) if flood else None
+            attack = asyncio.create_task(_flood(net, v0, messages)) if flood else None
             if attack is not None:
                 await asyncio.sleep(2.0)
             await asyncio.to_thread(dn.post_tasks, net, v0)

@@ -67,7 +67,19 @@ def _http_attacks(net: dn.Devnet, node: dn.NodeSpec) -> dict[str, int]:
     return out
 
 
-async def _flood(net: dn.Devnet, target: dn.NodeSpec) -> int:
+def make_flood(net: dn.Devnet) -> list[bytes]:
+    """FLOOD correctly signed postings of distinct tasks from a key that holds no money (made in advance:
+    signing them during the attack would take the attacker's CPU time from the nodes on a small machine)."""
+    unfunded = bls.compute_secret_key(os.urandom(32))
+    base = net.tasks[0]
+    out = []
+    for i in range(FLOOD):
+        variant = base.__class__(**{**base.__dict__, "seed": 900_000 + i})
+        out.append(encode_message(compute_task_posted(unfunded, encode_task(variant), 100, int(time.time()) + 900)))
+    return out
+
+
+async def _flood(net: dn.Devnet, target: dn.NodeSpec, messages: list[bytes] | None = None) -> int:
     from node.app import TOPIC_TASKS, TOPICS
     from node.p2p import P2PConfig, P2PNetwork
 
@@ -80,12 +92,8 @@ async def _flood(net: dn.Devnet, target: dn.NodeSpec) -> int:
             assert time.monotonic() < deadline, "attacker never connected"
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.5)  # let the mesh form
-        unfunded = bls.compute_secret_key(os.urandom(32))
-        base = net.tasks[0]
         sent = 0
-        for i in range(FLOOD):
-            variant = base.__class__(**{**base.__dict__, "seed": 900_000 + i})
-            data = encode_message(compute_task_posted(unfunded, encode_task(variant), 100, int(time.time()) + 600))
+        for i, data in enumerate(messages if messages is not None else make_flood(net)):
             await attacker.publish(TOPIC_TASKS, data)
             sent += 1
             if i % 100 == 0:
@@ -106,8 +114,10 @@ def test_honest_claim_paid_during_flood_and_http_attacks(tmp_path: Path) -> None
         money = dn.http_get(v0, "/ledger")["total_money"]
         statuses = _http_attacks(net, v0)
 
+        messages = make_flood(net)
+
         async def scenario() -> None:
-            flood = asyncio.create_task(_flood(net, v0))
+            flood = asyncio.create_task(_flood(net, v0, messages))
             await asyncio.sleep(2.0)
             await asyncio.to_thread(dn.post_tasks, net, v0)  # the honest task, posted during the flood
             sent = await flood
