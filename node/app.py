@@ -352,6 +352,14 @@ class Node:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
+            # Authors whose gossip libp2p dropped over budget lose score here too: a flood that never reaches
+            # the node's own budget still gets its author banned and disconnected.
+            dropped, self.net.over_budget = self.net.over_budget, {}
+            for peer, count in dropped.items():
+                self.stats["throttled"] = self.stats.get("throttled", 0) + count
+                if self.guard.peers.penalize(peer, count * self.limits.throttle_penalty, time.monotonic()):
+                    self.guard.to_disconnect.append(peer)
+            await self._disconnect_banned()
             now = self.now()
             if self.chain.would_tick(now):
                 wall = time.time()

@@ -219,6 +219,7 @@ class P2PNetwork:
         self._banned: dict[bytes, float] = {}  # originator peer id bytes -> monotonic time the ban ends
         self._origins: OrderedDict[bytes, list[float]] = OrderedDict()  # originator -> [tokens, at]
         self.origin_dropped = 0
+        self.over_budget: dict[str, int] = {}  # author -> messages dropped over its budget (drained by the node)
         self._my_id = b""
 
     # ---------------------------------------------------------------- asyncio-facing API
@@ -498,6 +499,9 @@ class P2PNetwork:
         def validate(forwarder: ID, msg: Any) -> bool:
             if not self._origin_allowed(bytes(msg.from_id)):  # banned or over budget: not delivered, not relayed
                 self.origin_dropped += 1
+                author = ID(msg.from_id).to_base58()
+                if author in self.over_budget or len(self.over_budget) < 1024:
+                    self.over_budget[author] = self.over_budget.get(author, 0) + 1
                 return False
             if len(msg.data) > limit:
                 log.debug("rejected gossip on %s from %s: %d bytes > %d", topic, forwarder, len(msg.data), limit)
