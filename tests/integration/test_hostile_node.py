@@ -17,7 +17,7 @@ from node.config import load_config
 from node.limits import NodeLimits, PeerBook, PendingIndex, PendingItem, get_limits
 from protocol import bls
 from protocol.claim import ClaimBody, compute_claim_id, compute_signed_claim
-from protocol.ledger import compute_task_posted, get_claim_context
+from protocol.ledger import compute_posting_id, compute_task_posted, get_claim_context
 from protocol.messages import compute_claim_announced, encode_message
 from protocol.task import compute_task_id, encode_task
 from protocol.vote import compute_vote
@@ -91,12 +91,14 @@ def test_early_vote_waits_for_its_claim_and_is_validated_once(tmp_path: Path,
         req = net.requester.bls_secret_key
         deadline = int(time.time()) + 600
         task = net.tasks[0]
-        posting = encode_message(compute_task_posted(req, encode_task(task), 100, deadline))
+        posting_msg = compute_task_posted(req, encode_task(task), 100, deadline)
+        posting = encode_message(posting_msg)
         other_task = task.__class__(**{**task.__dict__, "seed": 4242})
         unrelated = encode_message(compute_task_posted(req, encode_task(other_task), 100, deadline))
         prover = net.provers[0].key.bls_secret_key
         body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), os.urandom(32), os.urandom(32),
-                         task.num_checkpoints, task.total_steps, task.checkpoint_interval)
+                         task.num_checkpoints, task.total_steps, task.checkpoint_interval,
+                         compute_posting_id(posting_msg))
         claim = encode_message(compute_claim_announced(compute_signed_claim(prover, body), ()))
         # The claim arrives before its task: parked under the task's key, retried when the task is applied.
         assert (await node.handle_message(claim, "gossip", "p1")).startswith("ignore: claim names a task")
