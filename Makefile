@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean anvil soak
+.PHONY: demo test bench lint clean anvil soak js-interop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -24,7 +24,7 @@ $(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/pac
 demo: $(STAMP) anvil
 	.venv/bin/pol devnet --verifiers 4 --provers 2 --cheaters 1
 
-test: $(STAMP)
+test: $(STAMP) js-interop
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -40,3 +40,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .venv build *.egg-info
+
+# A standard js-libp2p 2.x peer for tests/interop (versions pinned by the committed lockfile; Node >= 20).
+# Without npm the interop test is skipped with its reason, everything else still runs.
+JS_DIR := .tools/js
+js-interop: $(JS_DIR)/node_modules/.installed
+
+$(JS_DIR)/node_modules/.installed: tests/interop/js/package.json tests/interop/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(JS_DIR) && cp tests/interop/js/package.json tests/interop/js/package-lock.json $(JS_DIR)/ && \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: tests/interop (js-libp2p) will be skipped"; fi
+

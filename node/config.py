@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pol.files import read_regular_text
+
 ROLES = ("prover", "verifier")
 CHEATS = ("", "tamper")
 
@@ -74,9 +76,13 @@ class NodeConfig:
 
 def load_config(path: Path) -> NodeConfig:
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        if not Path(path).exists():
+            raise FileNotFoundError(path)
+        raw = tomllib.loads(read_regular_text(path, 1 << 20, ConfigError, f"config file {path}"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     base = Path(path).resolve().parent

@@ -49,11 +49,15 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
 def _read_task(path: str) -> Any:
     from prover.builtin import resolve_task_path
+    from protocol.constants import MAX_TASK_BYTES
+    from protocol.errors import InvalidTask
     from protocol.task import parse_task_toml
+
+    from .files import read_regular_text
 
     p = resolve_task_path(path)
     try:
-        return parse_task_toml(p.read_text(encoding="utf-8"))
+        return parse_task_toml(read_regular_text(p, MAX_TASK_BYTES, InvalidTask, f"task file {path}"))
     except FileNotFoundError:
         raise CliError(f"task file {path} does not exist") from None
 
