@@ -1,0 +1,151 @@
+"""The dispute game on real training (SPEC.md §17): narrowed to one step and one operator."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import gpu_ops.functional as F
+import prover.prove as prove_mod
+from pol.keyfile import generate_keyfile
+from prover.prove import prove
+from prover.training import Runtime, train_step
+from prover.transcript import ProofDir, read_transcript
+from protocol import dispute as D
+from protocol.task import Task
+from verifier.dispute import (
+    LyingChallenger,
+    Replayer,
+    compute_open_move,
+    get_claim_view,
+    get_task_skeleton,
+    play_game,
+    settle_game,
+)
+from verifier.replay import load_state
+from verifier.verify import REJECT, verify_dir
+
+FAKED_STEP = 16  # the step taken from state 16 (segment 1 covers steps 10..19)
+SEGMENT = 1
+
+
+@contextlib.contextmanager
+def fake_first_matmul(step: int) -> Iterator[None]:
+    """At FAKED_STEP, the first matrix product of the step (fc0's forward) is off by 1e-3 in one
+    element: a lazy prover that fakes one operator, and whose trace is consistent with the fake."""
+    if step != FAKED_STEP:
+        yield
+        return
+    real = F._matmul
+    calls = [0]
+
+    def faked(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = real(a, b, bias)
+        calls[0] += 1
+        if calls[0] == 1:
+            y = y.clone()
+            y[0, 0] += 1e-3
+        return y
+
+    F._matmul = faked  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        F._matmul = real  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[bytes, bytes]:
+    return generate_keyfile().bls_secret_key, generate_keyfile().bls_secret_key
+
+
+@pytest.fixture(scope="module")
+def faked_dir(tmp_path_factory: pytest.TempPathFactory, tiny_task: Task, keys: tuple[bytes, bytes]) -> Path:
+    def lazy_step(rt: Runtime, state: Any) -> float:
+        with fake_first_matmul(state.step):
+            return train_step(rt, state)
+
+    out = tmp_path_factory.mktemp("dispute") / "faked"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prove_mod, "train_step", lazy_step)
+    try:
+        prove(tiny_task, out, keys[0])
+    finally:
+        mp.undo()
+    return out
+
+
+class Clock:
+    def __init__(self, start: int = 1000, tick: int = 1) -> None:
+        self.now, self.tick = start, tick
+
+    def __call__(self) -> int:
+        self.now += self.tick
+        return self.now
+
+
+def _setup(pdir_path: Path, challenger_sk: bytes, fake: Any, claimed_end: bytes | None = None
+           ) -> tuple[Runtime, D.Game, bytes, Replayer, Replayer]:
+    pdir = ProofDir(pdir_path)
+    task = pdir.read_task()
+    rt = Runtime.for_task(task)
+    claim = pdir.read_claim()
+    roots = [e.root for e in read_transcript(pdir, task)]
+    start = load_state(rt, pdir, SEGMENT, roots[SEGMENT])
+    prover = Replayer(rt, start, fake=fake)
+    challenger = Replayer(rt, start)
+    honest_end = challenger.root_at((SEGMENT + 1) * task.checkpoint_interval)
+    assert honest_end is not None
+    move = compute_open_move(claim, roots, SEGMENT, challenger_sk, claimed_end or honest_end, clock_s=3600)
+    game = D.process_open(move, get_claim_view(claim), now=1000)
+    return rt, game, D.encode_move(move), prover, challenger
+
+
+def test_faked_operator_is_narrowed_to_that_operator(faked_dir: Path, keys: tuple[bytes, bytes]) -> None:
+    assert verify_dir(faked_dir, segments=None, secret_key=None).verdict == REJECT
+    rt, game, open_bytes, prover, challenger = _setup(faked_dir, keys[1], fake_first_matmul)
+    run = play_game(game, prover, keys[0], challenger, keys[1], Clock(), open_bytes)
+    g = run.game
+    assert g.phase == D.PHASE_SETTLE and (g.lo, g.hi) == (FAKED_STEP, FAKED_STEP + 1)
+    st = settle_game(rt, g, get_task_skeleton(rt), lambda h: challenger.trace_of(g.lo).tensors.get(h),  # type: ignore[union-attr]
+                     lambda: challenger.state_at(g.lo))
+    assert st.entry["op"] == "linear.forward" and st.entry["i"] == 2  # fc0's forward: state, batch, then it
+    assert st.game.winner == D.CHALLENGER and "linear.forward" in st.game.reason
+    assert st.claimed[0] != st.recomputed[0]
+    # The referee ran one operator, the prover's reveal moves were few and small.
+    assert run.rounds <= 2 + 2 * 4 + 1 + 2 * 4 + 1
+    assert run.bytes < 20_000
+
+
+def test_honest_prover_beats_a_lying_challenger(proof_dir: Path, prover_key: bytes, keys: tuple[bytes, bytes]) -> None:
+    rt, game, open_bytes, prover, honest = _setup(proof_dir, keys[1], None, claimed_end=b"\x07" * 32)
+    # The challenger opens with a false root, then lies once more in the step bisection.
+    liar = LyingChallenger(honest, frozenset({1}))
+    run = play_game(game, prover, prover_key, liar, keys[1], Clock(), open_bytes)
+    assert run.game.phase == D.PHASE_SETTLE
+    st = settle_game(rt, run.game, get_task_skeleton(rt), lambda h: prover.trace_of(run.game.lo).tensors.get(h),  # type: ignore[union-attr]
+                     lambda: prover.state_at(run.game.lo))
+    assert st.game.winner == D.PROVER and "challenger was wrong" in st.game.reason
+
+
+def test_prover_that_stops_answering_loses_by_timeout(faked_dir: Path, keys: tuple[bytes, bytes]) -> None:
+    _, game, _, prover, _ = _setup(faked_dir, keys[1], fake_first_matmul)
+    root = prover.root_at(game.mid)
+    assert root is not None
+    g = D.process_move(game, D.compute_signed_move(keys[0], game.game_id, 1, "root", {"step": game.mid, "root": root}),
+                       1010)
+    g = D.process_move(g, D.compute_signed_move(keys[1], g.game_id, 2, "choose", {"agree": True}), 1020)
+    # The prover is silent now. Before its clock runs out nobody can claim the game ...
+    with pytest.raises(D.InvalidTransition):
+        D.process_timeout(g, 1020 + g.prover_clock)
+    # ... after it, the challenger wins, and a late answer is refused.
+    late = D.compute_signed_move(keys[0], g.game_id, 3, "root", {"step": g.mid, "root": b"\x00" * 32})
+    with pytest.raises(D.LateMove):
+        D.process_move(g, late, 1020 + g.prover_clock + 1)
+    done = D.process_timeout(g, 1020 + g.prover_clock + 1)
+    assert done.winner == D.CHALLENGER and "prover did not move in time" in done.reason
