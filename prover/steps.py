@@ -8,7 +8,10 @@ committed checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,10 +19,14 @@ import torch
 from gpu_ops import trace
 from gpu_ops.nn import _compute_dropout_mask
 from gpu_ops.optim import adamw_step, clip_grad_norm, sgd_step
-from protocol.optrace import OP_STATE, OP_STATE_ROOT, encode_entry
+from protocol.encoding import decode_canonical, encode_canonical
+from protocol.errors import DecodeError, InvalidCheckpoint, InvalidInput
+from protocol.optrace import OP_STATE, OP_STATE_ROOT, decode_entry, encode_entry
 from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root
 
-from .training import Runtime, TrainState, compute_lr, compute_root, train_step
+from .checkpoint import read_checkpoint, write_atomic
+from .training import Runtime, TrainState, compute_lr, compute_root, get_state_from_leaves, train_step
+from .transcript import ProofDir, read_transcript
 
 
 def copy_state(state: TrainState) -> TrainState:
@@ -123,3 +130,69 @@ def execute_entry(rt: Runtime, step: int, entry: dict[str, Any], inputs: list[to
 
 def compute_output_hashes(outputs: list[torch.Tensor | bytes | None]) -> list[bytes | None]:
     return [o if isinstance(o, bytes) or o is None else trace.compute_tensor_hash(o) for o in outputs]
+
+
+# --- a prover's published answers (offline disputes and `pol audit`) ---------------------------
+
+TRACE_MAX_BYTES = 1 << 30
+
+
+def get_trace_path(pdir: ProofDir, step: int) -> Path:
+    return pdir.steps_dir / f"step-{step:08d}.trace"
+
+
+def load_segment_start(rt: Runtime, pdir: ProofDir, segment: int) -> TrainState:
+    """The committed state at the start of ``segment`` (its checkpoint, checked against the transcript)."""
+    roots = [e.root for e in read_transcript(pdir, rt.task)]
+    if not 0 <= segment < len(roots) - 1:
+        raise InvalidInput(f"segment {segment} does not exist in this transcript")
+    state = get_state_from_leaves(rt, read_checkpoint(pdir.checkpoint(segment), expected_root=roots[segment]))
+    if state.step != segment * rt.task.checkpoint_interval:
+        raise InvalidCheckpoint(f"checkpoint {segment} holds step {state.step}")
+    return state
+
+
+def publish_answers(pdir: ProofDir, segment: int, trace_steps: Sequence[int] = (),
+                    fake: Callable[[int], Any] | None = None) -> None:
+    """Answer a dispute on ``segment`` into DIR/steps/: the root after every step of it (the
+    answers to any midpoint) and the operator trace, with its tensors, of each step in
+    ``trace_steps``. ``fake(step)`` is a context entered around each replayed step (tests)."""
+    rt = Runtime.for_task(pdir.read_task())
+    state = load_segment_start(rt, pdir, segment)
+    k = rt.task.checkpoint_interval
+    pdir.steps_dir.mkdir(exist_ok=True)
+    roots = []
+    for _ in range(k):
+        step = state.step
+        with fake(step) if fake is not None else contextlib.nullcontext():
+            if step in trace_steps:
+                write_step_trace(pdir, compute_step_trace(rt, state))
+            else:
+                train_step(rt, state)
+        roots.append(compute_root(state))
+    write_atomic(pdir.step_roots(segment), b"".join(roots))
+
+
+def write_step_trace(pdir: ProofDir, tr: StepTrace) -> None:
+    tensors = {}
+    for h, t in tr.tensors.items():
+        dtype, data = trace.get_tensor_bytes(t)
+        tensors[h.hex()] = [dtype, list(t.shape), data]
+    write_atomic(get_trace_path(pdir, tr.step), encode_canonical({"step": tr.step, "entries": tr.encoded,
+                                                                  "tensors": tensors}))
+
+
+def read_step_trace(pdir: ProofDir, step: int) -> StepTrace | None:
+    """A published trace, or None. Raises ``InvalidCheckpoint`` if it is malformed."""
+    path = get_trace_path(pdir, step)
+    if not path.exists():
+        return None
+    try:
+        doc = decode_canonical(path.read_bytes(), TRACE_MAX_BYTES)
+        if doc["step"] != step:
+            raise InvalidCheckpoint(f"{path.name} is the trace of step {doc['step']}")
+        entries = [decode_entry(e) for e in doc["entries"]]
+        tensors = {bytes.fromhex(h): trace.get_tensor_from_bytes(d, s, b) for h, (d, s, b) in doc["tensors"].items()}
+    except (DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidCheckpoint(f"{path.name} is not a valid step trace: {exc}") from None
+    return StepTrace(step, entries, list(doc["entries"]), tensors)

@@ -149,3 +149,35 @@ def test_prover_that_stops_answering_loses_by_timeout(faked_dir: Path, keys: tup
         D.process_move(g, late, 1020 + g.prover_clock + 1)
     done = D.process_timeout(g, 1020 + g.prover_clock + 1)
     assert done.winner == D.CHALLENGER and "prover did not move in time" in done.reason
+
+
+def test_pol_audit_names_the_operator_and_writes_a_report(faked_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from pol.cli import main
+    from prover.steps import publish_answers
+    from verifier.audit import audit_segment
+
+    pdir = tmp_path / "proof"
+    shutil.copytree(faked_dir, pdir)
+    # Without published answers the prover would lose round 1 by timeout; the auditor says so.
+    bare = audit_segment(pdir, SEGMENT)
+    assert bare.first_bad_step is None and bare.game is not None and bare.game["winner"] == D.CHALLENGER
+    publish_answers(ProofDir(pdir), SEGMENT, trace_steps=[FAKED_STEP], fake=fake_first_matmul)
+    report = audit_segment(pdir, SEGMENT)
+    assert report.first_bad_step == FAKED_STEP + 1 and report.game is not None
+    assert report.game["winner"] == D.CHALLENGER and report.operator is not None
+    op = report.operator
+    assert (op["step"], op["index"], op["op"]) == (FAKED_STEP, 2, "linear.forward")
+    assert [t["name"] for t in op["inputs"]] == ["e1.batch[0]", "param/fc0.weight", "param/fc0.bias"]
+    assert op["outputs"][0]["shape"] == [32, 32]
+    diffs = op["outputs"][0]["first_differences"]
+    assert diffs[0]["index"] == [0, 0] and len(diffs) == 1  # exactly the element the prover faked
+    assert [t["match"] for t in report.trace[:3]] == [True, True, False]
+    out = tmp_path / "audit.html"
+    assert main(["audit", str(pdir), "--segment", str(SEGMENT), "--report", str(out), "--json"]) == 1
+    page = out.read_text()
+    assert "<svg" in page and "linear.forward" in page and "param/fc0.weight" in page
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["operator"]["index"] == 2 and doc["first_bad_step"] == FAKED_STEP + 1
