@@ -181,3 +181,82 @@ def test_pol_audit_names_the_operator_and_writes_a_report(faked_dir: Path, tmp_p
     assert "<svg" in page and "linear.forward" in page and "param/fc0.weight" in page
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["operator"]["index"] == 2 and doc["first_bad_step"] == FAKED_STEP + 1
+
+
+def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
+        proof_dir: Path, faked_dir: Path, prover_key: bytes, keys: tuple[bytes, bytes], tiny_task: Task) -> None:
+    from protocol import bls
+    from protocol import referee as R
+    from protocol.merkle import compute_merkle_proof
+    from protocol.task import compute_task_id
+
+    requester = bls.compute_secret_key(b"refereed requester".ljust(32, b"."))
+    honest_pk, faker_pk = bls.compute_public_key(prover_key), bls.compute_public_key(keys[0])
+    params = R.RefereedParams(bond=1000, winner_share_bps=5000, clock_s=600)
+    state = R.get_initial_referee_state(params, {bls.compute_public_key(requester): 500, honest_pk: 2000,
+                                                 faker_pk: 2000})
+    total = R.get_total_money(state)
+    task_id = compute_task_id(tiny_task)
+    posting = R.compute_signed_posting(requester, task_id=task_id, reward=300, provers=2, num_checkpoints=5,
+                                       checkpoint_interval=10, expires_at=10_000)
+    state = R.process_post(state, posting, now=100)
+    honest, faked = ProofDir(proof_dir), ProofDir(faked_dir)
+    state = R.process_claim(state, honest.read_claim(), now=110)
+    state = R.process_claim(state, faked.read_claim(), now=120)
+    assert state.tasks[task_id].status == R.CONTESTED  # commitments differ: straight to the game
+
+    h_roots = [e.root for e in read_transcript(honest, tiny_task)]
+    f_roots = [e.root for e in read_transcript(faked, tiny_task)]
+    first_diff = next(i for i, (a, b) in enumerate(zip(h_roots, f_roots)) if a != b)
+    seg = first_diff - 1
+    assert seg == SEGMENT
+    open_move = compute_open_move(faked.read_claim(), f_roots, seg, prover_key, h_roots[seg + 1], clock_s=600)
+    state = R.process_open_game(state, task_id, open_move, list(compute_merkle_proof(h_roots, seg).path),
+                                list(compute_merkle_proof(h_roots, seg + 1).path), now=130)
+    game = state.tasks[task_id].games[open_move.game_id]
+
+    rt = Runtime.for_task(tiny_task)
+    start = load_state(rt, faked, seg, f_roots[seg])
+    faker, challenger = Replayer(rt, start, fake=fake_first_matmul), Replayer(rt, start)
+    run = play_game(game, faker, keys[0], challenger, prover_key, Clock(130), D.encode_move(open_move))
+    for i, data in enumerate(run.moves[1:]):  # the same moves, through the refereed-mode rules
+        state = R.process_game_move(state, task_id, D.decode_move(data), now=131 + i)
+    g = state.tasks[task_id].games[open_move.game_id]
+    assert g.phase == D.PHASE_SETTLE
+    st = settle_game(rt, g, get_task_skeleton(rt), lambda h: challenger.trace_of(g.lo).tensors.get(h),  # type: ignore[union-attr]
+                     lambda: challenger.state_at(g.lo))
+    state = R.process_game_settlement(state, task_id, g.game_id, get_task_skeleton(rt)[st.entry["i"]], st.recomputed)
+    assert state.tasks[task_id].claims[faker_pk].slashed
+    state = R.process_tick(state, task_id, now=500)
+    assert state.tasks[task_id].status == R.PAID
+    assert state.balances[honest_pk] == 2000 + 300 + 500  # reward, own bond back, half the faker's bond
+    assert state.balances[faker_pk] == 1000 and state.burned == 500
+    assert R.get_total_money(state) == total
+
+
+def test_refereed_mode_with_equal_commitments_settles_without_replay(proof_dir: Path, prover_key: bytes,
+                                                                    tiny_task: Task) -> None:
+    from protocol import bls
+    from protocol import referee as R
+    from protocol.claim import compute_claim_body, compute_signed_claim
+    from protocol.task import compute_task_id
+
+    requester = bls.compute_secret_key(b"refereed requester".ljust(32, b"."))
+    second = bls.compute_secret_key(b"second honest prover".ljust(32, b"."))
+    task_id = compute_task_id(tiny_task)
+    roots = [e.root for e in read_transcript(ProofDir(proof_dir), tiny_task)]
+    # A second honest prover trains the same task and necessarily commits to the same roots.
+    claim2 = compute_signed_claim(second, compute_claim_body(tiny_task, task_id, bls.compute_public_key(second), roots))
+    state = R.get_initial_referee_state(R.RefereedParams(), {bls.compute_public_key(requester): 301,
+                                                             bls.compute_public_key(prover_key): 1000,
+                                                             bls.compute_public_key(second): 1000})
+    posting = R.compute_signed_posting(requester, task_id=task_id, reward=301, provers=2, num_checkpoints=5,
+                                       checkpoint_interval=10, expires_at=10_000)
+    state = R.process_post(state, posting, now=1)
+    state = R.process_claim(state, ProofDir(proof_dir).read_claim(), now=2)
+    with pytest.raises(R.InvalidTransition):
+        R.process_claim(state, ProofDir(proof_dir).read_claim(), now=3)  # one claim per prover
+    state = R.process_claim(state, claim2, now=3)
+    assert state.tasks[task_id].status == R.PAID and not state.tasks[task_id].games
+    assert state.balances[bls.compute_public_key(second)] == 1150
+    assert state.balances[bls.compute_public_key(requester)] == 1  # the indivisible remainder
