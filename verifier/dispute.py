@@ -208,6 +208,12 @@ def settle_game(rt: Runtime, game: D.Game, skeleton: list[dict[str, Any]],
     assert game.revealed is not None
     entry = decode_entry(game.revealed)
     started = time.perf_counter()
+    index = entry["i"]
+    canonical = skeleton[index] if index < len(skeleton) else {}
+    claimed = [None if r is None else r[0] for r in entry["out"]]
+    if get_skeleton(entry) != canonical:  # never execute an operator the task does not prescribe
+        decided = D.process_settlement(game, canonical, [])
+        return Settlement(decided, entry, claimed, [], [], time.perf_counter() - started)
     inputs = []
     for j, ref in enumerate(entry["in"]):
         t = fetch(ref[0])
@@ -221,10 +227,7 @@ def settle_game(rt: Runtime, game: D.Game, skeleton: list[dict[str, Any]],
             raise InvalidInput("the state served for entry 0 does not hash to the agreed root")
     outputs = execute_entry(rt, game.lo, entry, inputs, state)
     recomputed = compute_output_hashes(outputs)
-    index = entry["i"]
-    canonical = skeleton[index] if index < len(skeleton) else {}
     decided = D.process_settlement(game, canonical, recomputed)
-    claimed = [None if r is None else r[0] for r in entry["out"]]
     return Settlement(decided, entry, claimed, recomputed, outputs, time.perf_counter() - started)
 
 
