@@ -122,10 +122,12 @@ def test_faked_operator_is_narrowed_to_that_operator(faked_dir: Path, keys: tupl
     assert run.bytes < 20_000
 
 
-def test_honest_prover_beats_a_lying_challenger(proof_dir: Path, prover_key: bytes, keys: tuple[bytes, bytes]) -> None:
+@pytest.mark.parametrize("lie_at", [1, 5])  # a lie about a half of the steps, or of the operator trace
+def test_honest_prover_beats_a_lying_challenger(proof_dir: Path, prover_key: bytes, keys: tuple[bytes, bytes],
+                                                lie_at: int) -> None:
     rt, game, open_bytes, prover, honest = _setup(proof_dir, keys[1], None, claimed_end=b"\x07" * 32)
-    # The challenger opens with a false root, then lies once more in the step bisection.
-    liar = LyingChallenger(honest, frozenset({1}))
+    # The challenger opens with a false root, then lies once more (choose rounds 0-3 are over steps).
+    liar = LyingChallenger(honest, frozenset({lie_at}))
     run = play_game(game, prover, prover_key, liar, keys[1], Clock(), open_bytes)
     assert run.game.phase == D.PHASE_SETTLE
     st = settle_game(rt, run.game, get_task_skeleton(rt), lambda h: prover.trace_of(run.game.lo).tensors.get(h),  # type: ignore[union-attr]
@@ -260,3 +262,19 @@ def test_refereed_mode_with_equal_commitments_settles_without_replay(proof_dir: 
     assert state.tasks[task_id].status == R.PAID and not state.tasks[task_id].games
     assert state.balances[bls.compute_public_key(second)] == 1150
     assert state.balances[bls.compute_public_key(requester)] == 1  # the indivisible remainder
+
+
+def test_pol_answer_publishes_on_demand_roots_that_match_the_commitment(proof_dir: Path) -> None:
+    from pol.cli import main
+    from verifier.audit import audit_segment
+
+    assert main(["answer", str(proof_dir), "--segment", "1", "--trace-step", "12", "--json"]) == 0
+    pdir = ProofDir(proof_dir)
+    roots = [e.root for e in read_transcript(pdir, pdir.read_task())]
+    assert pdir.step_roots(1).read_bytes()[-32:] == roots[2]
+    from prover.steps import read_step_trace
+
+    tr = read_step_trace(pdir, 12)
+    assert tr is not None and tr.entries[0]["op"] == "state" and tr.entries[-1]["op"] == "state_root"
+    report = audit_segment(proof_dir, 1)
+    assert report.segment_ok and report.step_roots_match_commitment is True and report.game is None
