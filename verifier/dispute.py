@@ -49,6 +49,7 @@ class Replayer:
     fake: Callable[[int], Any] | None = None
     _roots: dict[int, bytes] = field(default_factory=dict)
     _traces: dict[int, StepTrace] = field(default_factory=dict)
+    _cursor: TrainState | None = None
     steps_replayed: int = 0
 
     def _run(self, step: int, fn: Callable[[], Any]) -> Any:
@@ -58,11 +59,16 @@ class Replayer:
             return fn()
 
     def state_at(self, step: int) -> TrainState:
-        state = copy_state(self.start)
+        # Continue from the furthest state replayed so far when it is not past ``step``: one
+        # replay of the segment then answers every round of the bisection.
+        base = self._cursor if self._cursor is not None and self._cursor.step <= step else self.start
+        state = copy_state(base)
         while state.step < step:
             self._run(state.step, lambda: train_step(self.rt, state))
             self.steps_replayed += 1
             self._roots.setdefault(state.step, compute_root(state))
+        if self._cursor is None or state.step > self._cursor.step:
+            self._cursor = copy_state(state)
         return state
 
     def root_at(self, step: int) -> bytes | None:
