@@ -73,8 +73,8 @@ class AuditReport:
             return f"the committed start state diverges: {self.diverged}"
         if self.operator is not None:
             op = self.operator
-            return (f"step {self.first_bad_step} was faked: operator {op['index']} ({op['op']}) of step "
-                    f"{op['step']} gives {op['verdict']}")
+            return (f"step {self.first_bad_step} was faked: operator {op['index']} ({op['op']}) of the step from "
+                    f"state {op['step']} to {op['step'] + 1} gives {op['verdict']}")
         if self.first_bad_step is not None:
             reason = self.game["reason"] if self.game else ""
             return (f"step {self.first_bad_step} was faked: the prover's root after it is {self.claimed_step_root}, "
