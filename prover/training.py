@@ -100,7 +100,7 @@ def train_step(rt: Runtime, state: TrainState) -> float:
         # A parameter's gradient is copied into .grad; the hook sees the backward's own output,
         # so the optimizer's input names the entry that produced it rather than an equal value.
         for k in names:
-            leaves[k].register_hook(lambda g, k=k: grad_refs.__setitem__(k, rec.ref(g)))  # type: ignore[misc]
+            leaves[k].register_hook(lambda g, k=k: grad_refs.__setitem__(k, rec.ref(g)))  # type: ignore[no-untyped-call]
         seed = torch.ones_like(loss)  # what backward() uses implicitly, made a traced input
         rec.record("grad_seed", [], [], [seed])
         loss.backward(seed)  # type: ignore[no-untyped-call]
