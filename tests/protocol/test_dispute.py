@@ -304,3 +304,49 @@ def test_settlement_executes_one_operator() -> None:
     assert D.process_settlement(g, other_op, [Y]).winner == D.CHALLENGER
     with pytest.raises(D.InvalidTransition):
         D.process_settlement(to_reveal(), skeleton, [Y])
+
+
+def test_mutated_moves_never_raise_anything_but_invalid_input() -> None:
+    import random
+
+    from protocol.errors import InvalidInput
+
+    rng = random.Random(7)
+    g = open_game()
+    valid = [D.encode_move(move(g, "trace", trace_body()))]
+    g_rev = to_reveal()
+    valid.append(D.encode_move(move(g_rev, "reveal", reveal_body())))
+    for _ in range(300):
+        data = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            m = D.decode_move(bytes(data))
+            D.process_move(g if m.kind == "trace" else g_rev, m, T0 + 6)
+        except InvalidInput:
+            pass
+
+
+def test_signed_moves_with_hostile_bodies_are_refused_cleanly() -> None:
+    """A party signs whatever it likes: wrong types in every field must be refused, never crash."""
+    import random
+
+    from protocol.errors import InvalidInput
+
+    rng = random.Random(11)
+    pool: list[Any] = [None, -1, 0, 3, 2**40, "x", b"", b"\x00" * 32, [], {}, [b"\x00" * 32], [None], 1.5, True,
+                       ENC[0], [{"entry": 1, "path": 2}], {"entry": ENC[0], "path": []}]
+    g_trace, g_rev = open_game(), to_reveal()
+    g_steps = open_game(k=4)
+    cases = [(g_steps, "root", ["step", "root"]), (g_trace, "trace", sorted(D._BODY_KEYS["trace"])),
+             (g_rev, "reveal", ["entry", "peaks", "inputs"])]
+    for _ in range(150):
+        g, kind, keys = rng.choice(cases)
+        good = {"root": {"step": 10, "root": h("r")}, "trace": trace_body(), "reveal": reveal_body()}[kind]
+        body = dict(good)
+        for key in rng.sample(keys, rng.randint(1, len(keys))):
+            body[key] = rng.choice(pool)
+        try:
+            D.process_move(g, move(g, kind, body), T0 + 6)
+        except InvalidInput:
+            pass
