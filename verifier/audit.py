@@ -99,7 +99,11 @@ class DirProver:
         return self.roots[step - self.start_step - 1]
 
     def trace_of(self, step: int) -> StepTrace | None:
-        return read_step_trace(self.pdir, step)
+        try:
+            return read_step_trace(self.pdir, step)
+        except InvalidCheckpoint as exc:  # a malformed published answer is no answer
+            log.warning("the prover's trace of step %d is unusable: %s", step, exc)
+            return None
 
 
 def _read_step_roots(pdir: ProofDir, segment: int, k: int) -> list[bytes] | None:

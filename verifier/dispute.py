@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -187,7 +187,16 @@ def play_game(game: D.Game, prover: ProverSide, prover_sk: bytes, challenger: Ch
             break
         sk = prover_sk if party == D.PROVER else challenger_sk
         move = D.compute_signed_move(sk, game.game_id, game.round, kind, body)
-        game = D.process_move(game, move, clock())
+        try:
+            game = D.process_move(game, move, clock())
+        except D.InvalidMove as exc:  # an answer the rules refuse is no answer: that party's clock runs out
+            log.info("round %d: the %s's %s move is refused: %s", game.round, party, kind, exc)
+            deadline = D.get_deadline(game)
+            assert deadline is not None
+            game = replace(D.process_timeout(game, deadline + 1),
+                           reason=f"the {party}'s {kind} move of round {game.round} is refused ({exc}); "
+                                  f"it did not move in time")
+            break
         moves.append(D.encode_move(move))
     return GameRun(game, moves, time.perf_counter() - started)
 

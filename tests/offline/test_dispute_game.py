@@ -278,3 +278,20 @@ def test_pol_answer_publishes_on_demand_roots_that_match_the_commitment(proof_di
     assert tr is not None and tr.entries[0]["op"] == "state" and tr.entries[-1]["op"] == "state_root"
     report = audit_segment(proof_dir, 1)
     assert report.segment_ok and report.step_roots_match_commitment is True and report.game is None
+
+
+def test_audit_treats_a_forged_published_trace_as_no_answer(faked_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from prover.steps import get_trace_path, publish_answers
+    from verifier.audit import audit_segment
+
+    pdir = tmp_path / "proof"
+    shutil.copytree(faked_dir, pdir)
+    publish_answers(ProofDir(pdir), SEGMENT, trace_steps=[FAKED_STEP], fake=fake_first_matmul)
+    path = get_trace_path(ProofDir(pdir), FAKED_STEP)
+    path.write_bytes(path.read_bytes()[:-7])  # a truncated answer
+    report = audit_segment(pdir, SEGMENT)
+    assert report.first_bad_step == FAKED_STEP + 1 and report.operator is None
+    assert report.game is not None and report.game["winner"] == D.CHALLENGER
+    assert "prover did not move in time" in report.game["reason"]
