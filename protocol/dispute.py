@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import bls
-from .constants import BLS_PUBKEY_LEN, BLS_SIGNATURE_LEN, HASH_LEN, Digest
+from .constants import BLS_PUBKEY_LEN, BLS_SIGNATURE_LEN, HASH_LEN, VERDICT_ACCEPT, VERDICT_REJECT, Digest
 from .encoding import decode_canonical, encode_canonical
 from .errors import DecodeError, InvalidInput, InvalidProof, InvalidSignature, InvalidTransition
 from .merkle import EMPTY_ROOT, MerkleProof, compute_root_from_proof
@@ -416,3 +416,11 @@ def process_settlement(game: Game, canonical_skeleton: dict[str, Any], recompute
                        reason=f"{where}: the prover's output differs from executing the operator")
     return replace(game, phase=PHASE_DONE, winner=PROVER,
                    reason=f"{where}: executing the operator gives the prover's output; the challenger was wrong")
+
+
+def get_dispute_verdict(game: Game) -> int:
+    """The §16.3 dispute vote a verifier casts on dispute ``(claim_id, segment)`` once the game
+    is decided: upheld (1) when the challenger won, failed (0) when the prover did."""
+    if game.winner is None:
+        raise InvalidTransition("the game is not decided yet")
+    return VERDICT_ACCEPT if game.winner == CHALLENGER else VERDICT_REJECT

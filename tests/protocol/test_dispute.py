@@ -297,9 +297,13 @@ def test_reveal_whose_input_is_not_the_named_output_is_refused() -> None:
 def test_settlement_executes_one_operator() -> None:
     g = D.process_move(to_reveal(), move(to_reveal(), "reveal", reveal_body()), T0 + 6)
     skeleton = get_skeleton(E1)
-    assert D.process_settlement(g, skeleton, [Y]).winner == D.PROVER
+    won = D.process_settlement(g, skeleton, [Y])
+    assert won.winner == D.PROVER and D.get_dispute_verdict(won) == 0  # the dispute failed
     lost = D.process_settlement(g, skeleton, [h("honest relu")])
     assert lost.winner == D.CHALLENGER and "relu.forward" in lost.reason
+    assert D.get_dispute_verdict(lost) == 1  # upheld: the prover's root is false
+    with pytest.raises(D.InvalidTransition):
+        D.get_dispute_verdict(g)
     other_op = dict(skeleton, op="tanh.forward")
     assert D.process_settlement(g, other_op, [Y]).winner == D.CHALLENGER
     with pytest.raises(D.InvalidTransition):
