@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
+import hashlib
+
 from . import bls
 from . import dispute as D
 from .claim import Claim, compute_claim_id, validate_claim_signature
@@ -26,6 +28,7 @@ from .constants import BPS, Digest
 from .encoding import encode_canonical
 from .errors import InsufficientFunds, InvalidTransition
 from .merkle import MerkleProof, compute_root_from_proof
+from .rng import compute_training_seed
 
 DOMAIN_REFEREED_POST = b"pol/v1/refereed-post"  # || canonical{task_id, requester, reward, provers, ...}
 MAX_PROVERS = 16
@@ -113,6 +116,17 @@ def compute_signed_posting(secret_key: bytes, **fields: Any) -> RefereedPosting:
     return replace(unsigned, signature=bls.sign(secret_key, compute_posting_message(unsigned)))
 
 
+def compute_posting_id(p: RefereedPosting) -> Digest:
+    """The posting id that every claim of this refereed task carries (SPEC.md §16.3 claims)."""
+    return Digest(hashlib.sha256(compute_posting_message(p)).digest())
+
+
+def compute_refereed_seed(p: RefereedPosting) -> int:
+    """The run seed all n provers train with: §9's seed keyed by the requester instead of a prover,
+    so honest runs are identical and their commitments equal."""
+    return compute_training_seed(p.task_id, p.requester, compute_posting_id(p))
+
+
 def process_post(state: RefereeState, p: RefereedPosting, now: int) -> RefereeState:
     if p.task_id in state.tasks:
         raise InvalidTransition("this task is already posted in refereed mode")
@@ -136,6 +150,8 @@ def process_claim(state: RefereeState, claim: Claim, now: int) -> RefereeState:
         raise InvalidTransition("the posting has expired")
     if (b.num_checkpoints, b.checkpoint_interval) != (task.posting.num_checkpoints, task.posting.checkpoint_interval):
         raise InvalidTransition("the claim's lengths differ from the posting's")
+    if b.posting_id != compute_posting_id(task.posting):
+        raise InvalidTransition("the claim does not answer this refereed posting")
     if b.prover in task.claims:
         raise InvalidTransition("this prover already claimed the task")
     if len(task.claims) >= task.posting.provers:

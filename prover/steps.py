@@ -19,6 +19,7 @@ import torch
 from gpu_ops import trace
 from gpu_ops.nn import _compute_dropout_mask
 from gpu_ops.optim import adamw_step, clip_grad_norm, sgd_step
+from protocol.claim import compute_claim_training_seed
 from protocol.encoding import decode_canonical, encode_canonical
 from protocol.errors import DecodeError, InvalidCheckpoint, InvalidInput
 from protocol.optrace import OP_STATE, OP_STATE_ROOT, decode_entry, encode_entry
@@ -102,13 +103,13 @@ def execute_entry(rt: Runtime, step: int, entry: dict[str, Any], inputs: list[to
     if op == OP_STATE_ROOT:
         return [compute_state_root(_leaves_from(args[0], inputs, step + 1))]
     if op == "batch":
-        x, y = rt.dataset.get_batch(task, step)
+        x, y = rt.dataset.get_batch(rt.keyed_task, step)
         return [x, y]
     if op == "grad_seed":
         return [torch.ones((), dtype=torch.float32)]
     if op == "dropout_mask":
         site, p, shape = args
-        return [_compute_dropout_mask(task.seed, step, int(site), float(p), tuple(shape))]
+        return [_compute_dropout_mask(rt.seed, step, int(site), float(p), tuple(shape))]
     if op == "clip_grad_norm":
         grads = [g.clone() for g in inputs]
         clip_grad_norm(grads, float(args[0]))
@@ -157,7 +158,7 @@ def publish_answers(pdir: ProofDir, segment: int, trace_steps: Sequence[int] = (
     """Answer a dispute on ``segment`` into DIR/steps/: the root after every step of it (the
     answers to any midpoint) and the operator trace, with its tensors, of each step in
     ``trace_steps``. ``fake(step)`` is a context entered around each replayed step (tests)."""
-    rt = Runtime.for_task(pdir.read_task())
+    rt = Runtime.for_task(pdir.read_task(), compute_claim_training_seed(pdir.read_claim()))
     state = load_segment_start(rt, pdir, segment)
     k = rt.task.checkpoint_interval
     pdir.steps_dir.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ from prover.prove import prove
 from prover.training import Runtime, train_step
 from prover.transcript import ProofDir, read_transcript
 from protocol import dispute as D
+from protocol.claim import compute_claim_training_seed
 from protocol.task import Task
 from verifier.dispute import (
     LyingChallenger,
@@ -93,8 +94,8 @@ def _setup(pdir_path: Path, challenger_sk: bytes, fake: Any, claimed_end: bytes 
            ) -> tuple[Runtime, D.Game, bytes, Replayer, Replayer]:
     pdir = ProofDir(pdir_path)
     task = pdir.read_task()
-    rt = Runtime.for_task(task)
     claim = pdir.read_claim()
+    rt = Runtime.for_task(task, compute_claim_training_seed(claim))
     roots = [e.root for e in read_transcript(pdir, task)]
     start = load_state(rt, pdir, SEGMENT, roots[SEGMENT])
     prover = Replayer(rt, start, fake=fake)
@@ -185,8 +186,25 @@ def test_pol_audit_names_the_operator_and_writes_a_report(faked_dir: Path, tmp_p
     assert doc["operator"]["index"] == 2 and doc["first_bad_step"] == FAKED_STEP + 1
 
 
+def _refereed_run(task: Task, out: Path, sk: bytes, posting: Any, lazy: bool) -> ProofDir:
+    from protocol import referee as R
+
+    def lazy_step(rt: Runtime, state: Any) -> float:
+        with fake_first_matmul(state.step):
+            return train_step(rt, state)
+
+    mp = pytest.MonkeyPatch()
+    if lazy:
+        mp.setattr(prove_mod, "train_step", lazy_step)
+    try:
+        prove(task, out, sk, posting_id=R.compute_posting_id(posting), run_seed=R.compute_refereed_seed(posting))
+    finally:
+        mp.undo()
+    return ProofDir(out)
+
+
 def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
-        proof_dir: Path, faked_dir: Path, prover_key: bytes, keys: tuple[bytes, bytes], tiny_task: Task) -> None:
+        tmp_path: Path, prover_key: bytes, keys: tuple[bytes, bytes], tiny_task: Task) -> None:
     from protocol import bls
     from protocol import referee as R
     from protocol.merkle import compute_merkle_proof
@@ -202,7 +220,9 @@ def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
     posting = R.compute_signed_posting(requester, task_id=task_id, reward=300, provers=2, num_checkpoints=5,
                                        checkpoint_interval=10, expires_at=10_000)
     state = R.process_post(state, posting, now=100)
-    honest, faked = ProofDir(proof_dir), ProofDir(faked_dir)
+    # Both provers train the posting's shared run; one of them fakes one operator.
+    honest = _refereed_run(tiny_task, tmp_path / "honest", prover_key, posting, lazy=False)
+    faked = _refereed_run(tiny_task, tmp_path / "faked", keys[0], posting, lazy=True)
     state = R.process_claim(state, honest.read_claim(), now=110)
     state = R.process_claim(state, faked.read_claim(), now=120)
     assert state.tasks[task_id].status == R.CONTESTED  # commitments differ: straight to the game
@@ -217,7 +237,7 @@ def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
                                 list(compute_merkle_proof(h_roots, seg + 1).path), now=130)
     game = state.tasks[task_id].games[open_move.game_id]
 
-    rt = Runtime.for_task(tiny_task)
+    rt = Runtime.for_task(tiny_task, R.compute_refereed_seed(posting))
     start = load_state(rt, faked, seg, f_roots[seg])
     faker, challenger = Replayer(rt, start, fake=fake_first_matmul), Replayer(rt, start)
     run = play_game(game, faker, keys[0], challenger, prover_key, Clock(130), D.encode_move(open_move))
@@ -236,7 +256,7 @@ def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
     assert R.get_total_money(state) == total
 
 
-def test_refereed_mode_with_equal_commitments_settles_without_replay(proof_dir: Path, prover_key: bytes,
+def test_refereed_mode_with_equal_commitments_settles_without_replay(tmp_path: Path, prover_key: bytes,
                                                                     tiny_task: Task) -> None:
     from protocol import bls
     from protocol import referee as R
@@ -246,18 +266,20 @@ def test_refereed_mode_with_equal_commitments_settles_without_replay(proof_dir: 
     requester = bls.compute_secret_key(b"refereed requester".ljust(32, b"."))
     second = bls.compute_secret_key(b"second honest prover".ljust(32, b"."))
     task_id = compute_task_id(tiny_task)
-    roots = [e.root for e in read_transcript(ProofDir(proof_dir), tiny_task)]
-    # A second honest prover trains the same task and necessarily commits to the same roots.
-    claim2 = compute_signed_claim(second, compute_claim_body(tiny_task, task_id, bls.compute_public_key(second), roots))
+    posting = R.compute_signed_posting(requester, task_id=task_id, reward=301, provers=2, num_checkpoints=5,
+                                       checkpoint_interval=10, expires_at=10_000)
+    first = _refereed_run(tiny_task, tmp_path / "first", prover_key, posting, lazy=False)
+    roots = [e.root for e in read_transcript(first, tiny_task)]
+    # A second honest prover trains the same shared run and necessarily commits to the same roots.
+    claim2 = compute_signed_claim(second, compute_claim_body(tiny_task, task_id, bls.compute_public_key(second), roots,
+                                                             R.compute_posting_id(posting)))
     state = R.get_initial_referee_state(R.RefereedParams(), {bls.compute_public_key(requester): 301,
                                                              bls.compute_public_key(prover_key): 1000,
                                                              bls.compute_public_key(second): 1000})
-    posting = R.compute_signed_posting(requester, task_id=task_id, reward=301, provers=2, num_checkpoints=5,
-                                       checkpoint_interval=10, expires_at=10_000)
     state = R.process_post(state, posting, now=1)
-    state = R.process_claim(state, ProofDir(proof_dir).read_claim(), now=2)
+    state = R.process_claim(state, first.read_claim(), now=2)
     with pytest.raises(R.InvalidTransition):
-        R.process_claim(state, ProofDir(proof_dir).read_claim(), now=3)  # one claim per prover
+        R.process_claim(state, first.read_claim(), now=3)  # one claim per prover
     state = R.process_claim(state, claim2, now=3)
     assert state.tasks[task_id].status == R.PAID and not state.tasks[task_id].games
     assert state.balances[bls.compute_public_key(second)] == 1150
