@@ -121,7 +121,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
-        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id)
+        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
+                       keep_step_roots=args.keep_step_roots)
     doc = {
         "task_id": compute_task_id(task).hex(),
         "posting_id": posting_id.hex(),
@@ -313,10 +314,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
         doc.pop("steps")
     text = [f"claim {report.claim_id}", f"segment {report.segment}: steps {report.start_step}..{report.end_step}",
             f"finding: {report.finding}"]
+    if report.game:
+        text.append(f"game: {report.game['rounds']} moves, {report.game['bytes']} bytes, winner {report.game['winner']}")
+    if args.report:
+        from verifier.report import write_report
+
+        html_path, json_path = write_report(report, Path(args.report))
+        doc["report"] = {"html": str(html_path), "json": str(json_path)}
+        text.append(f"report: {html_path} and {json_path}")
     if report.step_roots_match_commitment is False:
         text.append("note: the prover's step roots do not even end at its committed checkpoint root")
     _emit(args, doc, "\n".join(text))
     return EXIT_OK if report.segment_ok and report.first_bad_step is None else EXIT_REJECT
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from prover.steps import publish_answers
+    from prover.transcript import ProofDir
+
+    if args.segment < 0:
+        raise CliError("--segment must be >= 0")
+    publish_answers(ProofDir(Path(args.dir)), args.segment, tuple(args.trace_step or ()))
+    doc = {"segment": args.segment, "step_roots": True, "traced_steps": sorted(args.trace_step or [])}
+    _emit(args, doc, f"answers for segment {args.segment} written to {args.dir}/steps/")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -374,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
                          "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--keep-step-roots", action="store_true",
+                    help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
@@ -387,12 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
-    a = sub.add_parser("audit", help="replay one segment step by step and name the first faked step")
+    a = sub.add_parser("audit", help="play the challenger against a proof directory: name the faked step and operator")
     a.add_argument("dir")
     a.add_argument("--segment", type=int, required=True, help="segment index (as named by a reject)")
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
     a.add_argument("--json", action="store_true")
+    a.add_argument("--report", help="write an HTML report with a plot and its JSON: FILE.html or a directory")
     a.set_defaults(func=cmd_audit)
+
+    an = sub.add_parser("answer", help="prover: publish dispute answers (step roots, step traces) into DIR/steps/")
+    an.add_argument("dir")
+    an.add_argument("--segment", type=int, required=True, help="disputed segment")
+    an.add_argument("--trace-step", type=int, action="append", help="also publish the operator trace of this step")
+    an.add_argument("--json", action="store_true")
+    an.set_defaults(func=cmd_answer)
 
     fm = sub.add_parser("fetch-model", help="download the trained model of a claim, check it against the claim's "
                                             "final root and write a plain safetensors file (parameters, torch names)")
