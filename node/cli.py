@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -62,7 +63,9 @@ async def _run_node(config: Any) -> int:
 def cmd_devnet(args: argparse.Namespace) -> int:
     from . import devnet as dn
 
-    directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pol-devnet-"))
+    # Resolved once: child nodes run with the devnet directory as their working directory.
+    directory = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="pol-devnet-"))
+    ok = False
     started = time.monotonic()
     deadline = started + args.timeout
     net = None
@@ -82,6 +85,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
             print(format_table(report))
+        ok = bool(report["consistent"])
         if args.keep:
             say("nodes still running; Ctrl-C to stop")
             while True:
@@ -96,6 +100,11 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     finally:
         if net is not None:
             dn.stop_all(net)
+        if not args.dir:  # a directory we made: removed after a clean run, kept (and named) after a failure
+            if ok and not args.keep:
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                print(f"pol devnet: logs kept in {directory}", file=sys.stderr)
 
 
 def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:

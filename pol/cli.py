@@ -1,7 +1,9 @@
 """The ``pol`` command line. Humans get text; ``--json`` gives one JSON document on stdout.
 
-Exit codes: 0 success/accept, 1 reject, 2 error (bad input or environment; message on
-stderr, no traceback).
+Exit codes, the same in every command: 0 success/accept; 1 reject, only for a proof that fails
+one of the checks of the prover's work; 2 for anything that is not a proof, an operator error or
+an environment problem (one line on stderr, no traceback). Verdicts in JSON are words
+("accept"/"reject"). A closed stdout (``pol ... --json | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,6 +70,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
+    _refuse_resign(Path(args.out), key.public_key, args.force_resign)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update)
     doc = {
@@ -84,25 +88,60 @@ def cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refuse_resign(out: Path, public_key: bytes, force: bool) -> None:
+    """A finished proof signed by another key is not silently re-signed (it would change the claim id)."""
+    from prover.transcript import ProofDir
+
+    pdir = ProofDir(out)
+    if force or not pdir.claim_file.exists():
+        return
+    try:
+        signer = pdir.read_claim().body.prover
+    except (PolError, OSError, ValueError):
+        return  # an unreadable claim is rewritten by prove() anyway
+    if signer != public_key:
+        raise CliError(f"{out} already holds a finished proof signed by {signer.hex()[:16]}…, not by this key "
+                       f"({public_key.hex()[:16]}…); pass --force-resign to sign it again with this key")
+
+
+def _require_proof_dir(path: Path) -> None:
+    """Anything that is not a proof directory is an operator error (exit 2), never a reject (exit 1)."""
+    from prover.transcript import ProofDir
+
+    if not path.is_dir():
+        raise CliError(f"{path} is not a directory")
+    pdir = ProofDir(path)
+    missing = [p.name for p in (pdir.task_file, pdir.claim_file) if not p.exists()]
+    if missing:
+        raise CliError(f"{path} is not a proof directory (no {' or '.join(missing)}; "
+                       "`pol prove` writes one, and an unfinished proof has no claim yet)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    from prover.transcript import ProofDir
     from verifier.verify import ACCEPT, verify_dir
 
     from .keyfile import load_keyfile
-    from .progress import segment_printer
+    from .progress import SegmentProgress, describe_detection
 
     key = load_keyfile(Path(args.key)).bls_secret_key if args.key else None
     segments = None if args.segments == "all" else _positive_int(args.segments, "--segments")
     path = Path(args.dir)
-    if not path.is_dir():
-        raise CliError(f"{path} is not a directory")
-    report = verify_dir(path, segments=segments, secret_key=key,
-                        on_segment=None if args.json else segment_printer())
+    _require_proof_dir(path)
+    try:
+        total = ProofDir(path).read_task().num_segments
+    except (PolError, ValueError):
+        total = None  # verify_dir names the failing check
+    if total is not None and segments is not None:
+        total = min(total, segments)
+    with SegmentProgress(total, disable=args.json or args.quiet) as bar:
+        report = verify_dir(path, segments=segments, secret_key=key, on_segment=bar.update)
     doc = report.to_json()
+    doc["detection"] = describe_detection(report.num_segments, len(report.sample))
     if report.verdict == ACCEPT:
         text = f"ACCEPT claim {doc['claim_id']}\nreplayed segments {doc['sample']} of {doc['num_segments']}"
-        esc = doc["escape_probability"]
-        if isinstance(esc, dict) and esc:
-            text += "\n" + ", ".join(f"escape if {k.replace('_', ' ')}: {v:.3g}" for k, v in esc.items())
+        if doc["detection"]:
+            text += "\n" + "\n".join(d["text"] for d in doc["detection"])
     else:
         text = f"REJECT: check '{report.failed_check}' failed\n{report.reason}"
     _emit(args, doc, text)
@@ -151,6 +190,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit_segment(Path(args.dir), args.segment)
     doc = dataclasses.asdict(report)
     doc["finding"] = report.finding
+    doc["verdict"] = "accept" if report.segment_ok and report.first_bad_step is None else "reject"
     if not args.steps:
         doc.pop("steps")
     text = [f"claim {report.claim_id}", f"segment {report.segment}: steps {report.start_step}..{report.end_step}",
@@ -186,8 +226,11 @@ def _positive_int(value: str, flag: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pol", description="Proof-of-learning: prove, verify and audit training.")
+    p = argparse.ArgumentParser(prog="pol", description="Proof-of-learning: prove, verify and audit training.",
+                                epilog="exit codes: 0 accept/success, 1 reject (the prover's proof fails a check), "
+                                       "2 error (not a proof, operator or environment error)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v info, -vv debug)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     keys = sub.add_parser("keys", help="create or show key files").add_subparsers(dest="keys_command", required=True)
@@ -205,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="proof directory (created; rerun to resume)")
     pr.add_argument("--key", required=True, help="key file that signs the claim")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--force-resign", action="store_true",
+                    help="sign a finished proof again although another key signed it (changes its claim id)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
@@ -212,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--segments", default="4", help="number of segments to replay, or 'all' (default 4)")
     v.add_argument("--key", help="verifier key file; the sample derives from its signature (default: ephemeral)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -242,25 +288,65 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli import register as register_node_commands
 
     register_node_commands(sub)
+    _add_verbose_everywhere(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pol")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_verbose_everywhere(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Accept ``-v`` after the subcommand too (``pol verify DIR -v``), adding to any given before it."""
+    for parser in set(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _add_verbose_everywhere(action)
+        elif not any("-v" in a.option_strings for a in parser._actions):
+            parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, dest="sub_verbose",
+                                help="more logging on stderr (-v info, -vv debug)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = args.verbose + getattr(args, "sub_verbose", 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from node.config import ConfigError
+
     from .keyfile import KeyFileError
 
     try:
-        return int(args.func(args))
-    except (CliError, KeyFileError, PolError, OSError) as exc:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
+        return code
+    except (CliError, KeyFileError, PolError, ConfigError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _quiet_broken_pipe()
         kind = type(exc).__name__
         print(f"pol: error: {exc} [{kind}]", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("pol: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``| head``): stop without a traceback, and keep Python's exit-time flush of
+    stdout from raising again (the standard recipe: point stdout at /dev/null)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + 13  # as if killed by SIGPIPE, like other Unix filters
 
 
 if __name__ == "__main__":
