@@ -18,7 +18,10 @@ from typing import Any
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the network subcommands to ``sub``."""
     n = sub.add_parser("node", help="run a prover or verifier node (libp2p + HTTP API + SQLite ledger)")
-    n.add_argument("--config", required=True, help="node TOML file (see node/config.py)")
+    n.add_argument("--config", required=True, help="node TOML file (see docs/operators.md)")
+    n.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="terminal and log file lines: text for people, json (one object a line) for machines")
+    n.add_argument("--check", action="store_true", help="check the config, key and genesis, then exit")
     n.set_defaults(func=cmd_node)
 
     d = sub.add_parser("devnet", help="run a local network of node processes and settle honest and cheating claims")
@@ -37,16 +40,70 @@ def cmd_node(args: argparse.Namespace) -> int:
     from .config import load_config
 
     config = load_config(Path(args.config))
+    setup_node_logging(config, getattr(args, "verbose", 0), args.log_format)
+    if args.check:
+        return _check_node(config)
+    return asyncio.run(_run_node(config))
+
+
+def _check_node(config: Any) -> int:
+    """``pol node --check``: everything the node verifies before it binds a port."""
+    from .app import Node
+    from .startup import check_membership
+
+    node = Node(config)
+    try:
+        node.replay_log()
+        check_membership(node)
+    finally:
+        node.store.close()
+    print(f"{config.config_file}: ok ({config.role}, key {node.pubkey.hex()[:16]}…)")
+    return 0
+
+
+class _ConsoleFilter(logging.Filter):
+    """The terminal shows event lines and warnings; ``-v`` adds the node's info lines, ``-vv`` debug."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.level = logging.WARNING - 10 * min(verbose, 2)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pol.events":
+            return record.levelno >= logging.INFO or self.level <= logging.DEBUG
+        return record.levelno >= self.level
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        self._plain = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._plain.format(record) if record.name == "pol.events" else super().format(record)
+
+
+def setup_node_logging(config: Any, verbose: int, log_format: str) -> None:
+    from .events import JsonFormatter
+
+    def formatter() -> logging.Formatter:
+        return JsonFormatter() if log_format == "json" else _TextFormatter()
+
     root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_ConsoleFilter(verbose))
+    console.setFormatter(formatter())
+    root.addHandler(console)
+    file_level = logging.getLevelName(config.log_level)
     if config.log_file is not None:
         config.log_file.parent.mkdir(parents=True, exist_ok=True)
-        for h in list(root.handlers):
-            root.removeHandler(h)
         handler = logging.FileHandler(config.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(file_level)
+        handler.setFormatter(formatter())
         root.addHandler(handler)
-    root.setLevel(config.log_level)
-    return asyncio.run(_run_node(config))
+    root.setLevel(min(file_level, logging.INFO, logging.WARNING - 10 * min(verbose, 2)))
 
 
 async def _run_node(config: Any) -> int:
