@@ -45,8 +45,14 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from .keyfile import load_keyfile
 
+    from node.identity import compute_peer_id
+    from protocol import bls
+
     key = load_keyfile(Path(args.keyfile))
-    _emit(args, {"public_key": key.public_key.hex()}, f"public key {key.public_key.hex()}")
+    # Everything a genesis coordinator needs (`pol genesis add-verifier`), and nothing secret.
+    doc = {"public_key": key.public_key.hex(), "pop": bls.compute_pop(key.bls_secret_key).hex(),
+           "peer_id": compute_peer_id(key.node_seed)}
+    _emit(args, doc, f"public key {doc['public_key']}\npeer id    {doc['peer_id']}\npop        {doc['pop']}")
     return EXIT_OK
 
 
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli import register as register_node_commands
 
     register_node_commands(sub)
+    from .genesis_cli import register as register_genesis_commands
+
+    register_genesis_commands(sub, post_task="post-task" not in sub.choices)
     _add_verbose_everywhere(sub)
     return p
 
@@ -321,13 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from node.config import ConfigError
 
+    from .genesis_cli import GenesisCliError
     from .keyfile import KeyFileError
 
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
         return code
-    except (CliError, KeyFileError, PolError, ConfigError, OSError) as exc:
+    except (CliError, KeyFileError, PolError, ConfigError, GenesisCliError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
         kind = type(exc).__name__
