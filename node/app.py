@@ -153,7 +153,8 @@ class Node:
 
         check_membership(self)
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
-        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
+        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_host=self.config.listen_host,
+                                        listen_port=self.config.listen_port,
                                         bootstrap=self.config.bootstrap, topics=TOPICS,
                                         max_gossip_bytes=MAX_GOSSIP_BYTES,
                                         request_timeout_s=self.config.fetch_timeout_s),
