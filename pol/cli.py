@@ -177,10 +177,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "final_root": claim.body.final_root.hex() if claim else None,
         "checkpoints": [{"index": e.index, "step": e.step, "root": e.root.hex(), "loss": e.loss} for e in entries],
     }
+    evals: dict[int, Any] = {}
+    if (args.eval or args.plot) and entries:
+        from .evaluate import evaluate_proof, plot_curve
+
+        results, eval_set = evaluate_proof(Path(args.dir))
+        evals = {r.index: r for r in results}
+        doc["eval_set"] = eval_set
+        for c in doc["checkpoints"]:  # type: ignore[union-attr]
+            r = evals[c["index"]]
+            c["eval_loss"], c["eval_accuracy"] = round(r.eval_loss, 6), round(r.eval_accuracy, 6)
+        if args.plot:
+            plot_curve(results, f"{task.name}: loss over checkpoints", Path(args.plot))
+            doc["plot"] = args.plot
+    elif args.plot:
+        raise CliError(f"{args.dir} has no checkpoints to plot yet")
     lines = [f"{k:20} {v}" for k, v in doc.items() if k != "checkpoints"]
     lines.append(f"{'checkpoints':20} {len(entries)} of {task.num_checkpoints}")
     for e in entries:
         loss = "" if e.loss is None else f"  loss {e.loss:.4f}"
+        ev = evals.get(e.index)
+        if ev is not None:
+            loss += f"  eval loss {ev.eval_loss:.4f}  accuracy {ev.eval_accuracy:.1%}"
         lines.append(f"  #{e.index:<4} step {e.step:<7} {e.root.hex()}{loss}")
     _emit(args, doc, "\n".join(lines))
     return EXIT_OK
@@ -276,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")
+    i.add_argument("--eval", action="store_true",
+                   help="load every checkpoint and report its loss and accuracy on a fixed evaluation set")
+    i.add_argument("--plot", metavar="FILE.png", help="write the loss/accuracy curve over checkpoints (implies --eval)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
 
