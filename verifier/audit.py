@@ -57,6 +57,11 @@ class AuditReport:
                     f"honest replay gives {self.replayed_step_root}")
         if self.diverged:
             return f"the committed start state diverges: {self.diverged}"
+        if self.step_roots_available:
+            # Says in words what the JSON says: the step roots exist and agree with the replay.
+            return (f"segment end differs (claimed {self.claimed_end_root}, replayed {self.replayed_end_root}); "
+                    "every step root the prover kept matches the honest replay, so the committed end root "
+                    "was altered after training (it is not the prover's own last step root)")
         return (f"segment end differs (claimed {self.claimed_end_root}, replayed {self.replayed_end_root}); "
                 "the prover kept no step roots, so the faked step cannot be narrowed down")
 
