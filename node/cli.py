@@ -71,6 +71,9 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "pol.events":
             return record.levelno >= logging.INFO or self.level <= logging.DEBUG
+        if record.name.startswith(("libp2p", "multiaddr")) and self.level >= logging.WARNING:
+            # py-libp2p logs every failed dial as ERROR (a peer not up yet): node.log keeps them.
+            return record.levelno >= logging.CRITICAL
         return record.levelno >= self.level
 
 
@@ -144,7 +147,8 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             print(format_table(report))
         ok = bool(report["consistent"])
         if args.keep:
-            say("nodes still running; Ctrl-C to stop")
+            say("nodes still running; Ctrl-C to stop. Dashboards: "
+                + ", ".join(f"{n.name} {n.url}/" for n in net.nodes))
             while True:
                 time.sleep(1)
         return 0 if report["consistent"] else 1

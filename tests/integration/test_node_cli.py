@@ -93,3 +93,31 @@ def test_node_refuses_unstaked_key_and_taken_port(net: dn.Devnet, tmp_path: Path
         r = pol("node", "--config", str(path), timeout=180)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "'listen_port'" in r.stderr and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_log_format_json_and_console_filter(net: dn.Devnet, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from node.cli import setup_node_logging
+    from node.events import emit
+
+    cfg = load_config(_config(net))
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup_node_logging(cfg, 0, "json")
+        emit("escrow_released", "escrow released: 100 paid to p0", claim="ab" * 32, amount=100)
+        logging.getLogger("node.app").info("an info line the terminal does not show without -v")
+        logging.getLogger("libp2p.transport.tcp.tcp").error("failed dial the terminal does not show")
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0]["event"] == "escrow_released" and lines[0]["amount"] == 100 and lines[0]["claim"] == "ab" * 32
+    assert "failed dial" in cfg.log_file.read_text() and "info line" in cfg.log_file.read_text()  # type: ignore[union-attr]

@@ -98,3 +98,16 @@ def test_demo_leaves_no_temp_dir(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["workdir"] is None
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
     assert tempfile.gettempdir() != str(tmp_path)
+
+
+def test_audit_text_agrees_with_its_json(proof_dir: Path, prover_key: bytes) -> None:
+    from prover.recommit import perturb_checkpoint, recommit
+
+    perturb_checkpoint(ProofDir(proof_dir), 3)
+    recommit(ProofDir(proof_dir), prover_key)
+    r = pol("audit", str(proof_dir), "--segment", "2", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["verdict"] == "reject" and doc["step_roots_available"] is True
+    assert "kept no step roots" not in doc["finding"] and "every step root" in doc["finding"]
+    text = pol("audit", str(proof_dir), "--segment", "2").stdout
+    assert doc["finding"] in text
