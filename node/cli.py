@@ -39,7 +39,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def cmd_node(args: argparse.Namespace) -> int:
     from .config import load_config
 
+    from .startup import check_files
+
     config = load_config(Path(args.config))
+    check_files(config)
     setup_node_logging(config, getattr(args, "verbose", 0), args.log_format)
     if args.check:
         return _check_node(config)

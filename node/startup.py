@@ -79,3 +79,27 @@ def _cause(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def check_files(config: Any) -> None:
+    """The key and genesis files exist and parse; errors name the config file and the key."""
+    from pol.keyfile import KeyFileError, load_keyfile
+    from protocol.errors import InvalidInput
+    from protocol.genesis import decode_genesis, validate_genesis
+
+    where = config.config_file or "config"
+    try:
+        load_keyfile(config.key)
+    except KeyFileError as exc:
+        raise NodeStartError(f"{where}: key 'key': {exc}") from None
+    try:
+        genesis = decode_genesis(config.genesis.read_bytes())
+        validate_genesis(genesis)
+    except FileNotFoundError:
+        raise NodeStartError(f"{where}: key 'genesis': {config.genesis} does not exist") from None
+    except OSError as exc:
+        raise NodeStartError(f"{where}: key 'genesis': cannot read {config.genesis}: {exc.strerror or exc}") from None
+    except InvalidInput as exc:
+        raise NodeStartError(f"{where}: key 'genesis': {config.genesis} is not a usable genesis: {exc}") from None
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise NodeStartError(f"{where}: key 'data_dir': {config.data_dir} exists and is not a directory")

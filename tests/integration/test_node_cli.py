@@ -65,6 +65,11 @@ def test_node_cli_errors_exit_2_with_one_line(tmp_path: Path, net: dn.Devnet) ->
     bad.write_text("role = \n")
     r = pol("node", "--config", str(bad))
     assert r.returncode == 2 and "not valid TOML" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # Missing key and genesis files name the config key.
+    (net.directory / "genesis.msgpack").rename(tmp_path / "g")
+    r = pol("node", "--config", str(_config(net)), "--check")
+    assert r.returncode == 2 and "'genesis'" in r.stderr and "does not exist" in r.stderr
+    (tmp_path / "g").rename(net.directory / "genesis.msgpack")
     # A relative --config from another working directory finds its key and genesis (resolved against the file).
     r = pol("node", "--config", "net/v0.toml", "--check", cwd=tmp_path)
     assert r.returncode == 0 and "ok (verifier" in r.stdout, r.stderr
