@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from math import comb
 from pathlib import Path
+
+import pytest
 
 from pol.progress import StepProgress, describe_detection
 from prover.transcript import ProofDir
@@ -91,13 +92,23 @@ def test_resumed_prove_rate_counts_only_this_runs_steps() -> None:
     bar.__exit__(None, None, None)
 
 
-def test_demo_leaves_no_temp_dir(tmp_path: Path) -> None:
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    r = pol("demo", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["workdir"] is None
-    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
-    assert tempfile.gettempdir() != str(tmp_path)
+def test_demo_leaves_no_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from pol import demo
+
+    from .conftest import tiny_task_toml
+
+    task = tmp_path / "tiny.toml"
+    task.write_text(tiny_task_toml())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(demo, "DEFAULT_TASK", str(task))  # the demo's flow on a 40-step task
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert demo.run_demo(argparse.Namespace(workdir=None, json=True)) == 0
+    assert json.loads(capsys.readouterr().out)["workdir"] is None
+    assert list(scratch.iterdir()) == []
 
 
 def test_audit_text_agrees_with_its_json(proof_dir: Path, prover_key: bytes) -> None:
