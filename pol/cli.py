@@ -232,9 +232,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import gpu_ops.bench as bench
     from gpu_ops.bench import format_table, run_bench
+    from tqdm import tqdm
 
-    res = run_bench(args.tasks or None, _positive_int(str(args.steps), "--steps"), args.threads)
+    steps = _positive_int(str(args.steps), "--steps")
+    runs = 2 * len(args.tasks or getattr(bench, "DEFAULT_TASKS", ()))  # one deterministic + one native run each
+    spawn = getattr(bench, "_spawn", None)
+    with tqdm(total=runs or None, desc="bench", unit="run", file=sys.stderr, disable=args.json) as bar:
+        if spawn is not None:  # count the benchmark's child runs without touching its internals
+
+            def counted(*a: Any, **kw: Any) -> Any:
+                out = spawn(*a, **kw)
+                bar.update(1)
+                return out
+
+            bench._spawn = counted
+        try:
+            res = run_bench(args.tasks or None, steps, args.threads)
+        finally:
+            if spawn is not None:
+                bench._spawn = spawn
     _emit(args, res, format_table(res) + "\n(ratio = deterministic / native torch fp32 at the same thread count)")
     return EXIT_OK
 
