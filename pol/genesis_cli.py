@@ -1,4 +1,8 @@
-"""``pol genesis new|add-verifier|add-account|show`` and ``pol post-task``: build a network by hand.
+"""``pol genesis new|add-verifier|add-account|show`` and ``pol submit-task``: build a network by hand.
+
+``pol submit-task`` signs a task posting and hands it to a node's HTTP API, for networks whose nodes
+fold gossip into their ledger (no ``rpc_url``); on a settlement chain ``pol post-task`` escrows the
+reward in the contract instead.
 
 A genesis file is built step by step on one machine: ``new`` writes the parameters, then each
 verifier operator hands over ``pol keys show --json`` (public key, proof of possession, peer id; never
@@ -222,7 +226,7 @@ def cmd_post_task(args: argparse.Namespace) -> int:
     return 0 if str(doc["result"]).startswith(("accept", "ignore: duplicate")) else 2
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", post_task: bool = True) -> None:
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     g = sub.add_parser("genesis", help="build a genesis file: parameters, verifiers and opening balances")
     gs = g.add_subparsers(dest="genesis_command", required=True)
     d = Params()
@@ -259,15 +263,15 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", post_ta
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_genesis_show)
 
-    if post_task:
-        p = sub.add_parser("post-task", help="sign a task posting with a requester key and submit it to a node")
-        p.add_argument("task", help="task TOML file, or the name of a built-in task")
-        p.add_argument("--reward", type=int, required=True, help="escrowed from the requester's balance")
-        p.add_argument("--key", required=True, help="requester key file (needs a genesis balance)")
-        p.add_argument("--node", default="http://127.0.0.1:42000", help="node HTTP API (default %(default)s)")
-        p.add_argument("--token", default=os.environ.get("POL_API_TOKEN"),
-                       help="bearer token for the node's mutating endpoints (default: $POL_API_TOKEN)")
-        p.add_argument("--expires-in", type=int, default=3600, help="seconds the offer stays open (default 3600)")
-        p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=cmd_post_task)
+    p = sub.add_parser("submit-task", help="sign a task posting with a requester key and submit it to a node's "
+                       "HTTP API (networks without a settlement chain; on a chain use post-task)")
+    p.add_argument("task", help="task TOML file, or the name of a built-in task")
+    p.add_argument("--reward", type=int, required=True, help="escrowed from the requester's balance")
+    p.add_argument("--key", required=True, help="requester key file (needs a genesis balance)")
+    p.add_argument("--node", default="http://127.0.0.1:42000", help="node HTTP API (default %(default)s)")
+    p.add_argument("--token", default=os.environ.get("POL_API_TOKEN"),
+                   help="bearer token for the node's mutating endpoints (default: $POL_API_TOKEN)")
+    p.add_argument("--expires-in", type=int, default=3600, help="seconds the offer stays open (default 3600)")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_post_task)

@@ -32,7 +32,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     err = open(base / "devnet.stderr", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pol.cli", "devnet", "--verifiers", "3", "--provers", "2", "--cheaters", "1",
-         "--steps", "20", "--keep", "--json", "--dir", str(base / "net"), "--timeout", "240"],
+         "--steps", "20", "--keep", "--json", "--gossip-ledger", "--dir", str(base / "net"), "--timeout", "240"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
     try:
         text, report = "", None

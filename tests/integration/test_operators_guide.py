@@ -1,5 +1,5 @@
 """docs/operators.md as a newcomer would run it: three "machines" on 127.0.0.2/3/4, a genesis built with
-`pol genesis`, a task posted with `pol post-task`, and a paid claim seen in the JSON API, /metrics and
+`pol genesis`, a task posted with `pol submit-task`, and a paid claim seen in the JSON API, /metrics and
 the verifier's terminal. Real processes only; every node is stopped at the end.
 """
 
@@ -137,7 +137,7 @@ def machines(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def test_three_machines_to_a_paid_claim(machines: dict[str, Any]) -> None:
     dirs, urls = machines["dirs"], machines["urls"]
     (dirs["alice"] / "task.toml").write_text(TASK)
-    out = pol("post-task", "task.toml", "--reward", "100", "--key", "requester.json", "--node", urls["alice"],
+    out = pol("submit-task", "task.toml", "--reward", "100", "--key", "requester.json", "--node", urls["alice"],
               cwd=dirs["alice"])
     assert "accept" in out
     deadline, claims = time.monotonic() + 150, []
