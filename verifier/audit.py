@@ -80,6 +80,11 @@ class AuditReport:
             reason = self.game["reason"] if self.game else ""
             return (f"step {self.first_bad_step} was faked: the prover's root after it is {self.claimed_step_root}, "
                     f"honest replay gives {self.replayed_step_root}; {reason}")
+        if self.step_roots_available:
+            # Says in words what the JSON says: the step roots exist and agree with the replay.
+            return (f"segment end differs (claimed {self.claimed_end_root}, replayed {self.replayed_end_root}); "
+                    "every step root the prover kept matches the honest replay, so the committed end root "
+                    "was altered after training (it is not the prover's own last step root)")
         reason = f"; {self.game['reason']}" if self.game else ""
         return (f"segment end differs (claimed {self.claimed_end_root}, replayed {self.replayed_end_root}); "
                 f"the prover kept no step roots, so the faked step cannot be narrowed down offline{reason}")
