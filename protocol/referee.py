@@ -31,6 +31,8 @@ from .merkle import MerkleProof, compute_root_from_proof
 from .rng import compute_training_seed
 
 DOMAIN_REFEREED_POST = b"pol/v1/refereed-post"  # || canonical{task_id, requester, reward, provers, ...}
+DOMAIN_REFEREED_SEAL = b"pol/v1/refereed-seal"  # || prover || commitment: the sealed commitment
+DOMAIN_REFEREED_SEAL_MSG = b"pol/v1/refereed-seal-msg"  # || task_id || seal: signed by the prover
 MAX_PROVERS = 16
 
 OPEN, CONTESTED, PAID, REFUNDED = "open", "contested", "paid", "refunded"
@@ -52,15 +54,17 @@ class RefereedPosting:
     provers: int
     num_checkpoints: int
     checkpoint_interval: int
+    seal_until: int  # provers seal their commitment before this time and reveal it from then on
     expires_at: int
     signature: bytes
 
 
 @dataclass(frozen=True)
 class ProverEntry:
-    claim_id: bytes
-    commitment: bytes
+    seal: bytes
     bond: int
+    claim_id: bytes = b""  # empty until revealed
+    commitment: bytes = b""
     slashed: bool = False
 
 
@@ -108,7 +112,7 @@ def compute_posting_message(p: RefereedPosting) -> bytes:
     return DOMAIN_REFEREED_POST + encode_canonical({
         "task_id": p.task_id, "requester": p.requester, "reward": p.reward, "provers": p.provers,
         "num_checkpoints": p.num_checkpoints, "checkpoint_interval": p.checkpoint_interval,
-        "expires_at": p.expires_at})
+        "seal_until": p.seal_until, "expires_at": p.expires_at})
 
 
 def compute_signed_posting(secret_key: bytes, **fields: Any) -> RefereedPosting:
@@ -132,37 +136,64 @@ def process_post(state: RefereeState, p: RefereedPosting, now: int) -> RefereeSt
         raise InvalidTransition("this task is already posted in refereed mode")
     if not 2 <= p.provers <= MAX_PROVERS:
         raise InvalidTransition(f"a refereed task needs 2..{MAX_PROVERS} provers, not {p.provers}")
-    if p.reward <= 0 or now >= p.expires_at or p.num_checkpoints < 2 or p.checkpoint_interval < 1:
-        raise InvalidTransition("reward, lengths and expiry must be positive and in the future")
+    if p.reward <= 0 or not now < p.seal_until < p.expires_at or p.num_checkpoints < 2 or p.checkpoint_interval < 1:
+        raise InvalidTransition("reward and lengths must be positive, and now < seal_until < expires_at")
     bls.validate_signature(p.requester, compute_posting_message(p), p.signature, "refereed posting")
     balances = _add(state.balances, p.requester, -p.reward)
     task = RefereedTask(p, p.reward, OPEN, MappingProxyType({}), MappingProxyType({}))
     return replace(state, balances=balances, tasks=_put(state.tasks, p.task_id, task))
 
 
+def compute_seal(prover: bytes, commitment: bytes) -> Digest:
+    return Digest(hashlib.sha256(DOMAIN_REFEREED_SEAL + prover + commitment).digest())
+
+
+def compute_seal_message(task_id: bytes, seal: bytes) -> bytes:
+    return DOMAIN_REFEREED_SEAL_MSG + task_id + seal
+
+
+def process_seal(state: RefereeState, task_id: bytes, prover: bytes, seal: bytes, signature: bytes,
+                 now: int) -> RefereeState:
+    """A prover takes one of the n places with its sealed commitment and locks its bond. Sealing
+    first keeps a prover from copying another's roots: nobody reveals before ``seal_until``."""
+    task = state.tasks.get(task_id)
+    if task is None or task.status != OPEN:
+        raise InvalidTransition("no open refereed task")
+    if now >= task.posting.seal_until:
+        raise InvalidTransition("sealing closed at seal_until")
+    if len(seal) != 32 or prover in task.claims:
+        raise InvalidTransition("one 32-byte seal per prover")
+    if len(task.claims) >= task.posting.provers:
+        raise InvalidTransition(f"the task already has its {task.posting.provers} provers")
+    bls.validate_signature(prover, compute_seal_message(task_id, seal), signature, "refereed seal")
+    balances = _add(state.balances, prover, -state.params.bond)
+    task = replace(task, claims=_put(task.claims, prover, ProverEntry(seal, state.params.bond)))
+    return replace(state, balances=balances, tasks=_put(state.tasks, task_id, task))
+
+
 def process_claim(state: RefereeState, claim: Claim, now: int) -> RefereeState:
-    """Register one prover's claim and lock its bond."""
+    """Reveal one sealed prover's claim (from ``seal_until`` until expiry)."""
     b = claim.body
     task = state.tasks.get(b.task_id)
     if task is None or task.status != OPEN:
         raise InvalidTransition("no open refereed task for this claim")
-    if now >= task.posting.expires_at:
-        raise InvalidTransition("the posting has expired")
+    if not task.posting.seal_until <= now < task.posting.expires_at:
+        raise InvalidTransition("claims are revealed from seal_until until the posting expires")
     if (b.num_checkpoints, b.checkpoint_interval) != (task.posting.num_checkpoints, task.posting.checkpoint_interval):
         raise InvalidTransition("the claim's lengths differ from the posting's")
     if b.posting_id != compute_posting_id(task.posting):
         raise InvalidTransition("the claim does not answer this refereed posting")
-    if b.prover in task.claims:
-        raise InvalidTransition("this prover already claimed the task")
-    if len(task.claims) >= task.posting.provers:
-        raise InvalidTransition(f"the task already has its {task.posting.provers} claims")
+    entry = task.claims.get(b.prover)
+    if entry is None or entry.commitment:
+        raise InvalidTransition("this prover sealed nothing, or already revealed")
+    if compute_seal(b.prover, b.commitment) != entry.seal:
+        raise InvalidTransition("the claim's commitment is not the one this prover sealed")
     validate_claim_signature(claim)
-    balances = _add(state.balances, b.prover, -state.params.bond)
-    entry = ProverEntry(compute_claim_id(b), b.commitment, state.params.bond)
+    entry = replace(entry, claim_id=compute_claim_id(b), commitment=b.commitment)
     task = replace(task, claims=_put(task.claims, b.prover, entry), last_claim_at=now)
-    if len(task.claims) == task.posting.provers:
+    if len(task.claims) == task.posting.provers and all(c.commitment for c in task.claims.values()):
         task = replace(task, status=CONTESTED)
-    state = replace(state, balances=balances, tasks=_put(state.tasks, b.task_id, task))
+    state = replace(state, tasks=_put(state.tasks, b.task_id, task))
     if task.status == CONTESTED and len({c.commitment for c in task.claims.values()}) == 1:
         return _pay(state, b.task_id)  # every commitment equal: settled with no replay at all
     return state
@@ -267,7 +298,7 @@ def process_tick(state: RefereeState, task_id: bytes, now: int) -> RefereeState:
     if task is None:
         raise InvalidTransition("unknown task")
     if task.status == OPEN and now >= task.posting.expires_at:
-        return _refund(state, task_id)
+        return _refund(state, task_id)  # a sealer that never revealed loses its bond (burned)
     if task.status != CONTESTED or any(g.winner is None for g in task.games.values()):
         return state
     left = {c.commitment for c in task.claims.values() if not c.slashed}
@@ -282,9 +313,12 @@ def process_tick(state: RefereeState, task_id: bytes, now: int) -> RefereeState:
 def _refund(state: RefereeState, task_id: bytes) -> RefereeState:
     task = state.tasks[task_id]
     balances = _add(state.balances, task.posting.requester, task.escrow)
-    claims = dict(task.claims)
+    claims, burned = dict(task.claims), state.burned
     for k, c in task.claims.items():
-        balances = _add(balances, k, c.bond)
+        if c.commitment:
+            balances = _add(balances, k, c.bond)
+        else:
+            burned += c.bond
         claims[k] = replace(c, bond=0)
     task = replace(task, escrow=0, status=REFUNDED, claims=MappingProxyType(claims))
-    return replace(state, balances=balances, tasks=_put(state.tasks, task_id, task))
+    return replace(state, balances=balances, burned=burned, tasks=_put(state.tasks, task_id, task))

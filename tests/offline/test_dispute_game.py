@@ -38,7 +38,7 @@ SEGMENT = 1
 @contextlib.contextmanager
 def fake_first_matmul(step: int) -> Iterator[None]:
     """At FAKED_STEP, the first matrix product of the step (fc0's forward) is off by 1e-3 in one
-    element: a lazy prover that fakes one operator, and whose trace is consistent with the fake."""
+    element of row 0: a lazy prover that fakes one operator, and whose trace is consistent with it."""
     if step != FAKED_STEP:
         yield
         return
@@ -50,7 +50,7 @@ def fake_first_matmul(step: int) -> Iterator[None]:
         calls[0] += 1
         if calls[0] == 1:
             y = y.clone()
-            y[0, 0] += 1e-3
+            y[0, int(torch.argmax(y[0]))] += 1e-3  # a unit the relu passes on, whatever the run's seed
         return y
 
     F._matmul = faked  # type: ignore[assignment]
@@ -176,7 +176,7 @@ def test_pol_audit_names_the_operator_and_writes_a_report(faked_dir: Path, tmp_p
     assert [t["name"] for t in op["inputs"]] == ["e1.batch[0]", "param/fc0.weight", "param/fc0.bias"]
     assert op["outputs"][0]["shape"] == [32, 32]
     diffs = op["outputs"][0]["first_differences"]
-    assert diffs[0]["index"] == [0, 0] and len(diffs) == 1  # exactly the element the prover faked
+    assert diffs[0]["index"][0] == 0 and len(diffs) == 1  # exactly the element the prover faked
     assert [t["match"] for t in report.trace[:3]] == [True, True, False]
     out = tmp_path / "audit.html"
     assert main(["audit", str(pdir), "--segment", str(SEGMENT), "--report", str(out), "--json"]) == 1
@@ -184,6 +184,54 @@ def test_pol_audit_names_the_operator_and_writes_a_report(faked_dir: Path, tmp_p
     assert "<svg" in page and "linear.forward" in page and "param/fc0.weight" in page
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["operator"]["index"] == 2 and doc["first_bad_step"] == FAKED_STEP + 1
+
+
+def _seal(state: Any, task_id: bytes, sk: bytes, claim: Any, now: int) -> Any:
+    from protocol import bls
+    from protocol import referee as R
+
+    pk = bls.compute_public_key(sk)
+    seal = R.compute_seal(pk, claim.body.commitment)
+    return R.process_seal(state, task_id, pk, seal, bls.sign(sk, R.compute_seal_message(task_id, seal)), now)
+
+
+def test_refereed_seals_stop_copying_and_unrevealed_seals_are_burned(tiny_task: Task) -> None:
+    from protocol import bls
+    from protocol import referee as R
+    from protocol.claim import compute_claim_body, compute_signed_claim
+    from protocol.task import compute_task_id
+
+    sks = [bls.compute_secret_key(f"refereed party {i}".encode().ljust(32, b".")) for i in range(4)]
+    requester, a, b, c = sks
+    pks = [bls.compute_public_key(k) for k in sks]
+    task_id = compute_task_id(tiny_task)
+    posting = R.compute_signed_posting(requester, task_id=task_id, reward=100, provers=2, num_checkpoints=5,
+                                       checkpoint_interval=10, seal_until=100, expires_at=1000)
+    state = R.get_initial_referee_state(R.RefereedParams(bond=10), {pk: 1000 for pk in pks})
+    total = R.get_total_money(state)
+    state = R.process_post(state, posting, now=1)
+    roots = [bytes([i]) * 32 for i in range(5)]
+    claim = {k: compute_signed_claim(k, compute_claim_body(tiny_task, task_id, bls.compute_public_key(k), roots,
+                                                           R.compute_posting_id(posting))) for k in (a, b)}
+    with pytest.raises(R.InvalidTransition, match="sealed nothing"):
+        R.process_claim(state, claim[a], now=150)  # no seal, no claim
+    state = _seal(state, task_id, a, claim[a], now=10)
+    with pytest.raises(R.InvalidTransition, match="revealed from seal_until"):
+        R.process_claim(state, claim[a], now=50)  # nobody reveals before seal_until
+    with pytest.raises(Exception, match="signature"):
+        R.process_seal(state, task_id, pks[2], b"\x01" * 32, bls.sign(a, b"x"), now=20)
+    # b seals a guess, then sees a's roots after seal_until: copying them does not match its seal.
+    state = R.process_seal(state, task_id, pks[2], b"\x02" * 32,
+                           bls.sign(b, R.compute_seal_message(task_id, b"\x02" * 32)), now=20)
+    with pytest.raises(R.InvalidTransition, match="sealing closed"):
+        _seal(state, task_id, c, claim[a], now=100)
+    state = R.process_claim(state, claim[a], now=100)
+    with pytest.raises(R.InvalidTransition, match="not the one this prover sealed"):
+        R.process_claim(state, claim[b], now=101)
+    state = R.process_tick(state, task_id, now=1000)  # expired with one place never revealed
+    assert state.tasks[task_id].status == R.REFUNDED
+    assert state.balances[pks[2]] == 990 and state.balances[pks[1]] == 1000 and state.burned == 10
+    assert R.get_total_money(state) == total
 
 
 def _refereed_run(task: Task, out: Path, sk: bytes, posting: Any, lazy: bool) -> ProofDir:
@@ -218,13 +266,15 @@ def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
     total = R.get_total_money(state)
     task_id = compute_task_id(tiny_task)
     posting = R.compute_signed_posting(requester, task_id=task_id, reward=300, provers=2, num_checkpoints=5,
-                                       checkpoint_interval=10, expires_at=10_000)
+                                       checkpoint_interval=10, seal_until=200, expires_at=10_000)
     state = R.process_post(state, posting, now=100)
     # Both provers train the posting's shared run; one of them fakes one operator.
     honest = _refereed_run(tiny_task, tmp_path / "honest", prover_key, posting, lazy=False)
     faked = _refereed_run(tiny_task, tmp_path / "faked", keys[0], posting, lazy=True)
-    state = R.process_claim(state, honest.read_claim(), now=110)
-    state = R.process_claim(state, faked.read_claim(), now=120)
+    state = _seal(state, task_id, prover_key, honest.read_claim(), now=110)
+    state = _seal(state, task_id, keys[0], faked.read_claim(), now=120)
+    state = R.process_claim(state, honest.read_claim(), now=210)
+    state = R.process_claim(state, faked.read_claim(), now=220)
     assert state.tasks[task_id].status == R.CONTESTED  # commitments differ: straight to the game
 
     h_roots = [e.root for e in read_transcript(honest, tiny_task)]
@@ -234,15 +284,15 @@ def test_refereed_mode_pays_the_honest_prover_and_slashes_the_faker(
     assert seg == SEGMENT
     open_move = compute_open_move(faked.read_claim(), f_roots, seg, prover_key, h_roots[seg + 1], clock_s=600)
     state = R.process_open_game(state, task_id, open_move, list(compute_merkle_proof(h_roots, seg).path),
-                                list(compute_merkle_proof(h_roots, seg + 1).path), now=130)
+                                list(compute_merkle_proof(h_roots, seg + 1).path), now=230)
     game = state.tasks[task_id].games[open_move.game_id]
 
     rt = Runtime.for_task(tiny_task, R.compute_refereed_seed(posting))
     start = load_state(rt, faked, seg, f_roots[seg])
     faker, challenger = Replayer(rt, start, fake=fake_first_matmul), Replayer(rt, start)
-    run = play_game(game, faker, keys[0], challenger, prover_key, Clock(130), D.encode_move(open_move))
+    run = play_game(game, faker, keys[0], challenger, prover_key, Clock(230), D.encode_move(open_move))
     for i, data in enumerate(run.moves[1:]):  # the same moves, through the refereed-mode rules
-        state = R.process_game_move(state, task_id, D.decode_move(data), now=131 + i)
+        state = R.process_game_move(state, task_id, D.decode_move(data), now=231 + i)
     g = state.tasks[task_id].games[open_move.game_id]
     assert g.phase == D.PHASE_SETTLE
     st = settle_game(rt, g, get_task_skeleton(rt), lambda h: challenger.trace_of(g.lo).tensors.get(h),  # type: ignore[union-attr]
@@ -267,7 +317,7 @@ def test_refereed_mode_with_equal_commitments_settles_without_replay(tmp_path: P
     second = bls.compute_secret_key(b"second honest prover".ljust(32, b"."))
     task_id = compute_task_id(tiny_task)
     posting = R.compute_signed_posting(requester, task_id=task_id, reward=301, provers=2, num_checkpoints=5,
-                                       checkpoint_interval=10, expires_at=10_000)
+                                       checkpoint_interval=10, seal_until=100, expires_at=10_000)
     first = _refereed_run(tiny_task, tmp_path / "first", prover_key, posting, lazy=False)
     roots = [e.root for e in read_transcript(first, tiny_task)]
     # A second honest prover trains the same shared run and necessarily commits to the same roots.
@@ -277,10 +327,12 @@ def test_refereed_mode_with_equal_commitments_settles_without_replay(tmp_path: P
                                                              bls.compute_public_key(prover_key): 1000,
                                                              bls.compute_public_key(second): 1000})
     state = R.process_post(state, posting, now=1)
-    state = R.process_claim(state, first.read_claim(), now=2)
+    state = _seal(state, task_id, prover_key, first.read_claim(), now=2)
+    state = _seal(state, task_id, second, claim2, now=3)
+    state = R.process_claim(state, first.read_claim(), now=101)
     with pytest.raises(R.InvalidTransition):
-        R.process_claim(state, first.read_claim(), now=3)  # one claim per prover
-    state = R.process_claim(state, claim2, now=3)
+        R.process_claim(state, first.read_claim(), now=102)  # one claim per prover
+    state = R.process_claim(state, claim2, now=103)
     assert state.tasks[task_id].status == R.PAID and not state.tasks[task_id].games
     assert state.balances[bls.compute_public_key(second)] == 1150
     assert state.balances[bls.compute_public_key(requester)] == 1  # the indivisible remainder
