@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 from prover.checkpoint import write_checkpoint
 from prover.transcript import ProofDir, read_transcript
-from protocol.claim import compute_claim_id, compute_commitment, decode_claim
+from protocol.claim import compute_claim_id, compute_claim_training_seed, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.encoding import decode_canonical, encode_canonical
-from protocol.errors import InvalidInput, InvalidMessage
+from protocol.budget import validate_task_cost
+from protocol.errors import InvalidInput, InvalidMessage, OverBudget
 from protocol.genesis import get_field, validate_keys
-from protocol.ledger import TASK_OPEN, TaskPosted, get_claim_context
+from protocol.ledger import TASK_OPEN, TaskPosted, compute_posting_id, get_claim_context
 from protocol.merkle import compute_merkle_proof
 from protocol.messages import ClaimAnnounced, decode_message, compute_claim_announced, encode_message
 from protocol.state import get_sorted_leaves
-from protocol.sampling import compute_sample_proof, compute_segment_sample
+from protocol.sampling import compute_sample_proof, compute_verifier_sample
 from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
@@ -60,6 +61,7 @@ class Worker:
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
+        self._layouts: dict[bytes, dict[str, tuple[str, tuple[int, ...]]]] = {}  # task id -> name -> dtype, shape
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
@@ -96,8 +98,25 @@ class Worker:
 
         self.node.spawn(run())
 
+    def over_budget(self, task: Task) -> str | None:
+        """Why this node will not train or replay ``task`` (its state or compute exceeds our budget), or None.
+
+        Checked from the task spec alone, before any data set, tensor or fetch is allocated.
+        """
+        limits = self.node.limits
+        try:
+            validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
+        except (OverBudget, InvalidInput) as exc:
+            return str(exc)
+        return None
+
     def on_task(self, posting: TaskPosted) -> None:
         cfg = self.node.config
+        reason = self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            log.warning("task %s is beyond this node's budget: %s", compute_task_id(decode_task(posting.task)).hex()[:12],
+                        reason)
+            return
         if cfg.role != "prover":
             # Loading a task's data set takes seconds: do it now, before a claim on it arrives.
             task = decode_task(posting.task)
@@ -118,6 +137,12 @@ class Worker:
             claim_id = compute_claim_id(decode_claim(msg.claim).body)
         record = self.node.chain.state.claims.get(claim_id)
         if record is None or record.status != "pending":
+            return
+        posting = self.node.chain.postings.get(record.task_id)
+        reason = None if posting is None else self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            self.skipped[claim_id] = f"over budget: {reason}"
+            log.warning("claim %s: not verifying, %s", claim_id.hex()[:12], self.skipped[claim_id])
             return
         mine = self.node.store.get_my_vote(claim_id)
         if mine is not None:
@@ -142,12 +167,14 @@ class Worker:
         from .cheat import run_prove
 
         node = self.node
-        task = decode_task(node.chain.postings[task_id].task)
+        posting = node.chain.postings[task_id]
+        task = decode_task(posting.task)
         out = node.config.data_dir / "proofs" / task_id.hex()
         log.info("proving task %s (%d steps)%s", task_id.hex()[:12], task.total_steps,
                  f" [cheat: {node.config.cheat}]" if node.config.cheat else "")
         async with self._cpu:
-            claim = await asyncio.to_thread(run_prove, task, out, self.sk, node.config.cheat)
+            claim = await asyncio.to_thread(run_prove, task, out, self.sk, node.config.cheat,
+                                            compute_posting_id(posting))
         claim_id = compute_claim_id(claim.body)
         node.store.put_proof(claim_id, task_id, str(out))
         hints = tuple(node.net.listen_addrs[:1])
@@ -156,14 +183,16 @@ class Worker:
 
     # --- verifier ----------------------------------------------------------------------------
 
-    async def _runtime(self, task: Task) -> Any:
+    async def _runtime(self, task: Task, claim: Any = None) -> Any:
+        """The task's runtime, keyed by ``claim``'s run seed (SPEC.md §9) when a claim is given."""
         task_id = compute_task_id(task)
         async with self._runtime_lock:
             if task_id not in self._runtimes:
                 from prover.training import Runtime
 
                 self._runtimes[task_id] = await asyncio.to_thread(Runtime.for_task, task)
-        return self._runtimes[task_id]
+        rt = self._runtimes[task_id]
+        return rt if claim is None else rt.with_seed(compute_claim_training_seed(claim))
 
     def _deadline(self, claim_id: bytes) -> float:
         record = self.node.chain.state.claims[claim_id]
@@ -209,9 +238,9 @@ class Worker:
         info = node.chain.claims[claim_id]
         ctx = get_claim_context(node.chain.state, claim_id)
         task = decode_task(node.chain.postings[info.claim.body.task_id].task)
-        rt = await self._runtime(task)
-        sample = compute_segment_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
-                                        ctx.samples_required)
+        rt = await self._runtime(task, info.claim)
+        sample = compute_verifier_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
+                                         ctx.sample_milli)
         roots = await self.fetch_roots(claim_id)
         init_root = await asyncio.to_thread(lambda: compute_root(init_state(rt)))
         if roots[0] != init_root:
@@ -221,7 +250,8 @@ class Worker:
             return None
         log.info("claim %s: replaying segments %s of %d", claim_id.hex()[:12], sample, ctx.num_segments)
         evidence = None
-        self.prefetch(claim_id, roots, list(sample), rt)
+        final = ctx.num_segments  # the delivered model: an accept vote needs it fetched and checked
+        self.prefetch(claim_id, roots, list(sample) + [final], rt)
         for s in sample:
             replayed = await self.replay(claim_id, rt, roots, s)
             if replayed != roots[s + 1]:
@@ -230,6 +260,9 @@ class Worker:
                 log.warning("claim %s: segment %d does not replay (claimed %s, got %s)", claim_id.hex()[:12], s,
                             roots[s + 1].hex()[:12], replayed.hex()[:12])
                 break
+        if evidence is None:
+            # Raises FetchFailed/ChunkFetchFailed while the final state is unavailable: no accept vote.
+            await self.fetch_checkpoint(claim_id, final, roots[final], rt)
         return compute_vote(self.sk, ctx, evidence)
 
     async def resolve_dispute(self, dispute_id: bytes) -> None:
@@ -242,7 +275,7 @@ class Worker:
             if node.chain.state.disputes[dispute_id].status != "open":
                 return
             try:
-                rt = await self._runtime(task)
+                rt = await self._runtime(task, info.claim)
                 roots = await self.fetch_roots(claim_id)
                 replayed = await self.replay(claim_id, rt, roots, s)
                 break
@@ -342,6 +375,7 @@ class Worker:
             from prover.training import get_state_leaves, init_state
 
             leaves = await asyncio.to_thread(lambda: get_sorted_leaves(get_state_leaves(init_state(rt))))
+            self._layouts[task_id] = {leaf.name: (leaf.dtype, leaf.shape) for leaf in leaves}
             self._names[task_id] = [leaf.name for leaf in leaves]
         return self._names[task_id]
 
@@ -389,7 +423,7 @@ class Worker:
         body = self.node.chain.claims[claim_id].claim.body
         names = await self._state_names(rt)
         leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
-                                          self._candidates(claim_id))
+                                          self._candidates(claim_id), self._layouts.get(compute_task_id(rt.task)))
         path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)

@@ -22,6 +22,13 @@ DOMAIN_CLAIM_ID: Final = b"pol/v1/claim-id"
 DOMAIN_SAMPLE: Final = b"pol/v1/sample"
 DOMAIN_SAMPLE_SEED: Final = b"pol/v1/sample-seed"
 DOMAIN_DATASET: Final = b"pol/v1/dataset"
+DOMAIN_SAMPLE_COUNT: Final = b"pol/v1/sample-count"  # || sample signature: how many segments (§16.2)
+DOMAIN_FORCED_ROOT: Final = b"pol/v1/forced-root"  # || secret || u64le(index): roots of forced errors
+DOMAIN_TRAINING_SEED: Final = b"pol/v1/training-seed"  # || task id || prover key || posting id
+
+# The posting id of offline experiments (`pol prove` without --posting). No SHA-256 output is
+# all zeros in practice, so no ledger posting has this id and the ledger refuses such claims.
+OFFLINE_POSTING_ID: Final = bytes(32)
 
 # Hard limits against oversized input. A checkpoint of a built-in task is far below them.
 MAX_TASK_BYTES: Final = 64 * 1024
@@ -30,6 +37,10 @@ MAX_TENSORS_PER_STATE: Final = 4096
 MAX_TENSOR_ELEMENTS: Final = 1 << 28
 MAX_TOTAL_STEPS: Final = 10_000_000
 MAX_CHECKPOINTS: Final = 100_000
+# Budgets every valid task fits (SPEC.md §18.2): a prover may train and a verifier must accept up to them.
+MAX_STATE_BYTES: Final = 256 * 1024 * 1024  # tensor bytes of one checkpoint (params, optimizer slots, step)
+MAX_SEGMENT_FLOPS: Final = 2 * 10**13  # upper bound on multiply-adds of one segment's replay
+MAX_SAFETENSORS_HEADER: Final = 1024 * 1024  # bytes of a checkpoint file's JSON header
 
 # --- Network layer (SPEC.md network chapter) ---
 DOMAIN_VOTE: Final = b"pol/v1/vote"  # || claim_id || verdict byte: identical for all voters of a verdict
@@ -43,6 +54,7 @@ DOMAIN_GENESIS: Final = b"pol/v1/genesis"  # || canonical genesis document: netw
 VERDICT_REJECT: Final = 0  # for disputes: the dispute failed (the prover's root stands)
 VERDICT_ACCEPT: Final = 1  # for disputes: the dispute is upheld (the prover's root is false)
 
+MILLI: Final = 1000  # per-verifier sample rates are integers in 1/1000 segment
 BPS: Final = 10_000  # basis points: every fraction of money is an integer number of 1/10000
 MAX_VERIFIERS: Final = 1024
 MAX_ACCOUNTS: Final = 65_536

@@ -38,6 +38,8 @@ from .constants import (
 )
 from .encoding import decode_canonical, encode_canonical
 from .errors import GossipIgnore, GossipReject, InvalidInput, InvalidMessage, InvalidProof
+from .economics import compute_claim_bond
+from .forced import ForcedErrorReveal, validate_forced_reveal
 from .genesis import get_field, get_list, get_uint, validate_keys
 from .ledger import (
     CLAIM_PENDING,
@@ -50,6 +52,7 @@ from .ledger import (
     validate_task_posted,
 )
 from .merkle import MerkleProof, compute_root_from_proof
+from .task import compute_task_id, decode_task
 from .state import DTYPES, TensorLeaf, compute_root_from_tensor_proof
 from .vote import (
     MAX_PATH,
@@ -70,7 +73,7 @@ from .vote import (
 )
 
 T = TypeVar("T")
-_TENSOR_NAME = re.compile(r"^[a-z0-9_./-]{1,128}$")  # the same rule as protocol.state
+_TENSOR_NAME = re.compile(r"[a-z0-9_./-]{1,128}")  # the same rule as protocol.state
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,10 @@ class ChunkResponse:
     tensor_proof: MerkleProof  # the tensor's leaf under state_root
 
 
-Message = (TaskPosted | ClaimAnnounced | Vote | DisputeVote | Certificate | DoubleVoteProof
+Message = (TaskPosted | ClaimAnnounced | Vote | DisputeVote | Certificate | DoubleVoteProof | ForcedErrorReveal
            | SyncRequest | SyncResponse | ChunkRequest | ChunkResponse)
-GOSSIP_TYPES = ("task_posted", "claim", "vote", "dispute_vote", "certificate", "double_vote")
+GOSSIP_TYPES = ("task_posted", "claim", "vote", "dispute_vote", "certificate", "double_vote", "forced_reveal")
+MAX_REVEAL_ROOTS = 2048  # real roots in one forced_reveal: 2048 x ~40 bytes stays far below MAX_GOSSIP_BYTES
 STREAM_TYPES = ("sync_request", "sync_response", "chunk_request", "chunk_response")
 
 
@@ -153,6 +157,20 @@ def _parse_claim(doc: Any) -> ClaimAnnounced:
     return ClaimAnnounced(claim, tuple(fetch))
 
 
+def _parse_forced_reveal(doc: Any) -> ForcedErrorReveal:
+    w = "forced_reveal"
+    d = validate_keys(doc, {"claim_id", "secret", "real_roots"}, w, InvalidMessage)
+    pairs = []
+    for item in get_list(d, "real_roots", w, InvalidMessage, MAX_REVEAL_ROOTS):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and 0 <= item[0] < 2**32
+                and isinstance(item[1], bytes) and len(item[1]) == HASH_LEN):
+            raise InvalidMessage("forced_reveal.real_roots holds [index, 32-byte root] pairs")
+        pairs.append((item[0], item[1]))
+    return ForcedErrorReveal(get_field(d, "claim_id", bytes, w, InvalidMessage, HASH_LEN),
+                             get_field(d, "secret", bytes, w, InvalidMessage, HASH_LEN), tuple(pairs))
+
+
 def _parse_sync_request(doc: Any) -> SyncRequest:
     d = validate_keys(doc, {"since", "limit"}, "sync_request", InvalidMessage)
     limit = get_uint(d, "limit", "sync_request", InvalidMessage, maximum=MAX_SYNC_ITEMS)
@@ -173,7 +191,7 @@ def _parse_sync_response(doc: Any) -> SyncResponse:
 
 def _tensor_name(d: dict[str, Any], w: str) -> str:
     name: str = get_field(d, "tensor", str, w, InvalidMessage)
-    if not _TENSOR_NAME.match(name):
+    if not _TENSOR_NAME.fullmatch(name):
         raise InvalidMessage(f"{w}.tensor {name[:40]!r} is not a tensor name")
     return name
 
@@ -214,7 +232,7 @@ def _parse_chunk_response(doc: Any) -> ChunkResponse:
 _PARSERS: dict[str, Callable[[Any], Message]] = {
     "task_posted": _parse_task_posted, "claim": _parse_claim, "vote": parse_vote,
     "dispute_vote": parse_dispute_vote, "certificate": parse_certificate, "double_vote": parse_double_vote,
-    "sync_request": _parse_sync_request, "sync_response": _parse_sync_response,
+    "forced_reveal": _parse_forced_reveal, "sync_request": _parse_sync_request, "sync_response": _parse_sync_response,
     "chunk_request": _parse_chunk_request, "chunk_response": _parse_chunk_response,
 }
 
@@ -235,6 +253,9 @@ def get_message_document(msg: Message) -> dict[str, Any]:
         return {"type": "certificate", "body": get_certificate_document(msg)}
     if isinstance(msg, DoubleVoteProof):
         return {"type": "double_vote", "body": get_double_vote_document(msg)}
+    if isinstance(msg, ForcedErrorReveal):
+        return {"type": "forced_reveal", "body": {"claim_id": msg.claim_id, "secret": msg.secret,
+                                                  "real_roots": [[j, root] for j, root in msg.real_roots]}}
     if isinstance(msg, SyncRequest):
         return {"type": "sync_request", "body": {"since": msg.since, "limit": msg.limit}}
     if isinstance(msg, SyncResponse):
@@ -314,8 +335,12 @@ def _or_reject(fn: Callable[..., T], *args: Any) -> T:
 
 
 def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -> None:
-    # [REJECT] the task decodes, the reward is positive and the requester signed the posting
-    task_id = _or_reject(validate_task_posted, msg)
+    # The checks that need no signature come first: a flood of postings from an unfunded key, or
+    # replays of a posted task, cost one decode each and no pairing.
+    # [REJECT] the task decodes and the reward is positive
+    task_id = _or_reject(lambda: compute_task_id(decode_task(msg.task)))
+    if msg.reward <= 0:
+        raise GossipReject("a task's reward must be positive")
     # [IGNORE] the task is not already posted
     if task_id in state.tasks:
         raise GossipIgnore("task already posted")
@@ -325,6 +350,8 @@ def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -
     # [IGNORE] the requester can pay (our view of balances may lag the sender's)
     if state.balances.get(msg.requester, 0) < msg.reward:
         raise GossipIgnore("requester's balance does not cover the reward")
+    # [REJECT] the requester signed the posting
+    _or_reject(validate_task_posted, msg)
 
 
 def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> Claim:
@@ -345,11 +372,14 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise GossipReject("claim's lengths disagree with its task")
+    # [REJECT] the claim answers the task's posting (SPEC.md §16.3): a run keyed to another is no work for it
+    if body.posting_id != task.posting_id:
+        raise GossipReject("claim answers another posting than the task's")
+    # [IGNORE] the prover can post the bond (before the signature: an unfunded flood costs no pairing)
+    if state.balances.get(body.prover, 0) < compute_claim_bond(task.reward, state.params):
+        raise GossipIgnore("prover's balance does not cover the bond")
     # [REJECT] the prover signed the claim
     _or_reject(validate_claim_signature, claim)
-    # [IGNORE] the prover can post the bond
-    if state.balances.get(body.prover, 0) < state.params.prover_bond:
-        raise GossipIgnore("prover's balance does not cover the bond")
     return claim
 
 
@@ -398,6 +428,17 @@ def validate_gossip_double_vote(msg: DoubleVoteProof, state: LedgerState, now: i
         raise GossipIgnore("equivocation already punished")
 
 
+def validate_gossip_forced_reveal(msg: ForcedErrorReveal, state: LedgerState, now: int) -> None:
+    # [IGNORE] the claim is known and not yet revealed
+    claim = state.claims.get(msg.claim_id)
+    if claim is None:
+        raise GossipIgnore("reveal names a claim we have not seen")
+    if msg.claim_id in state.forced:
+        raise GossipIgnore("forced error already revealed")
+    # [REJECT] the reveal reproduces the claim's commitment
+    _or_reject(validate_forced_reveal, msg, claim.commitment, claim.num_checkpoints)
+
+
 def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: AbstractSet[bytes] = frozenset()) -> Message:
     """Full gossip check of raw bytes; returns the decoded message when it should be relayed."""
     # [REJECT] the message fits the gossip size limit
@@ -420,6 +461,8 @@ def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: Abs
         validate_gossip_certificate(msg, state, now)
     elif isinstance(msg, DoubleVoteProof):
         validate_gossip_double_vote(msg, state, now)
+    elif isinstance(msg, ForcedErrorReveal):
+        validate_gossip_forced_reveal(msg, state, now)
     else:
         # [REJECT] stream messages never travel on gossip
         raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
