@@ -455,11 +455,13 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     j.sab = sab; j.sam = sam; j.sak = sak; j.sbb = sbb; j.sbk = sbk; j.sbn = sbn;
     j.nb = nb; j.M = M; j.K = K; j.N = N; j.t = t; j.tc = tc;
     j.npan = (N + NR - 1) / NR;
-    /* Threads only where the work (about 2 MFLOP per thread at least) outweighs starting them. */
+    /* Threads only where the work (32 MFLOP, about a millisecond, per thread at least) outweighs
+     * starting them: on a busy machine each hand-off waits for the scheduler, so threading many
+     * small products made training steps slower, not faster. */
     double flops = 2.0 * (double)M * (double)N * (double)K * (double)nb;
     if (nth > MAXTH) nth = MAXTH;
     if (nth < 1) nth = 1;
-    while (nth > 1 && flops < 2e6 * nth) nth--;
+    while (nth > 1 && flops < 3.2e7 * nth) nth--;
     j.batch_mode = nb > 1;
     if (j.batch_mode && nth > nb) nth = (int)nb;
     j.nth = nth;

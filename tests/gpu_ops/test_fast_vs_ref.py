@@ -321,11 +321,11 @@ def test_matmul_blocked_threaded_equals_reference(threads: int) -> None:
             got = k.matmul(aa, bb)
             assert got is not None
             assert_same(got, ref.matmul(aa, bb))
-        wide = randn(10, 600, seed=72), randn(600, 900, seed=73)  # few rows: split over panels
+        wide = randn(10, 3000, seed=72), randn(3000, 2000, seed=73)  # few rows: split over panels
         got = k.matmul(*wide)
         assert got is not None
         assert_same(got, ref.matmul(*wide))
-        ab, bb3 = randn(5, 40, 300, seed=74), randn(5, 300, 50, seed=75)  # batched: split over batches
+        ab, bb3 = randn(6, 200, 300, seed=74), randn(6, 300, 160, seed=75)  # batched: split over batches
         got = k.matmul(ab, bb3, transpose_out=True)
         assert got is not None
         assert_same(got, ref.matmul(ab, bb3).transpose(-1, -2).contiguous())
