@@ -364,6 +364,7 @@ class Settlement:
                 continue
             last = self._tried.get(("claim_task", claim_id))
             if last is None or time.monotonic() - last >= RESUBMIT_S:
+                self._tried[("claim_task", claim_id)] = time.monotonic()
                 self.node.spawn(self.submit_claim(info.claim))
 
     async def submit_claim(self, claim: Any) -> TxRecord | None:
