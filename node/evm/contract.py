@@ -128,7 +128,8 @@ class SettlementParams:
     slash_double_vote_bps: int = 5000
     slash_failed_challenge_bps: int = 1000
     challenger_reward_bps: int = 5000
-    slash_unavailable_bps: int = 0
+    slash_unavailable_bps: int = 1000
+    bond_reward_bps: int = 40000  # a claim's bond is max(prover_bond, reward * bond_reward_bps / BPS)
 
     @classmethod
     def from_params(cls, p: Params, min_stake: int = 1, unbonding_delay: int | None = None) -> SettlementParams:
@@ -136,7 +137,8 @@ class SettlementParams:
         return cls(p.challenge_window_s, p.availability_window_s, p.dispute_window_s,
                    life if unbonding_delay is None else unbonding_delay, p.quorum_numerator,
                    p.quorum_denominator, p.prover_bond, min_stake, p.slash_double_vote_bps,
-                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps)
+                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps,
+                   p.bond_reward_bps)
 
     def as_args(self) -> list[int]:
         return [getattr(self, f.name) for f in fields(self)]
