@@ -166,7 +166,7 @@ def act_claim(world: World, task_slot: int, prover_slot: int, forged: bool) -> N
     binding = bls.sign(signer, client.get_claim_binding_message(claim_id, client.account.address))  # type: ignore[union-attr]
     _both(world, lambda s: process_claim(s, claim, now),
           lambda: client.claim_task(body.task_id, claim_id, body.commitment, body.num_checkpoints,
-                                    bls.compute_public_key(key), binding))
+                                    bls.compute_public_key(key), binding, top_up=False))
 
 
 def _certificate(world: World, kind: int, subject: bytes, verdict: int, signers: tuple[int, ...],
