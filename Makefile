@@ -3,13 +3,14 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean anvil soak js-interop
+.PHONY: demo test bench lint clean anvil soak js-interop browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(MAKE) anvil
+	$(MAKE) browser
 	touch $(STAMP)
 
 # The local EVM chain (settlement contract tests, devnet): anvil's npm package, pinned by the lockfile.
@@ -19,6 +20,12 @@ anvil: $(ANVIL_DIR)/node_modules/.installed
 $(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/package-lock.json
 	cd $(ANVIL_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Headless Chromium for the dashboard test (Debian packages; the test skips, saying why, without them).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium not installed: tests/integration/test_dashboard.py will skip its browser check"
 
 # The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
 demo: $(STAMP) anvil

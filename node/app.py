@@ -113,12 +113,22 @@ class Node:
 
         self.worker = Worker(self)
         self.settlement: Any = None  # node.settlement.Settlement when the config names a chain
+        from .events import EventWatcher
+        from .metrics import instrument
+
+        self.metrics = instrument(self)  # wraps handle_message and the worker's replay/fetch on this instance
+        self.watcher = EventWatcher(self)
+        self.loop_alive_at = time.time()
 
     # --- time and identity -----------------------------------------------------------------
 
     def now(self) -> int:
         """Ledger time: whole seconds of the node's clock, passed into the pure functions."""
         return int(time.time())
+
+    def get_name(self, pubkey: bytes) -> str:
+        """Display name of an account: the config's ``[names]``, else a short public key."""
+        return self.config.names.get(pubkey.hex()) or pubkey.hex()[:12]
 
     @property
     def verifier_index(self) -> int | None:
@@ -154,8 +164,13 @@ class Node:
         if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
             await self.settlement_start()
         self.replay_log()
+        from .startup import check_membership, start_http, start_p2p
+
+        if not self.config.rpc_url:  # on a chain, stake lives in the contract (the settlement checks it)
+            check_membership(self)
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
-        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
+        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_host=self.config.listen_host,
+                                        listen_port=self.config.listen_port,
                                         bootstrap=self.config.bootstrap, topics=TOPICS,
                                         max_gossip_bytes=MAX_GOSSIP_BYTES,
                                         request_timeout_s=self.config.fetch_timeout_s,
@@ -167,20 +182,23 @@ class Node:
         self.net.set_request_handler(PROTO_SYNC, self.guard.serving(self._serve_sync))
         self.net.set_request_handler(PROTO_PROOF, self.guard.serving(self.worker.serve_proof))
         self.net.set_request_handler(PROTO_CHUNK, self.guard.serving(self.worker.chunk_server.serve))
-        await self.net.start()
+        await start_p2p(self)
         index = self.verifier_index
         if index is not None and self.genesis.verifiers[index].peer_id != self.net.peer_id:
             log.warning("this node's peer id %s differs from the genesis entry %s", self.net.peer_id,
                         self.genesis.verifiers[index].peer_id)
         runner = web.AppRunner(build_app(self, ensure_api_token(self.config.data_dir)), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.config.http_port)
-        await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("node %s (%s) up: http 127.0.0.1:%d, p2p %s", self.config.role, self.pubkey.hex()[:12],
-                 self.http_port, self.net.listen_addrs)
+        self.http_port = await start_http(self, runner)
+        log.info("node %s (%s) up: http %s:%d, p2p %s", self.config.role, self.pubkey.hex()[:12],
+                 self.config.http_host, self.http_port, self.net.listen_addrs)
         (self.config.data_dir / "ready.json").write_text(encode_canonical({}).hex())  # marker for scripts
-        for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop()):
+        self.watcher.check()  # records the replayed history without announcing it
+        from .events import startup_line
+
+        startup_line(self, f"http://{self.config.http_host}:{self.http_port}/")
+        for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop(),
+                     self.watcher.run()):
             self.spawn(coro)
         if self.settlement is not None:
             self.spawn(self.settlement.run())

@@ -148,11 +148,14 @@ def create(directory: Path, verifiers: int, provers: int, cheaters: int, *, step
         task = devnet_task(j, steps, interval)
         prover.task_id = compute_task_id(task)
         net.tasks.append(task)
+    names = {m.key.public_key.hex(): m.name + (" (cheater)" if m.cheat else "") for m in net.nodes}
+    names[net.requester.public_key.hex()] = "requester"
     for n in net.nodes:
         doc: dict[str, Any] = {
             "role": n.role, "key": f"keys/{n.name}.json", "genesis": "genesis.msgpack", "data_dir": n.name,
             "listen_port": n.p2p_port, "http_port": n.http_port, "log_file": f"{n.name}/node.log",
             "log_level": "INFO", "bootstrap": [v.addr for v in net.verifiers if v is not n],
+            "names": names,
         }
         if n.role == "prover":
             doc.update(prove_tasks=[n.task_id.hex()], cheat=n.cheat)

@@ -1,6 +1,7 @@
 """The node's JSON API on 127.0.0.1 (aiohttp).
 
-GET  /status /peers /tasks /claims /votes /certificates /ledger
+GET  /status /peers /tasks /claims /votes /certificates /ledger /overview
+GET  / (dashboard page)  /metrics (Prometheus text)  /health (readiness; ?live for liveness)
 POST /tasks  {"message": "<hex of an encoded task_posted envelope>"} -> {"result": "accept" | "reject: …"}
 
 Every POST needs ``Authorization: Bearer <token>`` (the token is ``<data_dir>/api_token``, node/auth.py) and
@@ -106,7 +107,8 @@ def build_app(node: "Node", token: str | None = None) -> web.Application:
 
     async def certificates(_: web.Request) -> web.Response:
         return reply({"certificates": [
-            {"kind": "claim" if c.kind == 0 else "dispute", "subject": s.hex(), "verdict": verdict,
+            {"kind": "claim" if c.kind == 0 else "dispute", "subject": s.hex(),
+             "verdict": _verdict_word(c.kind, verdict),
              "signers": list(c.signers)} for (s, verdict), c in node.chain.certificates.items()]})
 
     async def ledger(_: web.Request) -> web.Response:
@@ -169,4 +171,15 @@ def build_app(node: "Node", token: str | None = None) -> web.Application:
         return reply(node.settlement.get_report())
 
     app.router.add_get("/settlement", settlement)
+
+    from .dashboard import add_routes
+
+    add_routes(app, node)  # / (dashboard), /metrics, /health, /overview
     return app
+
+
+def _verdict_word(kind: int, verdict: int) -> str:
+    """Verdicts are words in every JSON answer: accept/reject on claims, upheld/failed on disputes."""
+    if kind == 0:
+        return "accept" if verdict == VERDICT_ACCEPT else "reject"
+    return "upheld" if verdict == VERDICT_ACCEPT else "failed"

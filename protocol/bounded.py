@@ -1,4 +1,4 @@
-"""Parsing with explicit bounds (SPEC.md §17.1): depth and size are checked before a parser runs.
+"""Parsing with explicit bounds (SPEC.md §18.1): depth and size are checked before a parser runs.
 
 The C JSON decoder recurses once per nesting level; with a raised interpreter recursion limit a
 document of 200 KB of brackets overflows the C stack. ``decode_json`` counts the nesting depth

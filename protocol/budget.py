@@ -1,4 +1,4 @@
-"""What a task costs, computed from its spec alone, before anything is allocated (SPEC.md §17.2).
+"""What a task costs, computed from its spec alone, before anything is allocated (SPEC.md §18.2).
 
 ``get_task_cost`` gives the bytes of one training state (parameters, optimizer slots, step) and an
 upper bound on the multiply-adds of one segment. ``validate_task_cost`` compares them with the

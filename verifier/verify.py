@@ -66,7 +66,8 @@ class VerifyReport:
         s = self.num_segments
         esc = {}
         if s and self.sample:
-            for label, c in (("one_segment_faked", 1), ("ten_percent_faked", max(1, s // 10))):
+            # 10% of S segments rounds up to whole segments (at least one), as `pol verify` states.
+            for label, c in (("one_segment_faked", 1), ("ten_percent_faked", min(s, max(1, -(-s // 10))))):
                 esc[label] = float(compute_escape_probability(s, c, len(self.sample)))
         return {
             "verdict": self.verdict,
