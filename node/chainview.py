@@ -31,7 +31,8 @@ from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim
 from protocol.constants import VERDICT_ACCEPT
 from protocol.errors import InvalidInput
-from protocol.genesis import Genesis, VerifierEntry, compute_samples_required
+from protocol.economics import compute_claim_sample_milli
+from protocol.genesis import Genesis, VerifierEntry
 from protocol.ledger import (
     CLAIM_ACCEPTED,
     CLAIM_PAID,
@@ -150,8 +151,7 @@ def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, T
             credit(account, -bond)
             task = task_records[task_id]
             task_records[task_id] = replace(task, status=TASK_CLAIMED, claim_id=claim_id)
-            samples = compute_samples_required(int(a["num_checkpoints"]) - 1, task.reward, bond, verifiers,
-                                               genesis.params)
+            samples = compute_claim_sample_milli(task.reward, bond, verifiers, genesis.params)  # SPEC §16.2
             claims[claim_id] = ClaimRecord(task_id, _b(a["prover_pubkey"]), _b(a["commitment"]),
                                            int(a["num_checkpoints"]), samples, bond, ev.block_time, CLAIM_PENDING)
             extras.claim_accounts[claim_id] = account
