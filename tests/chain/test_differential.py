@@ -94,8 +94,8 @@ def _initial_model(chain: Chain) -> tuple[LedgerState, bytes, tuple[bytes, ...],
     if "diff_model" not in chain.cache:
         requester = get_bls_key("diff-requester")
         provers = tuple(get_bls_key(f"diff-prover-{i}") for i in range(len(PROVER_ACCOUNTS)))
-        verifiers = tuple(VerifierEntry(bls.compute_public_key(sk), bls.compute_pop(sk), stake, f"peer{i}")
-                          for i, (sk, stake) in enumerate(zip(chain.verifier_keys, STAKES)))
+        verifiers = tuple(VerifierEntry(bls.compute_public_key(sk), pop, stake, f"peer{i}")
+                          for i, (sk, pop, stake) in enumerate(zip(chain.verifier_keys, chain.cache["pops"], STAKES)))
         accounts = (Account(bls.compute_public_key(requester), REQUESTER_FUNDS),
                     *(Account(bls.compute_public_key(p), PROVER_FUNDS) for p in provers))
         genesis = Genesis("chain-diff", 1_000, MODEL_PARAMS, verifiers, accounts)

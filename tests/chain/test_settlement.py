@@ -7,7 +7,7 @@ import json
 import pytest
 
 from node.evm.anvil import has_eip2537
-from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, load_artifact
+from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, compute_g1_point, load_artifact
 from protocol import bls
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, compute_subject_message
@@ -50,6 +50,24 @@ def test_registry_views(chain: Chain) -> None:
         assert v.pubkey == bls.compute_public_key(sk) and v.account == chain.accounts[1 + i].address
     registry = c.get_registry()
     assert len(registry.keys) == 3 * len(STAKES) and registry.stakes == STAKES
+    # SPEC.md §16.7 registry hash, computed here from the keys alone (not from the contract's words)
+    from eth_utils import keccak
+    from py_ecc.optimized_bls12_381 import Z1, add
+    from py_ecc.optimized_bls12_381.optimized_curve import normalize
+    from py_ecc.bls.g2_primitives import pubkey_to_G1
+
+    h = b"\x00" * 32
+    apk = Z1
+    for sk, stake in zip(chain.verifier_keys, STAKES):
+        point = compute_g1_point(bls.compute_public_key(sk))
+        x, y = point[16:64], point[80:128]
+        words = (int.from_bytes(x[:16], "big") << 128 | int.from_bytes(y[:16], "big"), int.from_bytes(x[16:], "big"),
+                 int.from_bytes(y[16:], "big"), stake)
+        h = keccak(h + keccak(b"".join(w.to_bytes(32, "big") for w in words)))
+        apk = add(apk, pubkey_to_G1(bls.compute_public_key(sk)))
+    assert bytes(c.contract.functions.registry_hash().call()) == h
+    ax, ay = normalize(apk)
+    assert bytes(c.contract.functions.apk_all().call()) == int(ax).to_bytes(64, "big") + int(ay).to_bytes(64, "big")
     assert_conserved(chain)
 
 
@@ -190,3 +208,31 @@ def test_unbonding_then_withdrawal(chain: Chain) -> None:
     post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
     accept_claim(chain.client, chain.verifier_keys, [0, 1], claim.claim_id)
     assert_conserved(chain)
+
+
+def test_certificate_from_protocol_votes_verifies_on_chain(chain: Chain) -> None:
+    """Votes and their aggregate made by protocol/vote.py and protocol/certificate.py, unchanged."""
+    from protocol.certificate import compute_certificate
+    from protocol.genesis import VerifierEntry
+    from protocol.vote import ClaimContext, compute_vote
+
+    claim = make_claim("protocol-votes")
+    post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
+    ctx = ClaimContext(claim.claim_id, claim.commitment, claim.num_checkpoints, 1)
+    entries = [VerifierEntry(bls.compute_public_key(sk), b"", stake, f"p{i}")
+               for i, (sk, stake) in enumerate(zip(chain.verifier_keys, STAKES))]
+    cert = compute_certificate([compute_vote(chain.verifier_keys[i], ctx) for i in (3, 0, 2)], entries)
+    assert cert.signers == (0, 2, 3)
+    chain.client.submit_certificate(cert.kind, cert.subject, cert.verdict, cert.signers, cert.signature)
+    assert chain.client.get_claim(claim.claim_id).status == "accepted"
+
+
+def test_chain_without_bls_precompiles_is_refused() -> None:
+    from node.evm.anvil import MissingPrecompiles, check_eip2537, find_anvil, start_anvil
+
+    if find_anvil() is None:
+        pytest.skip("anvil is not installed (run `make anvil`)")
+    with start_anvil(extra_args=("--hardfork", "cancun")) as old_chain:
+        assert not has_eip2537(old_chain.url)
+        with pytest.raises(MissingPrecompiles, match="no EIP-2537"):
+            check_eip2537(old_chain.url)
