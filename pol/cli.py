@@ -128,7 +128,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
-    _refuse_resign(Path(args.out), key.public_key, args.force_resign)
     posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
@@ -147,22 +146,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
     }
     _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
     return EXIT_OK
-
-
-def _refuse_resign(out: Path, public_key: bytes, force: bool) -> None:
-    """A finished proof signed by another key is not silently re-signed (it would change the claim id)."""
-    from prover.transcript import ProofDir
-
-    pdir = ProofDir(out)
-    if force or not pdir.claim_file.exists():
-        return
-    try:
-        signer = pdir.read_claim().body.prover
-    except (PolError, OSError, ValueError):
-        return  # an unreadable claim is rewritten by prove() anyway
-    if signer != public_key:
-        raise CliError(f"{out} already holds a finished proof signed by {signer.hex()[:16]}…, not by this key "
-                       f"({public_key.hex()[:16]}…); pass --force-resign to sign it again with this key")
 
 
 def _require_proof_dir(path: Path) -> None:
@@ -482,9 +465,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--keep-step-roots", action="store_true",
                     help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
-
-    pr.add_argument("--force-resign", action="store_true",
-                    help="sign a finished proof again although another key signed it (changes its claim id)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
