@@ -1,0 +1,72 @@
+"""``pol conformance DIR``: an honest proof directory conforms; each kind of damage is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pol.cli import main
+from prover.transcript import ProofDir
+from verifier.conformance import check_conformance
+
+
+def pol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pol.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def failed(path: Path) -> set[str]:
+    return {r.check for r in check_conformance(path).results if not r.ok}
+
+
+def test_honest_directory_conforms_cli(proof_dir: Path) -> None:
+    r = pol("conformance", str(proof_dir), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True
+    assert {c["check"] for c in doc["checks"]} >= {"task", "layout.files", "claim.signature", "transcript.format",
+                                                  "commitment", "init", "checkpoints", "step_roots"}
+
+
+def test_cli_exit_codes_in_process(proof_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["conformance", str(proof_dir / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    ProofDir(proof_dir).step_roots(0).unlink()
+    assert main(["conformance", str(proof_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL layout.step_roots" in out and "does NOT conform" in out
+
+
+def test_transcript_line_not_canonical(proof_dir: Path) -> None:
+    path = ProofDir(proof_dir).transcript_file
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = json.dumps(json.loads(lines[1]), separators=(",", ":")).encode()  # same content, compact
+    path.write_bytes(b"\n".join(lines))
+    assert failed(proof_dir) == {"transcript.format"}
+
+
+def test_checkpoint_metadata_and_step_roots(proof_dir: Path) -> None:
+    pdir = ProofDir(proof_dir)
+    data = bytearray(pdir.checkpoint(2).read_bytes())
+    at = data.index(b'"pol_root":"') + len(b'"pol_root":"')
+    data[at] = ord("0") if data[at] != ord("0") else ord("1")  # metadata names another root; tensors intact
+    pdir.checkpoint(2).write_bytes(bytes(data))
+    seg = pdir.step_roots(1)
+    seg.write_bytes(seg.read_bytes()[:-32])
+    bad = failed(proof_dir)
+    assert bad == {"checkpoints", "step_roots"}, bad
+
+
+def test_tampered_claim_and_missing_checkpoint(proof_dir: Path) -> None:
+    pdir = ProofDir(proof_dir)
+    data = bytearray(pdir.claim_file.read_bytes())
+    data[-1] ^= 1  # flips a signature bit
+    pdir.claim_file.write_bytes(bytes(data))
+    pdir.checkpoint(1).unlink()
+    report = check_conformance(proof_dir)
+    bad = {r.check for r in report.results if not r.ok}
+    assert bad == {"claim", "layout.checkpoints", "checkpoints"}, bad
+    assert not report.ok and "missing [1]" in next(r.detail for r in report.results if r.check == "layout.checkpoints")
