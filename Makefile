@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean vectors
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/bench --benchmark-enable --benchmark-only
+
+# Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.
+vectors: $(STAMP)
+	$(PY) tests/vectors/generate.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
