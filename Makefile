@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean vectors
+.PHONY: demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/bench --benchmark-enable --benchmark-only
 
+.PHONY: vectors
 # Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.
 vectors: $(STAMP)
 	$(PY) tests/vectors/generate.py
