@@ -260,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from node.cli import register as register_node_commands
 
+    from .dataset_cli import register as register_dataset_commands
+
     register_node_commands(sub)
+    register_dataset_commands(sub)
     return p
 
 
