@@ -356,3 +356,22 @@ def test_generator_covers_every_vector_file() -> None:
     assert {p.name for p in VECTORS.glob("*.json")} == set(GENERATORS) | external
     with pytest.raises(InvalidTask):
         parse_task_toml(next(c["toml"] for c in load("tasks.json")["invalid"] if c["name"] == "nan lr"))
+
+
+def test_transformer_step_from_the_text() -> None:
+    """The family a second team could not match before: every op output, gradient and update."""
+    from tests.spec_impl import transformer
+    from tests.vectors.generate import TINY
+
+    expected = load("steps.json")["steps"]["transformer"]
+    doc = _from_json(next(c for c in load("tasks.json")["valid"] if c["toml"] == TINY["transformer"])["normalized"])
+    tokens, vocab = transformer.tokens_of(core.pydoc_text())
+    state = transformer.init_state(doc, vocab)
+    assert state.root().hex() == expected["init_root"]
+    loss, outputs, grads = transformer.train_step(doc, state, tokens)
+    assert words_of(np.float32(loss)) == [expected["loss_f32"]]
+    assert [sha(o.astype("<f4")) for o in outputs] == [r["sha256"] for r in expected["forward"]]
+    assert {k: sha(g.astype("<f4")) for k, g in grads.items()} == expected["param_grads"]
+    assert {f"{s}/{k}": sha(v.astype("<f4")) for s, ts in state.slots.items() for k, v in ts.items()} == \
+        expected["slots_after"]
+    assert state.root().hex() == expected["root_after"]

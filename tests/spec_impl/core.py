@@ -6,6 +6,7 @@ with the project, so a vector that both produce was not merely copied from one o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Any, Sequence
@@ -236,6 +237,7 @@ def dataset_hash(adapter: str, canonical: bytes) -> bytes:
     return sha256(b"pol/v1/dataset" + adapter.encode("ascii") + b"\x00" + canonical)
 
 
+@functools.lru_cache(maxsize=1)
 def digits_table() -> tuple[np.ndarray, np.ndarray]:
     """(pixels u8 [1797, 64], labels u8 [1797]) from scikit-learn's shipped CSV, last column = label."""
     import gzip
@@ -247,6 +249,7 @@ def digits_table() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :64].astype(np.uint8), table[:, 64].astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
 def pydoc_text() -> bytes:
     import pydoc_data.topics as topics
 

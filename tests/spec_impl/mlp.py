@@ -144,11 +144,11 @@ def train_step(task: dict[str, Any], state: MLPState, pixels: np.ndarray, labels
         grads[f"fc{i}.bias"] = ops.exact_sum(dy, 0)
         if i > 0:
             dy = _act_back(cfg["activation"], ops.matmul(dy, w), saved[i - 1])
-    _update(task, state, grads)
+    update(task, state, grads)
     return float(loss), outputs, grads
 
 
-def _update(task: dict[str, Any], state: MLPState, grads: dict[str, np.ndarray]) -> None:
+def update(task: dict[str, Any], state: MLPState, grads: dict[str, np.ndarray]) -> None:
     o = task["optim"]
     names = sorted(grads, key=lambda s: s.encode("ascii"))
     g = {k: grads[k].copy() for k in names}
