@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from protocol.claim import (
 )
 from protocol.errors import InvalidInput, PolError
 from protocol.state import compute_state_root, get_step
-from protocol.task import Task, compute_task_id
+from protocol.task import Task, compute_task_id, get_task_canonical
 
 _CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
 _SEG_RE = re.compile(r"^seg-(\d{6})\.roots$")
@@ -179,6 +180,10 @@ def check_conformance(path: Path) -> ConformanceReport:
     try:
         task = pdir.read_task()
         report.add("task", True, f"task.toml parses; task id {compute_task_id(task).hex()}")
+        raw = tomllib.loads(pdir.task_file.read_text(encoding="utf-8"))
+        normalized = raw == get_task_canonical(task)
+        report.add("task.normalized", normalized, "task.toml holds every key of the normalized task (§3)"
+                   if normalized else "task.toml is not the normalized task: some keys are left to their defaults")
     except (OSError, PolError) as exc:
         report.add("task", False, str(exc))
     _check_layout(report, pdir, task)

@@ -40,6 +40,12 @@ def test_cli_exit_codes_in_process(proof_dir: Path, capsys: pytest.CaptureFixtur
     assert "FAIL layout.step_roots" in out and "does NOT conform" in out
 
 
+def test_task_file_not_normalized(proof_dir: Path) -> None:
+    path = ProofDir(proof_dir).task_file
+    path.write_text(path.read_text().replace("ops_version = 1\n", ""))  # same task id, default left out
+    assert failed(proof_dir) == {"task.normalized"}
+
+
 def test_transcript_line_not_canonical(proof_dir: Path) -> None:
     path = ProofDir(proof_dir).transcript_file
     lines = path.read_bytes().split(b"\n")
