@@ -318,19 +318,31 @@ def test_first_segment_of_builtin_task(name: str) -> None:
     assert roots == expected["step_roots"] and losses == expected["losses_f32"]
 
 
-def test_digits_mlp_segment_from_the_text() -> None:
-    """The whole first segment of the built-in MLP task, by the independent implementation."""
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn", "pydoc-transformer"])
+def test_builtin_task_from_the_text(name: str) -> None:
+    """The built-in tasks by the independent implementation: the whole first segment of the image
+    tasks, the first step of the transformer task (its full size makes each step take seconds here)."""
+    from tests.spec_impl import cnn, transformer
 
-    expected = load("segments.json")["segments"]["digits-mlp"]
-    text = (EXAMPLES / "digits-mlp.toml").read_text()
+    expected = load("segments.json")["segments"][name]
+    text = (EXAMPLES / f"{name}.toml").read_text()
     doc = _from_json(next(c for c in load("tasks.json")["valid"] if c["toml"] == text)["normalized"])
-    pixels, labels = core.digits_table()
-    state = mlp.init_state(doc)
+    if name == "pydoc-transformer":
+        tokens, vocab = transformer.tokens_of(core.pydoc_text())
+        state = transformer.init_state(doc, vocab)
+        steps = 1
+        step = lambda: transformer.train_step(doc, state, tokens)  # noqa: E731
+    else:
+        pixels, labels = core.digits_table()
+        impl: Any = mlp if name == "digits-mlp" else cnn
+        state = impl.init_state(doc)
+        steps = doc["task"]["checkpoint_interval"]
+        step = lambda: impl.train_step(doc, state, pixels, labels)  # noqa: E731
     roots = [state.root().hex()]
-    for _ in range(doc["task"]["checkpoint_interval"]):
-        mlp.train_step(doc, state, pixels, labels)
+    for _ in range(steps):
+        step()
         roots.append(state.root().hex())
-    assert roots == expected["step_roots"]
+    assert roots == expected["step_roots"][:steps + 1]
 
 
 def test_generator_covers_every_vector_file() -> None:

@@ -126,12 +126,18 @@ def exact_sum_group(values: np.ndarray) -> np.float32:
 
 
 def exact_sum(x: np.ndarray, axis: int) -> np.ndarray:
-    """Exact sum along ``axis``: each 1-D slice along it is one group."""
+    """Exact sum along ``axis``: each 1-D slice along it is one group.
+
+    Vectorised with int64: every |q_i| < 2^P and n·2^P ≤ 2^52, so the integer sum cannot overflow
+    (``exact_sum_group`` is the same rule with Python integers)."""
     x = np.asarray(x, dtype=f32)
     moved = np.moveaxis(x, axis, -1)
-    flat = moved.reshape(-1, moved.shape[-1])
-    out = np.array([exact_sum_group(row) for row in flat], dtype=f32)
-    return out.reshape(moved.shape[:-1])
+    n = moved.shape[-1]
+    p = 52 - _ceil_log2(n) if n > 1 else 52
+    e = np.frexp(np.max(np.abs(moved.astype(f64)), axis=-1, keepdims=True))[1].astype(np.int64)
+    q = np.trunc(np.ldexp(moved.astype(f64), p - e)).astype(np.int64)
+    total = q.sum(axis=-1, keepdims=True)
+    return (np.ldexp(total.astype(f64), e - p) + 0.0).astype(f32)[..., 0]
 
 
 def exact_mean_rows(x: np.ndarray) -> np.ndarray:
@@ -140,14 +146,16 @@ def exact_mean_rows(x: np.ndarray) -> np.ndarray:
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact-slice matmul of [M, K] by [K, N] with integer (int64) products and sums."""
+    """Exact-slice matmul of [M, K] by [K, N]: integer products, summed exactly."""
     a = np.asarray(a, dtype=f32)
     b = np.asarray(b, dtype=f32)
     k = a.shape[1]
     t = (53 - _ceil_log2(k)) // 2 if k > 1 else 26
     ea = np.frexp(np.max(np.abs(a.astype(f64)), axis=1))[1].astype(np.int64)
     eb = np.frexp(np.max(np.abs(b.astype(f64)), axis=0))[1].astype(np.int64)
-    ai = np.trunc(np.ldexp(a.astype(f64), (t - ea)[:, None])).astype(np.int64)
-    bi = np.trunc(np.ldexp(b.astype(f64), (t - eb)[None, :])).astype(np.int64)
-    s = (ai @ bi).astype(f64) + 0.0
+    ai = np.trunc(np.ldexp(a.astype(f64), (t - ea)[:, None]))
+    bi = np.trunc(np.ldexp(b.astype(f64), (t - eb)[None, :]))
+    # Integer-valued binary64 operands whose partial sums stay below 2^53: exact in any order
+    # (SPEC.md §10.3), so a binary64 GEMM gives the same integers as int64 arithmetic, faster.
+    s = (ai @ bi) + 0.0
     return np.ldexp(np.ldexp(s, (ea - t)[:, None]), (eb - t)[None, :]).astype(f32)
