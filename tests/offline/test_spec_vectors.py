@@ -61,6 +61,16 @@ def same_f32(got: np.ndarray, expected: list[str]) -> bool:
     return len(g) == len(expected)
 
 
+def test_external_vectors_by_the_independent_implementation() -> None:
+    for case in load("philox4x32_10.json")["cases"]:
+        block = core.philox_block([int(x, 16) for x in case["counter"]], [int(x, 16) for x in case["key"]])
+        assert [f"{w:08x}" for w in block] == case["out"]
+    v = load("msgpack.json")
+    for case in v["cases"]:
+        doc = {k: (bytes.fromhex(x["bin"]) if isinstance(x, dict) else x) for k, x in case["doc"].items()}
+        assert core.pack(doc).hex() == case["hex"]
+
+
 def test_msgpack_edges() -> None:
     v = load("msgpack_edges.json")
     for case in v["cases"]:
