@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gpu_ops import functional as F  # noqa: E402
-from gpu_ops import optim, ref  # noqa: E402
+from gpu_ops import backend, optim, ref  # noqa: E402
 from prover.datasets import load_dataset  # noqa: E402
 from prover.training import Runtime, compute_root, get_state_leaves, init_state, train_step  # noqa: E402
 from protocol import bls  # noqa: E402
@@ -330,9 +330,9 @@ def gen_rng() -> dict[str, Any]:
                 for s, a in ((20261122, 0), (99, 3))]
     perms = []
     for seed, epoch, n in ((5, 0, 1), (5, 0, 2), (5, 0, 10), (5, 1, 10), (20261122, 0, 1797), (20261122, 1, 1797)):
-        p = compute_permutation(seed, epoch, n)
-        perms.append({"seed": seed, "epoch": epoch, "n": n, "first": [int(v) for v in p[:16]],
-                      "sha256_i64le": tensor_hash(p.astype(np.int64))})
+        order = compute_permutation(seed, epoch, n)
+        perms.append({"seed": seed, "epoch": epoch, "n": n, "first": [int(v) for v in order[:16]],
+                      "sha256_i64le": tensor_hash(order.astype(np.int64))})
     masks = []
     for seed, step, site, p, n in ((7, 0, 0, 0.1, 12), (7, 3, 5, 0.5, 8), (4244, 1, 2, 0.25, 10)):
         m = F.dropout_mask(torch.from_numpy(compute_random_u32(seed, STREAM_DROPOUT, step, site, n).astype(np.int64)),
@@ -353,7 +353,7 @@ EDGE = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754942e-38, 1.17549435e-38,
 
 def gen_elementwise() -> dict[str, Any]:
     x = torch.from_numpy(EDGE.copy())
-    with F.backend.use_backend("ref"):
+    with backend.use_backend("ref"):
         outs = {"exp": ref.exp(x), "log": ref.log(x), "tanh": ref.tanh(x), "sqrt": ref.sqrt(x), "gelu": F.gelu(x),
                 "relu": F.relu(x)}
     doc = {name: [("nan" if math.isnan(v) else w) for v, w in zip(t.numpy().tolist(), f32_bits(t.numpy()))]
@@ -469,7 +469,7 @@ def record_step(task: Task) -> dict[str, Any]:
             idx = len(fwd)
             fwd.append({"index": idx, "op": name, "shape": list(out.shape), "sha256": tensor_hash(out)})
             if out.requires_grad:
-                out.register_hook(lambda g, idx=idx: grads.__setitem__(idx, tensor_hash(g)))  # type: ignore[misc]
+                out.register_hook(lambda g, idx=idx: grads.__setitem__(idx, tensor_hash(g)))  # type: ignore[no-untyped-call]
             return out
         return inner
 
@@ -500,7 +500,7 @@ def record_step(task: Task) -> dict[str, Any]:
         for name, fn in saved.items():
             setattr(F, name, fn)
         F.ACTIVATIONS.update(saved_acts)
-        optim.clip_grad_norm, optim.sgd_step, optim.adamw_step = saved_clip, saved_sgd, saved_adamw  # type: ignore
+        optim.clip_grad_norm, optim.sgd_step, optim.adamw_step = saved_clip, saved_sgd, saved_adamw
     update = dict(zip(names, update_grads))
     for rec in fwd:
         rec["grad_sha256"] = grads.get(rec["index"])
