@@ -76,3 +76,19 @@ def test_tampered_claim_and_missing_checkpoint(proof_dir: Path) -> None:
     bad = {r.check for r in report.results if not r.ok}
     assert bad == {"claim", "layout.checkpoints", "checkpoints"}, bad
     assert not report.ok and "missing [1]" in next(r.detail for r in report.results if r.check == "layout.checkpoints")
+
+
+def test_garbage_anywhere_is_a_failed_check_never_a_crash(proof_dir: Path) -> None:
+    pdir = ProofDir(proof_dir)
+    pdir.checkpoint(0).write_bytes(b"\x10" + b"\x00" * 7)  # header length beyond the file
+    pdir.checkpoint(3).write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00[1,2,3]")  # header not an object
+    pdir.step_roots(2).write_bytes(b"")
+    assert failed(proof_dir) == {"checkpoints", "step_roots"}
+    pdir.claim_file.write_bytes(b"\xc1\xff")
+    pdir.transcript_file.write_bytes(b"\xff\xfe{\n")
+    assert {"claim", "transcript.parse"} <= failed(proof_dir)
+    pdir.transcript_file.unlink()
+    (proof_dir / "steps").rename(proof_dir / "steps.old")
+    assert {"layout.files", "layout.step_roots", "transcript.parse"} <= failed(proof_dir)
+    pdir.task_file.write_bytes(b"\xff")
+    assert "task" in failed(proof_dir)
