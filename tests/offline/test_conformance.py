@@ -34,7 +34,10 @@ def test_honest_directory_conforms_cli(proof_dir: Path) -> None:
 def test_cli_exit_codes_in_process(proof_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["conformance", str(proof_dir / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
-    ProofDir(proof_dir).step_roots(0).unlink()
+    ProofDir(proof_dir).step_roots(0).unlink()  # steps/ is optional: a missing file is no failure
+    assert main(["conformance", str(proof_dir)]) == 0
+    assert "conforms to SPEC.md" in capsys.readouterr().out
+    ProofDir(proof_dir).step_roots(99).write_bytes(b"\x00" * 32)  # but not a segment the task lacks
     assert main(["conformance", str(proof_dir)]) == 1
     out = capsys.readouterr().out
     assert "FAIL layout.step_roots" in out and "does NOT conform" in out
@@ -89,6 +92,8 @@ def test_garbage_anywhere_is_a_failed_check_never_a_crash(proof_dir: Path) -> No
     assert {"claim", "transcript.parse"} <= failed(proof_dir)
     pdir.transcript_file.unlink()
     (proof_dir / "steps").rename(proof_dir / "steps.old")
-    assert {"layout.files", "layout.step_roots", "transcript.parse"} <= failed(proof_dir)
+    assert {"transcript.parse"} <= failed(proof_dir)
+    pdir.checkpoint_dir.rename(proof_dir / "checkpoints.old")
+    assert {"layout.files", "layout.checkpoints", "transcript.parse"} <= failed(proof_dir)
     pdir.task_file.write_bytes(b"\xff")
     assert "task" in failed(proof_dir)
