@@ -176,6 +176,13 @@ def _check_step_roots(report: ConformanceReport, pdir: ProofDir, task: Task, roo
                f"{present} files of {k} roots, each ending at its checkpoint root")
 
 
+def _runtime(task: Task, claim: Claim | None) -> Runtime:
+    """The run the claim commits to. Its random streams are keyed as SPEC.md §9 says (the same
+    derivation ``pol verify`` uses); the claim is passed so that a key derived from it applies here too."""
+    del claim  # §9 keys this version's streams by the task seed alone
+    return Runtime.for_task(task)
+
+
 def check_conformance(path: Path) -> ConformanceReport:
     """Run every check on the proof directory at ``path``; never raises on bad content."""
     report = ConformanceReport(str(path))
@@ -217,7 +224,7 @@ def check_conformance(path: Path) -> ConformanceReport:
         except InvalidInput as exc:
             report.add("commitment", False, str(exc))
     try:
-        rt = Runtime.for_task(task)  # a ReplayError (our data is missing) propagates: not the directory's fault
+        rt = _runtime(task, claim)  # a ReplayError (our data is missing) propagates: not the directory's fault
     except InvalidInput as exc:
         report.add("dataset", False, str(exc))
         return report
