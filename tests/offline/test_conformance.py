@@ -49,6 +49,15 @@ def test_task_file_not_normalized(proof_dir: Path) -> None:
     assert failed(proof_dir) == {"task.normalized"}
 
 
+def test_transcript_loss_may_be_any_json_number(proof_dir: Path) -> None:
+    path = ProofDir(proof_dir).transcript_file
+    lines = path.read_bytes().split(b"\n")
+    loss = json.loads(lines[1])["loss"]
+    lines[1] = lines[1].replace(repr(loss).encode(), f"{loss:.20e}".encode())
+    path.write_bytes(b"\n".join(lines))
+    assert failed(proof_dir) == set()
+
+
 def test_transcript_line_not_canonical(proof_dir: Path) -> None:
     path = ProofDir(proof_dir).transcript_file
     lines = path.read_bytes().split(b"\n")
