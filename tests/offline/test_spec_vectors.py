@@ -392,3 +392,13 @@ def test_step_from_the_text(family: str) -> None:
     assert {f"{s}/{k}": sha(v.astype("<f4")) for s, ts in state.slots.items() for k, v in ts.items()} == \
         expected["slots_after"]
     assert state.root().hex() == expected["root_after"]
+
+
+def test_generator_reproduces_the_committed_files() -> None:
+    """The committed vectors are what generate.py writes today (segments.json is checked by
+    test_first_segment_of_builtin_task, which replays the same steps)."""
+    from tests.vectors.generate import GENERATORS
+
+    for name, gen in GENERATORS.items():
+        if name != "segments.json":
+            assert json.dumps(gen(), indent=1, sort_keys=True) + "\n" == (VECTORS / name).read_text(), name
