@@ -3,16 +3,25 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean anvil soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(MAKE) anvil
 	touch $(STAMP)
 
+# The local EVM chain (settlement contract tests, devnet): anvil's npm package, pinned by the lockfile.
+ANVIL_DIR := tools/anvil
+anvil: $(ANVIL_DIR)/node_modules/.installed
+
+$(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/package-lock.json
+	cd $(ANVIL_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
-demo: $(STAMP)
+demo: $(STAMP) anvil
 	.venv/bin/pol devnet --verifiers 4 --provers 2 --cheaters 1
 
 test: $(STAMP)
@@ -20,6 +29,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q tests/bench --benchmark-enable --benchmark-only
+
+# Long randomized runs: model-vs-contract differential sequences (tests/chain).
+soak: $(STAMP)
+	POL_CHAIN_EXAMPLES=200 POL_CHAIN_STEPS=16 $(PY) -m pytest -q tests/chain/test_differential.py
 
 .PHONY: vectors
 # Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.

@@ -32,7 +32,7 @@ _INT = ctypes.c_int
 _F = ctypes.c_float
 _SIGNATURES: dict[str, list[type]] = {
     "exact_sum_axis": [_P, _P, _I, _I, _I, _INT],
-    "exact_mm": [_P, _I, _I, _I, _P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _INT, _INT],
+    "exact_mm": [_P, _I, _I, _I, _P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _INT, _INT, _INT],
     "philox_u32": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, _P],
     "dropout_mask": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, ctypes.c_uint64, _F,
                      _P],
@@ -58,6 +58,9 @@ _SIGNATURES: dict[str, list[type]] = {
     "adamw_step": [_P, _P, _P, _P, _I, _F, _INT, _F, _F, _F, _F, _F, _F, _F],
 }
 
+# Functions that return a status (0 ok, -1 out of memory) instead of nothing.
+_RETURNS_INT = frozenset({"exact_mm"})
+
 _lib: ctypes.CDLL | None = None
 _load_failed = False
 _forced: str | None = None
@@ -73,7 +76,7 @@ def _load() -> ctypes.CDLL | None:
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes = args
-                fn.restype = None
+                fn.restype = ctypes.c_int if name in _RETURNS_INT else None
             _lib = lib
         except Exception as exc:  # noqa: BLE001 - any build/load problem means "use the reference"
             _load_failed = True
@@ -186,9 +189,10 @@ class Kernels:
             c = torch.empty((n, m) if transpose_out else (m, n), dtype=F32)
             if bias is not None and not bias.is_contiguous():
                 bias = bias.contiguous()
-            self.lib.exact_mm(a.data_ptr(), 0, sa[0], sa[1], b.data_ptr(), 0, sb[0], sb[1], c.data_ptr(),
-                              None if bias is None else bias.data_ptr(), 1, m, k, n, _slice_bits(k),
-                              int(transpose_out))
+            if self.lib.exact_mm(a.data_ptr(), 0, sa[0], sa[1], b.data_ptr(), 0, sb[0], sb[1], c.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), 1, m, k, n, _slice_bits(k),
+                                 int(transpose_out), torch.get_num_threads()):
+                raise MemoryError(f"exact_mm: no memory for the packed operands of a [{m}x{k}] @ [{k}x{n}] matmul")
             return c
         if ad < 2 or bd < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
             return None
@@ -206,8 +210,10 @@ class Kernels:
             bias = bias.contiguous()
         # One C call: slice, integer GEMM (exact in any order), unscale (+ bias); any strides.
         sa, sb = a3.stride(), b3.stride()
-        self.lib.exact_mm(_ptr(a3), sa[0], sa[1], sa[2], _ptr(b3), sb[0], sb[1], sb[2], _ptr(c), _ptr(bias), nb, m,
-                          k, n, t, int(transpose_out))
+        # Threads (torch's count) split the work; every element is the same exact integer sum.
+        if self.lib.exact_mm(_ptr(a3), sa[0], sa[1], sa[2], _ptr(b3), sb[0], sb[1], sb[2], _ptr(c), _ptr(bias), nb,
+                             m, k, n, t, int(transpose_out), torch.get_num_threads()):
+            raise MemoryError(f"exact_mm: no memory for {nb} packed [{m}x{k}] @ [{k}x{n}] matmuls")
         return c.reshape(*lead, n, m) if transpose_out else c.reshape(*lead, m, n)
 
     def philox_u32(self, seed: int, stream: int, a: int, b: int, n: int) -> torch.Tensor:

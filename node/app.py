@@ -25,6 +25,7 @@ from protocol.constants import MAX_GOSSIP_BYTES, MAX_SYNC_ITEMS
 from protocol.encoding import encode_canonical
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
 from protocol.genesis import decode_genesis
+from protocol.forced import ForcedErrorReveal
 from protocol.ledger import TaskPosted
 from protocol.messages import (
     ClaimAnnounced,
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS = "/pol/tasks/1", "/pol/claims/1", "/pol/votes/1", "/pol/certs/1"
 TOPICS = (TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS)
 TOPIC_OF: dict[type, str] = {TaskPosted: TOPIC_TASKS, ClaimAnnounced: TOPIC_CLAIMS, Vote: TOPIC_VOTES,
-                             DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS}
+                             DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS,
+                             ForcedErrorReveal: TOPIC_CLAIMS}
 PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/1"
 MAX_SYNC_RESPONSE = 900 * 1024
 MAX_PENDING, PENDING_TTL_S = 2000, 300.0
@@ -87,6 +89,10 @@ class Node:
         self.pubkey = bls.compute_public_key(self.key.bls_secret_key)
         self.genesis = decode_genesis(config.genesis.read_bytes())
         self.chain = ChainState(self.genesis)  # validates the genesis (proofs of possession)
+        if config.rpc_url:  # the contract holds the ledger; gossip is data (node.chainview)
+            from .chainview import ChainBackedState
+
+            self.chain = ChainBackedState(self.genesis)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.data_dir / "node.sqlite")
         self.net: Any = None
@@ -101,6 +107,7 @@ class Node:
         from .work import Worker
 
         self.worker = Worker(self)
+        self.settlement: Any = None  # node.settlement.Settlement when the config names a chain
 
     # --- time and identity -----------------------------------------------------------------
 
@@ -138,6 +145,8 @@ class Node:
         from .http import build_app
         from .p2p import P2PConfig, P2PNetwork
 
+        if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
+            await self.settlement_start()
         self.replay_log()
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
         self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
@@ -163,6 +172,9 @@ class Node:
         (self.config.data_dir / "ready.json").write_text(encode_canonical({}).hex())  # marker for scripts
         for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop()):
             self.spawn(coro)
+        if self.settlement is not None:
+            self.spawn(self.settlement.run())
+            self.settlement.on_view_changed()
         self.worker.resume()
         try:
             await self._stopping.wait()
@@ -174,9 +186,18 @@ class Node:
             await runner.cleanup()
             await self.net.stop()
             self.store.close()
+            if self.settlement is not None:
+                self.settlement.close()
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def settlement_start(self) -> None:
+        """Connect to the settlement chain of the config; ``ChainError`` when it cannot be trusted."""
+        from .settlement import Settlement
+
+        self.settlement = Settlement(self)
+        await self.settlement.start()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -205,7 +226,8 @@ class Node:
                 log.warning("verifier %s signed both verdicts on %s; double-vote proof: %s", proof.verifier.hex()[:12],
                             proof.subject.hex()[:12], result)
                 raise GossipIgnore(f"signer already cast the other verdict (double-vote proof: {result})")
-            msg = validate_gossip_message(data, self.chain.state, now)
+            msg = self.settlement.validate(data, now) if self.settlement is not None else \
+                validate_gossip_message(data, self.chain.state, now)
             self._check_vote_replay(msg)
         except GossipReject as exc:
             self.stats["rejected"] += 1
@@ -270,6 +292,8 @@ class Node:
         self.store.append(compute_message_id(data), get_kind(msg), data, now, wall, source)
         self.stats["accepted"] += 1
         log.info("applied %s (%s)", describe(msg), source)
+        if self.settlement is not None:
+            self.settlement.on_message(msg, source)
         self._after_apply(msg)
         self._pending_event.set()
         return "accept"
@@ -332,6 +356,11 @@ class Node:
                 self.chain.tick(now, wall)
                 self.store.append(None, "tick", b"", now, wall, "local")
                 log.info("deadlines applied at %d: %s", now, self.chain.get_ledger_report()["claims"])
+                # A void claim reopens its task (SPEC.md §16.5): provers may claim it again.
+                for task_id, posting in list(self.chain.postings.items()):
+                    record = self.chain.state.tasks.get(task_id)
+                    if record is not None and record.status == "open":
+                        self.worker.on_task(posting)
 
     async def _pending_loop(self) -> None:
         while True:
@@ -393,7 +422,7 @@ class Node:
 
 def get_kind(msg: Message) -> str:
     return {TaskPosted: "task_posted", ClaimAnnounced: "claim", Vote: "vote", DisputeVote: "dispute_vote",
-            Certificate: "certificate", DoubleVoteProof: "double_vote"}.get(type(msg), type(msg).__name__)
+            Certificate: "certificate", DoubleVoteProof: "double_vote", ForcedErrorReveal: "forced_reveal"}.get(type(msg), type(msg).__name__)
 
 
 def describe(msg: Message) -> str:

@@ -18,6 +18,8 @@ from protocol.claim import Claim, compute_claim_id, decode_claim
 from protocol.constants import VERDICT_ACCEPT
 from protocol.errors import InvalidInput
 from protocol.genesis import Genesis, get_total_stake, get_verifier_index, is_quorum
+from protocol.economics import compute_claim_bond
+from protocol.forced import ForcedErrorReveal
 from protocol.ledger import (
     LedgerState,
     TaskPosted,
@@ -29,6 +31,8 @@ from protocol.ledger import (
     process_reject_vote,
     process_task_posted,
     process_tick,
+    process_forced_reveal,
+    process_lazy_vote,
 )
 from protocol.messages import ClaimAnnounced, Message
 from protocol.task import compute_task_id, decode_task
@@ -90,6 +94,14 @@ class ChainState:
                 info.certified_at, info.certificate_verdict = wall, msg.verdict
         elif isinstance(msg, DoubleVoteProof):
             self.state = process_double_vote(self.state, msg, now)
+        elif isinstance(msg, ForcedErrorReveal):
+            # Every accept vote this node holds on a revealed forced error is checked for laziness (§16.9).
+            self.state = process_forced_reveal(self.state, msg, now)
+            for vote in self.votes.get(msg.claim_id, {}).values():
+                try:
+                    self.state = process_lazy_vote(self.state, vote, now)
+                except InvalidInput as exc:
+                    log.info("vote by %s is no proof of laziness: %s", vote.verifier.hex()[:8], exc)
         else:
             raise TypeError(f"{type(msg).__name__} is not a ledger message")
         self.applied += 1
@@ -163,8 +175,8 @@ class ChainState:
             "certificates": certs,
             "dispute": dispute,
             "reward": task.reward if task else None,
-            "bond": self.state.params.prover_bond,
-            "samples_required": record.samples_required if record else None,
+            "bond": compute_claim_bond(task.reward, self.state.params) if task else None,  # locked at claim
+            "sample_milli": record.sample_milli if record else None,
             "announced_at": info.announced_at,
             "certified_at": info.certified_at,
             "settled_at": info.settled_at,

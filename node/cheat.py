@@ -14,15 +14,18 @@ from prover.prove import prove
 from prover.recommit import perturb_checkpoint, recommit
 from prover.transcript import ProofDir
 from protocol.claim import Claim
+from protocol.constants import OFFLINE_POSTING_ID
 from protocol.task import Task
 
 log = logging.getLogger(__name__)
 TAMPER_MARKER = "tampered"
 
 
-def run_prove(task: Task, out: Path, secret_key: bytes, cheat: str = "") -> Claim:
-    """Prove ``task`` into ``out`` (resuming if possible); with ``cheat="tamper"`` fake one checkpoint."""
-    result = prove(task, out, secret_key)
+def run_prove(task: Task, out: Path, secret_key: bytes, cheat: str = "",
+              posting_id: bytes = OFFLINE_POSTING_ID) -> Claim:
+    """Prove ``task`` for ``posting_id`` into ``out`` (resuming if possible); with ``cheat="tamper"`` fake
+    one checkpoint."""
+    result = prove(task, out, secret_key, posting_id=posting_id)
     if cheat != "tamper":
         return result.claim
     if (out / TAMPER_MARKER).exists():

@@ -29,6 +29,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     d.add_argument("--timeout", type=float, default=150.0, help="seconds until the devnet gives up (default 150)")
     d.add_argument("--keep", action="store_true", help="leave the nodes running until Ctrl-C")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--gossip-ledger", action="store_true",
+                   help="settle by folding gossip into each node's own ledger: a model for tests, NOT for money "
+                        "(default: settle on a local anvil chain)")
     d.set_defaults(func=cmd_devnet)
 
 
@@ -45,7 +48,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(config.log_level)
-    return asyncio.run(_run_node(config))
+    from .onchain import ChainError
+
+    try:
+        return asyncio.run(_run_node(config))
+    except ChainError as exc:  # the node refuses an unusable settlement chain: one line, exit 2
+        logging.getLogger(__name__).error("refusing to start: %s", exc)
+        print(f"pol node: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _run_node(config: Any) -> int:
@@ -65,19 +75,33 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pol-devnet-"))
     started = time.monotonic()
     deadline = started + args.timeout
-    net = None
+    net = chain = None
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     try:
         net = dn.create(directory, args.verifiers, args.provers, args.cheaters, steps=args.steps)
         say(f"devnet in {directory}: {args.verifiers} verifiers, {args.provers} provers ({args.cheaters} cheating)")
+        if args.gossip_ledger:
+            say("settlement: gossip-folded ledgers (a model for tests; NOT for money)")
+        else:
+            from . import devnet_chain as dc
+
+            chain = dc.start_chain(net)
+            setup = dc.register_verifiers(chain, net)
+            say(f"settlement: anvil at {chain.url}, contract {chain.contract} (deploy gas {chain.deploy_gas}); "
+                f"{len(setup)} verifiers staked")
         for node in net.nodes:
             dn.start_node(net, node)
         dn.wait_ready(net, net.nodes, deadline)
         say(f"nodes up after {time.monotonic() - started:.1f} s; posting {len(net.tasks)} tasks")
+        posted = dc.post_tasks_on_chain(chain, net, dn.REWARD, int(time.time()) + 3600) if chain else {}
+        if chain is not None:  # nodes take a task's spec once the chain holds the task
+            dc.wait_tasks_seen(net, posted, deadline)
         dn.post_tasks(net, net.verifiers[0])
         claims = dn.wait_settled(net, net.verifiers[0], deadline)
         dn.wait_consistent(net, min(deadline, time.monotonic() + 15))
         report = build_report(net, claims, time.monotonic() - started)
+        if chain is not None:
+            add_chain_report(report, net, chain, claims, posted, setup)
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
@@ -96,6 +120,43 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     finally:
         if net is not None:
             dn.stop_all(net)
+        if chain is not None:
+            dc.stop_chain(chain)
+
+
+def add_chain_report(report: dict[str, Any], net: Any, chain: Any, claims: list[dict[str, Any]], posted: dict[str, Any],
+                     setup: list[dict[str, Any]]) -> None:
+    """Per claim: each settlement step's transaction and gas, and claim-to-payout latency in block time;
+    per node: the gas of the transactions it sent (the network's cost per claim)."""
+    from . import devnet as dn
+    from . import devnet_chain as dc
+
+    by_id = {c["claim_id"]: c for c in claims}
+    for row in report["claims"]:
+        c = by_id[row["claim"]]
+        steps = [dict(posted[c["task_id"]])] if c["task_id"] in posted else []
+        for t in c.get("chain_txs", []):
+            if t["event"] == "TaskPosted":
+                continue
+            steps.append({"step": t["event"], "tx": t["tx"], "block": t["block"], "gas": dc.get_receipt_gas(chain, t["tx"])})
+        row["chain_steps"] = steps
+        row["gas_total"] = sum(s["gas"] or 0 for s in steps)
+        reg, done = c.get("registered_block_time"), c.get("settled_block_time")
+        row["block_seconds_to_payout"] = None if reg is None or done is None else done - reg
+    gas_by_node: dict[str, Any] = {"requester": sum(s["gas"] for s in posted.values())}
+    reverted = 0
+    for n in net.nodes:
+        try:
+            doc = dn.http_get(n, "/settlement")
+            gas_by_node[n.name] = sum(t["gas_used"] for t in doc["txs"])
+            reverted += doc["reverted_when_mined"]
+        except (OSError, ValueError, KeyError):
+            gas_by_node[n.name] = None
+    total = sum(g for g in gas_by_node.values() if g is not None)
+    report["settlement"] = {"chain": "anvil", "url": chain.url, "contract": chain.contract, "deploy_tx": chain.deploy_tx,
+                            "deploy_gas": chain.deploy_gas, "registrations": setup, "gas_by_node": gas_by_node,
+                            "network_gas_per_claim": total // max(1, len(claims)),
+                            "reverted_when_mined": reverted}
 
 
 def build_report(net: Any, claims: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
@@ -150,6 +211,18 @@ def format_table(report: dict[str, Any]) -> str:
             outcome += f" (dispute seg {r['dispute']['segment']} {r['dispute']['status']})"
         values = [r["claim"][:12] + "…", prover, r["verdict"], r["votes"], cert, outcome, t]
         lines.append("  ".join(str(v).ljust(w) for v, (_, w) in zip(values, cols)))
+        for step in r.get("chain_steps", []):
+            lines.append(f"    {step['step']:<18} tx {step['tx']}  gas {step['gas']}")
+        if "gas_total" in r:
+            lines.append(f"    total gas {r['gas_total']}; claim registered to settled in "
+                         f"{r['block_seconds_to_payout']} s of block time")
+    if "settlement" in report:
+        st = report["settlement"]
+        lines.append(f"settled on chain: contract {st['contract']} at {st['url']}; gas sent per node {st['gas_by_node']}; "
+                     f"network gas per claim {st['network_gas_per_claim']}; transactions that lost a race on chain "
+                     f"{st['reverted_when_mined']}")
+    else:
+        lines.append("settled by gossip-folded ledgers (a model for tests; NOT for money)")
     lines.append(f"(* = cheating prover)  ledgers consistent across verifiers: {report['consistent']}; "
                  f"total money {report['total_money']}; wall time {report['seconds']} s; logs in {report['directory']}")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from typing import Any
 
 from pol.keyfile import KeyFile, generate_keyfile, save_keyfile
 from protocol import bls
+from protocol.constants import MAX_SAMPLES, MILLI
 from protocol.genesis import Account, Genesis, Params, VerifierEntry, encode_genesis
 from protocol.ledger import compute_task_posted
 from protocol.messages import encode_message
@@ -133,7 +134,8 @@ def create(directory: Path, verifiers: int, provers: int, cheaters: int, *, step
     net.requester = generate_keyfile()
     save_keyfile(directory / "keys" / "requester.json", net.requester)
     net.params = Params(challenge_window_s=challenge_window_s, availability_window_s=availability_window_s,
-                        dispute_window_s=availability_window_s, prover_bond=BOND)
+                        dispute_window_s=availability_window_s, prover_bond=BOND,
+                        min_sample_milli=MAX_SAMPLES * MILLI)  # small tasks: every verifier replays everything
     genesis = Genesis(
         network="pol-devnet", genesis_time=int(time.time()) - 60, params=net.params,
         verifiers=tuple(VerifierEntry(n.key.public_key, bls.compute_pop(n.key.bls_secret_key), STAKE, n.peer_id)

@@ -2,6 +2,9 @@
 
 GET  /status /peers /tasks /claims /votes /certificates /ledger
 POST /tasks  {"message": "<hex of an encoded task_posted envelope>"} -> {"result": "accept" | "reject: …"}
+GET  /claims/{claim_id}/claim  the signed claim (canonical msgpack bytes)
+GET  /claims/{claim_id}/model  its final checkpoint (safetensors bytes), if this node holds it; the client
+     checks it against the claim's final_root (``pol fetch-model``)
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from protocol.claim import encode_claim
 from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import InvalidInput
-from protocol.ledger import TaskPosted
+from protocol.ledger import TaskPosted, compute_posting_id
 from protocol.messages import decode_message
 from protocol.task import compute_task_id, decode_task
 
@@ -52,6 +56,7 @@ def build_app(node: "Node") -> web.Application:
             record = node.chain.state.tasks.get(task_id)
             out.append({"task_id": task_id.hex(), "name": decode_task(posting.task).name, "reward": posting.reward,
                         "requester": posting.requester.hex(), "expires_at": posting.expires_at,
+                        "posting_id": compute_posting_id(posting).hex(),
                         "status": record.status if record else None,
                         "claim_id": record.claim_id.hex() if record and record.claim_id else None})
         return reply({"tasks": out})
@@ -93,6 +98,30 @@ def build_app(node: "Node") -> web.Application:
         return web.json_response({"result": result, "task_id": compute_task_id(decode_task(msg.task)).hex()},
                                  status=status_code)
 
+    def _claim_id(request: web.Request) -> bytes:
+        raw = request.match_info["claim_id"]
+        if len(raw) != 64 or any(c not in "0123456789abcdef" for c in raw):
+            raise web.HTTPBadRequest(text="claim id is 64 lowercase hex")
+        claim_id = bytes.fromhex(raw)
+        if claim_id not in node.chain.claims:
+            raise web.HTTPNotFound(text="unknown claim")
+        return claim_id
+
+    async def claim_bytes(request: web.Request) -> web.Response:
+        claim_id = _claim_id(request)
+        return web.Response(body=encode_claim(node.chain.claims[claim_id].claim),
+                            content_type="application/octet-stream")
+
+    async def model(request: web.Request) -> web.StreamResponse:
+        claim_id = _claim_id(request)
+        final = node.chain.claims[claim_id].claim.body.num_checkpoints - 1
+        path = node.worker.local_checkpoint(claim_id, final)
+        if path is None:
+            raise web.HTTPNotFound(text="this node does not hold the final checkpoint of that claim")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    app.router.add_get("/claims/{claim_id}/claim", claim_bytes)
+    app.router.add_get("/claims/{claim_id}/model", model)
     app.router.add_get("/status", status)
     app.router.add_get("/peers", peers)
     app.router.add_get("/tasks", tasks)
@@ -101,4 +130,11 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_get("/certificates", certificates)
     app.router.add_get("/ledger", ledger)
     app.router.add_post("/tasks", post_task)
+
+    async def settlement(_: web.Request) -> web.Response:
+        if node.settlement is None:
+            return reply({"settlement": "gossip model (not for money)"})
+        return reply(node.settlement.get_report())
+
+    app.router.add_get("/settlement", settlement)
     return app

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from prover.checkpoint import write_checkpoint
 from prover.transcript import ProofDir, read_transcript
-from protocol.claim import compute_claim_id, compute_commitment, decode_claim
+from protocol.claim import compute_claim_id, compute_claim_training_seed, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.encoding import decode_canonical, encode_canonical
 from protocol.errors import InvalidInput, InvalidMessage
 from protocol.genesis import get_field, validate_keys
-from protocol.ledger import TASK_OPEN, TaskPosted, get_claim_context
+from protocol.ledger import TASK_OPEN, TaskPosted, compute_posting_id, get_claim_context
 from protocol.merkle import compute_merkle_proof
 from protocol.messages import ClaimAnnounced, decode_message, compute_claim_announced, encode_message
 from protocol.state import get_sorted_leaves
-from protocol.sampling import compute_sample_proof, compute_segment_sample
+from protocol.sampling import compute_sample_proof, compute_verifier_sample
 from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
@@ -142,12 +142,14 @@ class Worker:
         from .cheat import run_prove
 
         node = self.node
-        task = decode_task(node.chain.postings[task_id].task)
+        posting = node.chain.postings[task_id]
+        task = decode_task(posting.task)
         out = node.config.data_dir / "proofs" / task_id.hex()
         log.info("proving task %s (%d steps)%s", task_id.hex()[:12], task.total_steps,
                  f" [cheat: {node.config.cheat}]" if node.config.cheat else "")
         async with self._cpu:
-            claim = await asyncio.to_thread(run_prove, task, out, self.sk, node.config.cheat)
+            claim = await asyncio.to_thread(run_prove, task, out, self.sk, node.config.cheat,
+                                            compute_posting_id(posting))
         claim_id = compute_claim_id(claim.body)
         node.store.put_proof(claim_id, task_id, str(out))
         hints = tuple(node.net.listen_addrs[:1])
@@ -156,14 +158,16 @@ class Worker:
 
     # --- verifier ----------------------------------------------------------------------------
 
-    async def _runtime(self, task: Task) -> Any:
+    async def _runtime(self, task: Task, claim: Any = None) -> Any:
+        """The task's runtime, keyed by ``claim``'s run seed (SPEC.md §9) when a claim is given."""
         task_id = compute_task_id(task)
         async with self._runtime_lock:
             if task_id not in self._runtimes:
                 from prover.training import Runtime
 
                 self._runtimes[task_id] = await asyncio.to_thread(Runtime.for_task, task)
-        return self._runtimes[task_id]
+        rt = self._runtimes[task_id]
+        return rt if claim is None else rt.with_seed(compute_claim_training_seed(claim))
 
     def _deadline(self, claim_id: bytes) -> float:
         record = self.node.chain.state.claims[claim_id]
@@ -209,9 +213,9 @@ class Worker:
         info = node.chain.claims[claim_id]
         ctx = get_claim_context(node.chain.state, claim_id)
         task = decode_task(node.chain.postings[info.claim.body.task_id].task)
-        rt = await self._runtime(task)
-        sample = compute_segment_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
-                                        ctx.samples_required)
+        rt = await self._runtime(task, info.claim)
+        sample = compute_verifier_sample(compute_sample_proof(self.sk, claim_id).signature, ctx.num_segments,
+                                         ctx.sample_milli)
         roots = await self.fetch_roots(claim_id)
         init_root = await asyncio.to_thread(lambda: compute_root(init_state(rt)))
         if roots[0] != init_root:
@@ -221,7 +225,8 @@ class Worker:
             return None
         log.info("claim %s: replaying segments %s of %d", claim_id.hex()[:12], sample, ctx.num_segments)
         evidence = None
-        self.prefetch(claim_id, roots, list(sample), rt)
+        final = ctx.num_segments  # the delivered model: an accept vote needs it fetched and checked
+        self.prefetch(claim_id, roots, list(sample) + [final], rt)
         for s in sample:
             replayed = await self.replay(claim_id, rt, roots, s)
             if replayed != roots[s + 1]:
@@ -230,6 +235,9 @@ class Worker:
                 log.warning("claim %s: segment %d does not replay (claimed %s, got %s)", claim_id.hex()[:12], s,
                             roots[s + 1].hex()[:12], replayed.hex()[:12])
                 break
+        if evidence is None:
+            # Raises FetchFailed/ChunkFetchFailed while the final state is unavailable: no accept vote.
+            await self.fetch_checkpoint(claim_id, final, roots[final], rt)
         return compute_vote(self.sk, ctx, evidence)
 
     async def resolve_dispute(self, dispute_id: bytes) -> None:
@@ -242,7 +250,7 @@ class Worker:
             if node.chain.state.disputes[dispute_id].status != "open":
                 return
             try:
-                rt = await self._runtime(task)
+                rt = await self._runtime(task, info.claim)
                 roots = await self.fetch_roots(claim_id)
                 replayed = await self.replay(claim_id, rt, roots, s)
                 break

@@ -4,7 +4,7 @@
 >>> from pol import api
 >>> pdir = api.open_proof(Path("proof"))                           # doctest: +SKIP
 >>> task, claim, entries = api.load_transcript(pdir)                # doctest: +SKIP
->>> rt = api.runtime(task)                                          # doctest: +SKIP
+>>> rt = api.runtime(task, claim)                                         # doctest: +SKIP
 >>> state = api.load_state(rt, pdir, 3, entries[3].root)            # doctest: +SKIP
 >>> api.replay_segment(rt, state, 3, entries[4].root).ok            # doctest: +SKIP
 True
@@ -19,7 +19,7 @@ from prover.prove import prove
 from prover.recommit import recommit
 from prover.training import Runtime, TrainState, compute_root, get_state_leaves, init_state, train_step
 from prover.transcript import ProofDir, TranscriptEntry, read_transcript
-from protocol.claim import Claim, compute_claim_id, compute_commitment, decode_claim, encode_claim
+from protocol.claim import Claim, compute_claim_id, compute_claim_training_seed, compute_commitment, decode_claim, encode_claim
 from protocol.merkle import MerkleProof, compute_merkle_proof, compute_merkle_root, validate_merkle_proof
 from protocol.state import (
     TensorLeaf,
@@ -51,6 +51,9 @@ def load_transcript(pdir: ProofDir) -> tuple[Task, Claim, list[TranscriptEntry]]
     return task, pdir.read_claim(), read_transcript(pdir, task)
 
 
-def runtime(task: Task) -> Runtime:
-    """Data, model and parameter layout of a task (checks the dataset hash)."""
-    return Runtime.for_task(task)
+def runtime(task: Task, claim: Claim | None = None) -> Runtime:
+    """Data, model and parameter layout of a task (checks the dataset hash), keyed by the claim's
+    run seed (SPEC.md §9); without a claim, by the bare task seed."""
+    if claim is None:
+        return Runtime.for_task(task)
+    return Runtime.for_task(task, compute_claim_training_seed(claim))

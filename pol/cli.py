@@ -58,6 +58,54 @@ def _read_task(path: str) -> Any:
         raise CliError(f"task file {path} does not exist") from None
 
 
+def _read_posting_id(value: str, task: Any) -> bytes:
+    """``--posting``: a 64-hex posting id, or a file holding one or an encoded ``task_posted`` message
+    (binary or hex) of this task; ``offline`` is the offline id that no ledger accepts (SPEC.md §9)."""
+    from protocol.constants import OFFLINE_POSTING_ID
+    from protocol.errors import InvalidInput
+    from protocol.ledger import TaskPosted, compute_posting_id
+    from protocol.messages import decode_message
+    from protocol.task import compute_task_id, decode_task
+
+    if value == "offline":
+        return OFFLINE_POSTING_ID
+    raw: bytes = value.encode()
+    if not _is_hex(value, 64):
+        try:
+            raw = Path(value).read_bytes().strip()
+        except FileNotFoundError:
+            raise CliError(f"--posting {value!r} is neither a 64-hex posting id nor an existing file") from None
+    text = raw.decode("ascii", "replace")
+    if _is_hex(text, 64):
+        return bytes.fromhex(text)
+    if _is_hex(text):
+        raw = bytes.fromhex(text)
+    try:
+        msg = decode_message(raw)
+    except InvalidInput as exc:
+        raise CliError(f"--posting {value}: not a posting id or an encoded task_posted message ({exc})") from None
+    if not isinstance(msg, TaskPosted):
+        raise CliError(f"--posting {value}: the message is not a task posting")
+    if compute_task_id(decode_task(msg.task)) != compute_task_id(task):
+        raise CliError(f"--posting {value}: the posting is for another task")
+    return compute_posting_id(msg)
+
+
+def _is_hex(text: str, length: int | None = None) -> bool:
+    if length is not None and len(text) != length:
+        return False
+    return len(text) % 2 == 0 and len(text) > 0 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _resolve_task_id(value: str) -> bytes:
+    """``--task``: a 64-hex task id, a task TOML file or a built-in task name."""
+    from protocol.task import compute_task_id
+
+    if _is_hex(value, 64):
+        return bytes.fromhex(value)
+    return compute_task_id(_read_task(value))
+
+
 def cmd_prove(args: argparse.Namespace) -> int:
     from prover.prove import prove
     from protocol.task import compute_task_id
@@ -67,10 +115,12 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
+    posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
-        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update)
+        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id)
     doc = {
         "task_id": compute_task_id(task).hex(),
+        "posting_id": posting_id.hex(),
         "claim_id": result.claim_id.hex(),
         "commitment": result.claim.body.commitment.hex(),
         "final_root": result.claim.body.final_root.hex(),
@@ -95,9 +145,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     path = Path(args.dir)
     if not path.is_dir():
         raise CliError(f"{path} is not a directory")
+    expected_task = _resolve_task_id(args.task) if args.task else None
+    expected_posting = None
+    if args.posting:
+        expected_posting = _read_posting_id(args.posting, _read_task(args.task)) if args.task and not _is_hex(
+            args.task, 64) else _read_posting_id_only(args.posting)
     report = verify_dir(path, segments=segments, secret_key=key,
-                        on_segment=None if args.json else segment_printer())
+                        on_segment=None if args.json else segment_printer(), expected_task_id=expected_task,
+                        expected_posting_id=expected_posting)
     doc = report.to_json()
+    # What was verified comes first: a verdict means nothing without the task it is about.
+    head = (f"task {doc['task_id']} ({doc['task_name']}): {doc['total_steps']} steps, checkpoint interval "
+            f"{doc['checkpoint_interval']}, {doc['num_segments']} segments")
+    if report.task_id is None:
+        head = "task: unreadable"
     if report.verdict == ACCEPT:
         text = f"ACCEPT claim {doc['claim_id']}\nreplayed segments {doc['sample']} of {doc['num_segments']}"
         esc = doc["escape_probability"]
@@ -105,8 +166,100 @@ def cmd_verify(args: argparse.Namespace) -> int:
             text += "\n" + ", ".join(f"escape if {k.replace('_', ' ')}: {v:.3g}" for k, v in esc.items())
     else:
         text = f"REJECT: check '{report.failed_check}' failed\n{report.reason}"
-    _emit(args, doc, text)
+    _emit(args, doc, head + "\n" + text)
     return EXIT_OK if report.verdict == ACCEPT else EXIT_REJECT
+
+
+def _read_posting_id_only(value: str) -> bytes:
+    """``--posting`` without a task file to check a posting message against: an id or an id file."""
+    from protocol.constants import OFFLINE_POSTING_ID
+
+    if value == "offline":
+        return OFFLINE_POSTING_ID
+    text = value if _is_hex(value, 64) else Path(value).read_text(encoding="ascii", errors="replace").strip()
+    if not _is_hex(text, 64):
+        raise CliError("--posting without a --task file takes a 64-hex posting id (or a file holding one)")
+    return bytes.fromhex(text)
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from prover.checkpoint import MAX_CHECKPOINT_BYTES
+    from prover.model import export_model, read_final_from_dir
+    from protocol.claim import decode_claim
+    from protocol.constants import MAX_CLAIM_BYTES
+
+    expected = None
+    if args.claim:
+        if not _is_hex(args.claim, 64):
+            raise CliError("--claim takes a 64-hex claim id")
+        expected = bytes.fromhex(args.claim.lower())
+    if args.source.startswith(("http://", "https://")):
+        if expected is None:
+            raise CliError("fetching from a node needs --claim ID (the claim the ledger paid for)")
+        base = args.source.rstrip("/") + f"/claims/{expected.hex()}"
+
+        def get(what: str, limit: int) -> bytes:
+            try:
+                with urllib.request.urlopen(f"{base}/{what}", timeout=args.timeout) as resp:
+                    data = bytes(resp.read(limit + 1))  # a node cannot make us read without end
+                    if len(data) > limit:
+                        raise CliError(f"{base}/{what}: the node sent more than {limit} bytes")
+                    return data
+            except urllib.error.HTTPError as exc:
+                raise CliError(f"{base}/{what}: HTTP {exc.code} {exc.read()[:200].decode(errors='replace')}") from None
+            except (urllib.error.URLError, TimeoutError) as exc:
+                raise CliError(f"{base}/{what}: {exc}") from None
+
+        claim, checkpoint = decode_claim(get("claim", MAX_CLAIM_BYTES)), get("model", MAX_CHECKPOINT_BYTES)
+    else:
+        path = Path(args.source)
+        if not path.is_dir():
+            raise CliError(f"{path} is neither a proof directory nor an http:// node URL")
+        claim, checkpoint = read_final_from_dir(path)
+    if args.task and claim.body.task_id != _resolve_task_id(args.task):
+        raise CliError(f"the claim is for task {claim.body.task_id.hex()}, not the task asked for")
+    result = export_model(claim, checkpoint, Path(args.out), expected)
+    doc = {"claim_id": result.claim_id.hex(), "task_id": result.task_id.hex(), "final_root": result.final_root.hex(),
+           "step": result.step, "tensors": result.tensors, "parameters": result.parameters, "out": args.out,
+           "bytes": result.bytes_written}
+    _emit(args, doc, f"model of claim {doc['claim_id']} (task {doc['task_id']}, step {result.step}) checked "
+                     f"against final root {doc['final_root']}\nwrote {args.out}: {result.tensors} tensors, "
+                     f"{result.parameters} parameters")
+    return EXIT_OK
+
+
+def cmd_economics(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from protocol.economics import SamplingImpossible
+    from protocol.errors import InvalidGenesis
+    from protocol.genesis import Params, validate_params
+
+    from .economics import compute_table, draw_plot, format_table, get_row_document
+
+    overrides = {k: v for k, v in (("deterrence_bps", args.deterrence_bps), ("bond_reward_bps", args.bond_reward_bps),
+                                   ("prover_bond", args.prover_bond), ("min_sample_milli", args.min_sample_milli))
+                 if v is not None}
+    params = dataclasses.replace(Params(), **overrides)
+    if min(args.verifiers) < 1 or min(args.segments) < 1 or args.reward < 1:
+        raise CliError("--verifiers, --segments and --reward must be positive")
+    try:
+        validate_params(params)
+        rows = compute_table(args.verifiers, args.segments, args.reward, params)
+    except (InvalidGenesis, SamplingImpossible) as exc:
+        raise CliError(f"these parameters cannot deter fakes: {exc}") from None
+    doc: dict[str, Any] = {"params": dataclasses.asdict(params), "reward": args.reward,
+                           "rows": [get_row_document(r) for r in rows]}
+    text = format_table(rows, params)
+    if args.plot:
+        draw_plot(Path(args.plot), args.verifiers, args.reward, params)
+        doc["plot"] = args.plot
+        text += f"\nwrote {args.plot}"
+    _emit(args, doc, text)
+    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -128,6 +281,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "complete": claim is not None,
         "claim_id": compute_claim_id(claim.body).hex() if claim else None,
         "prover": claim.body.prover.hex() if claim else None,
+        "posting_id": claim.body.posting_id.hex() if claim else None,
         "commitment": claim.body.commitment.hex() if claim else None,
         "final_root": claim.body.final_root.hex() if claim else None,
         "checkpoints": [{"index": e.index, "step": e.step, "root": e.root.hex(), "loss": e.loss} for e in entries],
@@ -181,6 +335,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "shapes", "builtin") == "large":
+        from gpu_ops.bench_shapes import format_large, run_large
+
+        res = run_large(_positive_int(str(args.steps), "--steps"), args.threads)
+        _emit(args, res, format_large(res) + "\n(CPU-time medians, sides interleaved; det/nat = deterministic / native "
+              "fp32, floor r = deterministic / native fp64 (DGEMM), root = state-root hashing share of the det step)")
+        return EXIT_OK
     from gpu_ops.bench import format_table, run_bench
 
     res = run_bench(args.tasks or None, _positive_int(str(args.steps), "--steps"), args.threads)
@@ -217,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("task", help="task TOML file, or the name of a built-in task (e.g. digits-mlp)")
     pr.add_argument("--out", required=True, help="proof directory (created; rerun to resume)")
     pr.add_argument("--key", required=True, help="key file that signs the claim")
+    pr.add_argument("--posting", default="offline",
+                    help="the task posting the claim answers: 64-hex posting id, or a file with the id or the "
+                         "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
+                         "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
@@ -225,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--segments", default="4", help="number of segments to replay, or 'all' (default 4)")
     v.add_argument("--key", help="verifier key file; the sample derives from its signature (default: ephemeral)")
+    v.add_argument("--task", help="the task you asked for (TOML file, 64-hex task id or built-in name): a proof of "
+                                  "any other task is rejected (default: trust DIR/task.toml and print what it is)")
+    v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
@@ -234,6 +402,28 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_audit)
+
+    fm = sub.add_parser("fetch-model", help="download the trained model of a claim, check it against the claim's "
+                                            "final root and write a plain safetensors file (parameters, torch names)")
+    fm.add_argument("source", help="a proof directory, or a node's HTTP API URL (e.g. http://127.0.0.1:8701)")
+    fm.add_argument("--claim", help="64-hex id of the claim (required with a URL; checked with a directory)")
+    fm.add_argument("--task", help="also require the claim to be for this task (file, 64-hex id or built-in name)")
+    fm.add_argument("--out", required=True, help="safetensors file to write (loadable by safetensors.torch.load_file)")
+    fm.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds (default 60)")
+    fm.add_argument("--json", action="store_true")
+    fm.set_defaults(func=cmd_fetch_model)
+
+    ec = sub.add_parser("economics", help="verification cost and cheating loss for given parameters (SPEC §16.2)")
+    ec.add_argument("--verifiers", type=int, nargs="+", default=[4, 16, 64], help="network sizes (default 4 16 64)")
+    ec.add_argument("--segments", type=int, nargs="+", default=[100, 1000, 10_000], help="segments per claim")
+    ec.add_argument("--reward", type=int, default=1000, help="task reward (default 1000)")
+    ec.add_argument("--deterrence-bps", type=int, help="deterrence D in basis points (default 30000: 3x)")
+    ec.add_argument("--bond-reward-bps", type=int, help="bond as a share of the reward, in bps (default 40000)")
+    ec.add_argument("--prover-bond", type=int, help="minimum bond (default 1000)")
+    ec.add_argument("--min-sample-milli", type=int, help="floor on samples per verifier, in 1/1000 (default 0)")
+    ec.add_argument("--plot", help="also draw the cost/security chart to this PNG file")
+    ec.add_argument("--json", action="store_true")
+    ec.set_defaults(func=cmd_economics)
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")
@@ -255,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", nargs="*", help="built-in task names (default: all)")
     b.add_argument("--steps", type=int, default=20, help="timed steps per task and mode (default 20)")
     b.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default 1)")
+    b.add_argument("--shapes", choices=("builtin", "large"), default="builtin",
+                   help="builtin: the built-in tasks; large: MLP 784-1024-1024-10, a d=256 transformer block, "
+                        "a 32->64 conv and a 2048 exact matmul (det vs native fp32 vs native fp64)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
@@ -264,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_node_commands(sub)
     register_dataset_commands(sub)
+    from .chain_cli import register as register_chain_commands
+
+    register_chain_commands(sub)
     return p
 
 
@@ -272,11 +468,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .chain_cli import ChainCliError
     from .keyfile import KeyFileError
 
     try:
         return int(args.func(args))
-    except (CliError, KeyFileError, PolError, OSError) as exc:
+    except (CliError, KeyFileError, ChainCliError, PolError, OSError) as exc:
         kind = type(exc).__name__
         print(f"pol: error: {exc} [{kind}]", file=sys.stderr)
         return EXIT_ERROR

@@ -19,12 +19,14 @@ from .constants import (
     DOMAIN_CLAIM_ID,
     HASH_LEN,
     MAX_CLAIM_BYTES,
+    OFFLINE_POSTING_ID,
     SPEC_VERSION,
     Digest,
 )
 from .encoding import decode_canonical, encode_canonical
 from .errors import DecodeError, InvalidClaim
 from .merkle import compute_merkle_root
+from .rng import compute_training_seed
 from .task import Task
 
 
@@ -37,6 +39,8 @@ class ClaimBody:
     num_checkpoints: int
     total_steps: int
     checkpoint_interval: int
+    # Hash of the task posting this claim answers (SPEC.md §16.3); keys the run's randomness (§9).
+    posting_id: bytes = OFFLINE_POSTING_ID
     version: int = SPEC_VERSION
 
 
@@ -56,6 +60,7 @@ def get_claim_body_document(body: ClaimBody) -> dict[str, Any]:
         "num_checkpoints": body.num_checkpoints,
         "total_steps": body.total_steps,
         "checkpoint_interval": body.checkpoint_interval,
+        "posting_id": body.posting_id,
     }
 
 
@@ -75,9 +80,11 @@ def compute_commitment(checkpoint_roots: Sequence[bytes]) -> Digest:
     return compute_merkle_root(list(checkpoint_roots))
 
 
-def compute_claim_body(task: Task, task_id: bytes, prover: bytes, checkpoint_roots: Sequence[bytes]) -> ClaimBody:
+def compute_claim_body(task: Task, task_id: bytes, prover: bytes, checkpoint_roots: Sequence[bytes],
+                       posting_id: bytes = OFFLINE_POSTING_ID) -> ClaimBody:
     """The claim body committing to ``checkpoint_roots`` (r_0 .. r_S, in step order) of ``task``."""
     return ClaimBody(
+        posting_id=posting_id,
         task_id=task_id,
         prover=prover,
         commitment=compute_commitment(checkpoint_roots),
@@ -112,7 +119,7 @@ def decode_claim(data: bytes) -> Claim:
     if not isinstance(b, dict):
         raise DecodeError("claim body must be a map")
     expected = {"version", "task_id", "prover", "commitment", "final_root", "num_checkpoints",
-                "total_steps", "checkpoint_interval"}
+                "total_steps", "checkpoint_interval", "posting_id"}
     if set(b) != expected:
         raise InvalidClaim(f"claim body keys {sorted(b)} differ from {sorted(expected)}")
     body = ClaimBody(
@@ -124,6 +131,7 @@ def decode_claim(data: bytes) -> Claim:
         num_checkpoints=_field(b, "num_checkpoints", int),
         total_steps=_field(b, "total_steps", int),
         checkpoint_interval=_field(b, "checkpoint_interval", int),
+        posting_id=_field(b, "posting_id", bytes, HASH_LEN),
     )
     if body.version != SPEC_VERSION:
         raise InvalidClaim(f"claim version {body.version} is not supported (expected {SPEC_VERSION})")
@@ -137,6 +145,11 @@ def compute_signed_claim(secret_key: bytes, body: ClaimBody) -> Claim:
 def validate_claim_signature(claim: Claim) -> None:
     bls.validate_signature(claim.body.prover, compute_claim_signing_message(claim.body), claim.signature,
                            "claim signature")
+
+
+def compute_claim_training_seed(claim: Claim) -> int:
+    """The Philox key of the run this claim commits to (SPEC.md §9): task id, prover, posting."""
+    return compute_training_seed(claim.body.task_id, claim.body.prover, claim.body.posting_id)
 
 
 def validate_claim_against_task(claim: Claim, task: Task, task_id: bytes) -> None:

@@ -22,6 +22,13 @@ DOMAIN_CLAIM_ID: Final = b"pol/v1/claim-id"
 DOMAIN_SAMPLE: Final = b"pol/v1/sample"
 DOMAIN_SAMPLE_SEED: Final = b"pol/v1/sample-seed"
 DOMAIN_DATASET: Final = b"pol/v1/dataset"
+DOMAIN_SAMPLE_COUNT: Final = b"pol/v1/sample-count"  # || sample signature: how many segments (§16.2)
+DOMAIN_FORCED_ROOT: Final = b"pol/v1/forced-root"  # || secret || u64le(index): roots of forced errors
+DOMAIN_TRAINING_SEED: Final = b"pol/v1/training-seed"  # || task id || prover key || posting id
+
+# The posting id of offline experiments (`pol prove` without --posting). No SHA-256 output is
+# all zeros in practice, so no ledger posting has this id and the ledger refuses such claims.
+OFFLINE_POSTING_ID: Final = bytes(32)
 
 # Hard limits against oversized input. A checkpoint of a built-in task is far below them.
 MAX_TASK_BYTES: Final = 64 * 1024
@@ -43,6 +50,7 @@ DOMAIN_GENESIS: Final = b"pol/v1/genesis"  # || canonical genesis document: netw
 VERDICT_REJECT: Final = 0  # for disputes: the dispute failed (the prover's root stands)
 VERDICT_ACCEPT: Final = 1  # for disputes: the dispute is upheld (the prover's root is false)
 
+MILLI: Final = 1000  # per-verifier sample rates are integers in 1/1000 segment
 BPS: Final = 10_000  # basis points: every fraction of money is an integer number of 1/10000
 MAX_VERIFIERS: Final = 1024
 MAX_ACCOUNTS: Final = 65_536

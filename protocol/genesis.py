@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from . import bls
@@ -29,11 +28,11 @@ from .constants import (
     MAX_GENESIS_BYTES,
     MAX_PEER_ID_LEN,
     MAX_SAMPLES,
+    MILLI,
     MAX_VERIFIERS,
     SPEC_VERSION,
     Digest,
 )
-from .detection import compute_break_even_escape
 from .encoding import decode_canonical, encode_canonical
 from .errors import DecodeError, InvalidGenesis, InvalidInput
 
@@ -93,10 +92,11 @@ class Params:
     slash_double_vote_bps: int = 5000  # of the equivocating verifier's stake, burned
     slash_failed_challenge_bps: int = 1000  # of the challenger's stake, burned
     challenger_reward_bps: int = 5000  # of a slashed prover bond, paid to the challenger; rest burned
-    slash_unavailable_bps: int = 0  # of the bond of a prover whose claim went void, burned
-    target_escape_numerator: int = 1  # target probability that a one-segment fake escapes one verifier
-    target_escape_denominator: int = 1000
-    min_samples: int = 1
+    slash_unavailable_bps: int = 1000  # of the bond of a prover whose claim went void, burned
+    deterrence_bps: int = 30000  # expected penalty of any fake >= this x its largest saving (§16.2)
+    bond_reward_bps: int = 40000  # a claim's bond is at least this share of the task's reward
+    min_sample_milli: int = 0
+    slash_lazy_bps: int = 2000  # of a verifier's stake, burned when it accepted a revealed forced error  # floor on the mean segments per verifier, in 1/1000 (devnets: replay all)
 
 
 @dataclass(frozen=True)
@@ -188,13 +188,17 @@ def validate_params(params: Params) -> None:
     if not (den > 0 and 2 * num > den and num <= den):
         raise InvalidGenesis(f"quorum {num}/{den} must be in (1/2, 1]")
     for key in ("slash_double_vote_bps", "slash_failed_challenge_bps", "challenger_reward_bps",
-                "slash_unavailable_bps"):
+                "slash_unavailable_bps", "slash_lazy_bps"):
         if not 0 <= getattr(params, key) <= BPS:
             raise InvalidGenesis(f"{key} must be in [0, {BPS}]")
-    if not 0 < params.target_escape_numerator < params.target_escape_denominator:
-        raise InvalidGenesis("target escape probability must be in (0, 1)")
-    if not 1 <= params.min_samples <= MAX_SAMPLES:
-        raise InvalidGenesis(f"min_samples must be in [1, {MAX_SAMPLES}]")
+    if params.deterrence_bps < BPS:
+        raise InvalidGenesis("deterrence_bps must be at least BPS: a penalty below the saving invites fakes")
+    # Sampling can meet deterrence D only if bond >= (D - 1) x reward (SPEC.md §16.2): refuse a genesis
+    # whose bond rule cannot, rather than cap the samples silently later.
+    if params.bond_reward_bps < params.deterrence_bps - BPS:
+        raise InvalidGenesis("bond_reward_bps must be >= deterrence_bps - BPS, or no sample rate deters fakes")
+    if not 0 <= params.min_sample_milli <= MAX_SAMPLES * MILLI:
+        raise InvalidGenesis(f"min_sample_milli must be in [0, {MAX_SAMPLES * MILLI}]")
     if params.prover_bond <= 0:
         raise InvalidGenesis("prover_bond must be positive: an unbonded prover risks nothing by cheating")
     for key in ("challenge_window_s", "availability_window_s", "dispute_window_s"):
@@ -255,12 +259,6 @@ def is_quorum(signed_stake: int, total_stake: int, params: Params) -> bool:
     return signed_stake * params.quorum_denominator >= total_stake * params.quorum_numerator
 
 
-def compute_target_escape(reward: int, bond: int, params: Params) -> Fraction:
-    """``min(target, bond / (bond + reward))``: the escape probability a claim must not exceed."""
-    target = Fraction(params.target_escape_numerator, params.target_escape_denominator)
-    return min(target, compute_break_even_escape(bond, reward))
-
-
 def compute_min_honest_signers(verifiers: Sequence[VerifierEntry], params: Params) -> int:
     """Fewest honest verifiers that every certificate must contain.
 
@@ -277,44 +275,3 @@ def compute_min_honest_signers(verifiers: Sequence[VerifierEntry], params: Param
         if covered * den > (2 * num - den) * total:
             return count
     return max(1, len(stakes))
-
-
-def compute_samples_required(
-    num_segments: int, reward: int, bond: int, verifiers: Sequence[VerifierEntry], params: Params
-) -> int:
-    """Segments each verifier must replay for a claim (SPEC.md §N.2).
-
-    The hardest fraud to catch fakes a single segment; one verifier replaying m distinct
-    segments of S misses it with probability ``C(S-1, m)/C(S, m) = (S - m)/S``. Every
-    certificate contains at least ``k = compute_min_honest_signers`` honest verifiers whose
-    samples are independent, so the prover escapes all of them with ``((S - m)/S)^k``.
-    m is the smallest value with ``((S - m)/S)^k <= min(target, bond/(bond + reward))``,
-    raised to ``min_samples`` and capped at ``S`` and ``MAX_SAMPLES``.
-
-    >>> one = [VerifierEntry(b"", b"", 1, "a")]
-    >>> compute_samples_required(100, reward=100, bond=100, verifiers=one, params=Params())
-    100
-    >>> four = [VerifierEntry(b"", b"", 1, "a")] * 4  # k = 2
-    >>> compute_samples_required(100, 1, 1000, four, Params(target_escape_denominator=100))
-    90
-    """
-    if num_segments <= 0:
-        raise ValueError("a claim has at least one segment")
-    if reward <= 0:
-        raise ValueError("a task's reward is positive")
-    target = compute_target_escape(reward, bond, params)
-    k = compute_min_honest_signers(verifiers, params)
-
-    def escapes(m: int) -> bool:  # ((S - m)/S)^k > target, in exact integers
-        missed: int = (num_segments - m) ** k
-        everything: int = num_segments**k
-        return missed * target.denominator > target.numerator * everything
-
-    low, high = 1, num_segments  # escapes(S) is False: m = S replays everything
-    while low < high:
-        mid = (low + high) // 2
-        if escapes(mid):
-            low = mid + 1
-        else:
-            high = mid
-    return min(num_segments, MAX_SAMPLES, max(low, params.min_samples))

@@ -15,8 +15,9 @@ only on a replay of a specific segment.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -26,7 +27,9 @@ from .claim import Claim, compute_claim_id, validate_claim_signature
 from .constants import BPS, DOMAIN_TASK_POSTED, VERDICT_ACCEPT, VERDICT_REJECT
 from .encoding import encode_canonical
 from .errors import InsufficientFunds, InvalidCertificate, InvalidTransition, InvalidVote
-from .genesis import Genesis, Params, VerifierEntry, compute_samples_required, validate_genesis
+from .forced import ForcedErrorReveal, is_lazy_accept, validate_forced_reveal
+from .economics import compute_claim_bond, compute_claim_sample_milli
+from .genesis import Genesis, Params, VerifierEntry, validate_genesis
 from .task import compute_task_id, decode_task
 from .vote import (
     SUBJECT_DISPUTE,
@@ -69,6 +72,7 @@ class TaskRecord:
     checkpoint_interval: int
     status: str
     claim_id: bytes | None = None
+    posting_id: bytes = b""  # compute_posting_id of the posting: claims must name it
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class ClaimRecord:
     prover: bytes
     commitment: bytes
     num_checkpoints: int
-    samples_required: int  # fixed at registration so later slashing cannot change it
+    sample_milli: int  # mean segments per verifier (1/1000), fixed at registration: slashing cannot change it
     bond: int  # locked while the claim is undecided, 0 afterwards
     registered_at: int
     status: str
@@ -106,6 +110,9 @@ class LedgerState:
     disputes: Mapping[bytes, DisputeRecord]
     slashed_double_votes: frozenset[tuple[int, int, bytes]]  # (verifier, kind, subject)
     burned: int = 0
+    # Revealed forced-error claims (§16.9): claim id -> checkpoint indices whose roots are pseudo-random.
+    forced: Mapping[bytes, frozenset[int]] = field(default_factory=lambda: MappingProxyType({}))
+    slashed_lazy: frozenset[tuple[int, bytes]] = frozenset()  # (verifier, claim id)
 
 
 def _put(mapping: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
@@ -157,7 +164,7 @@ def get_claim_context(state: LedgerState, claim_id: bytes) -> ClaimContext:
     claim = state.claims.get(claim_id)
     if claim is None:
         raise InvalidTransition(f"claim {claim_id.hex()[:16]}… is not registered")
-    return ClaimContext(claim_id, claim.commitment, claim.num_checkpoints, claim.samples_required)
+    return ClaimContext(claim_id, claim.commitment, claim.num_checkpoints, claim.sample_milli)
 
 
 def is_claim_settled(claim: ClaimRecord) -> bool:
@@ -174,6 +181,14 @@ def is_dispute_open_on(state: LedgerState, claim_id: bytes) -> bool:
 def compute_task_posted_message(task_id: bytes, requester: bytes, reward: int, expires_at: int) -> bytes:
     body = {"task_id": task_id, "requester": requester, "reward": reward, "expires_at": expires_at}
     return DOMAIN_TASK_POSTED + encode_canonical(body)
+
+
+def compute_posting_id(posting: TaskPosted) -> bytes:
+    """``SHA-256`` of the message the requester signed (SPEC.md §16.3). Claims name it, and it keys the
+    run's randomness (§9), so one training run answers exactly one posting."""
+    task_id = compute_task_id(decode_task(posting.task))
+    return hashlib.sha256(compute_task_posted_message(task_id, posting.requester, posting.reward,
+                                                      posting.expires_at)).digest()
 
 
 def compute_task_posted(secret_key: bytes, task: bytes, reward: int, expires_at: int) -> TaskPosted:
@@ -205,7 +220,8 @@ def process_task_posted(state: LedgerState, posting: TaskPosted, now: int) -> Le
         raise InvalidTransition("task posting is before genesis or already expired")
     task = decode_task(posting.task)
     record = TaskRecord(posting.requester, posting.reward, posting.reward, posting.expires_at,
-                        task.num_checkpoints, task.total_steps, task.checkpoint_interval, TASK_OPEN)
+                        task.num_checkpoints, task.total_steps, task.checkpoint_interval, TASK_OPEN,
+                        posting_id=compute_posting_id(posting))
     balances = _debit(state.balances, posting.requester, posting.reward, "task reward")
     return replace(state, balances=balances, tasks=_put(state.tasks, task_id, record))
 
@@ -225,8 +241,13 @@ def process_claim(state: LedgerState, claim: Claim, now: int) -> LedgerState:
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise InvalidTransition("claim's lengths disagree with its task")
-    bond = state.params.prover_bond
-    samples = compute_samples_required(task.num_checkpoints - 1, task.reward, bond, state.verifiers, state.params)
+    if body.posting_id != task.posting_id:
+        # The run's randomness is keyed by the posting (SPEC.md §9): a run for another posting, or an
+        # offline run, is not work for this one.
+        raise InvalidTransition(f"claim answers posting {body.posting_id.hex()[:16]}…, the task's posting is "
+                                f"{task.posting_id.hex()[:16]}…")
+    bond = compute_claim_bond(task.reward, state.params)
+    samples = compute_claim_sample_milli(task.reward, bond, state.verifiers, state.params)
     record = ClaimRecord(body.task_id, body.prover, body.commitment, body.num_checkpoints, samples, bond, now,
                          CLAIM_PENDING)
     balances = _debit(state.balances, body.prover, bond, "prover bond")
@@ -256,12 +277,22 @@ def _settle(state: LedgerState, claim_id: bytes, status: str, escrow_to: bytes, 
     return replace(state, balances=balances, tasks=tasks, claims=claims, disputes=disputes, burned=burned)
 
 
-def _void(state: LedgerState, claim_id: bytes) -> LedgerState:
-    """No fraud proven but no acceptance either: requester refunded, bond back less the unavailability slash."""
+def _void(state: LedgerState, claim_id: bytes, slash_bps: int | None = None) -> LedgerState:
+    """No fraud proven but no acceptance either: the bond goes back less the unavailability slash (burned),
+    and the task reopens with its escrow, so a prover that claims and never serves cannot take the task from
+    the others; an expired task is refunded by the same tick (``process_tick`` step 4)."""
     claim = state.claims[claim_id]
     task = state.tasks[claim.task_id]
-    kept = claim.bond - claim.bond * state.params.slash_unavailable_bps // BPS
-    return _settle(state, claim_id, CLAIM_VOID, task.requester, {claim.prover: kept})
+    slash = claim.bond * (state.params.slash_unavailable_bps if slash_bps is None else slash_bps) // BPS
+    balances = _credit(state.balances, claim.prover, claim.bond - slash)
+    tasks = _put(state.tasks, claim.task_id, replace(task, status=TASK_OPEN, claim_id=None))
+    claims = _put(state.claims, claim_id, replace(claim, bond=0, status=CLAIM_VOID))
+    disputes = state.disputes
+    for dispute_id, dispute in state.disputes.items():
+        if dispute.claim_id == claim_id and dispute.status == DISPUTE_OPEN:
+            disputes = _put(disputes, dispute_id, replace(dispute, status=DISPUTE_MOOT))
+    return replace(state, balances=balances, tasks=tasks, claims=claims, disputes=disputes,
+                   burned=state.burned + slash)
 
 
 def process_certificate(state: LedgerState, cert: Certificate, now: int) -> LedgerState:
@@ -320,13 +351,9 @@ def process_reject_vote(state: LedgerState, vote: Vote, now: int) -> LedgerState
     dispute_id = compute_dispute_id(vote.claim_id, vote.evidence.segment)
     existing = state.disputes.get(dispute_id)
     if existing is not None:
-        # One dispute per segment. While it is open, the challenger with the lowest verifier index
-        # holds it, so nodes that saw the reject votes in different orders agree on who is paid.
-        index = get_staked_verifier_index(state.verifiers, vote.verifier)
-        if existing.status != DISPUTE_OPEN or index >= existing.challenger:
-            return state
-        held = replace(existing, challenger=index, replayed_root=vote.evidence.replayed_root)
-        return replace(state, disputes=_put(state.disputes, dispute_id, held))
+        # One dispute per segment, held by its first valid challenger in the ledger's order of
+        # events: the settlement contract's order on chain (SPEC.md §16.7), which every node shares.
+        return state
     claim = state.claims[vote.claim_id]
     if is_claim_settled(claim):
         raise InvalidTransition("claim is already settled")
@@ -369,3 +396,39 @@ def process_double_vote(state: LedgerState, proof: DoubleVoteProof, now: int) ->
     state = replace(state, slashed_double_votes=state.slashed_double_votes | {key})
     return _slash_stake(state, index, state.params.slash_double_vote_bps)
 
+
+
+# --- forced errors (§16.9) ------------------------------------------------------------------
+
+
+def process_forced_reveal(state: LedgerState, reveal: ForcedErrorReveal, now: int) -> LedgerState:
+    """Record a revealed forced-error claim. An undecided one becomes void with its whole bond back (a test,
+    not an unavailable claim) and its task reopens; a settled one stays settled. Revealing again is a no-op."""
+    if reveal.claim_id in state.forced:
+        return state
+    claim = state.claims.get(reveal.claim_id)
+    if claim is None:
+        raise InvalidTransition(f"reveal for unknown claim {reveal.claim_id.hex()[:16]}…")
+    pseudo = validate_forced_reveal(reveal, claim.commitment, claim.num_checkpoints)
+    if not is_claim_settled(claim):
+        state = _void(state, reveal.claim_id, slash_bps=0)
+    return replace(state, forced=_put(state.forced, reveal.claim_id, pseudo))
+
+
+def process_lazy_vote(state: LedgerState, vote: Vote, now: int) -> LedgerState:
+    """Slash a verifier whose valid accept vote on a revealed forced error proves it did not do the work:
+    ``stake · slash_lazy_bps / BPS`` burned, once per (verifier, claim)."""
+    pseudo = state.forced.get(vote.claim_id)
+    if pseudo is None:
+        raise InvalidTransition("the vote's claim is not a revealed forced error")
+    if vote.verdict != VERDICT_ACCEPT:
+        raise InvalidVote("only an accept vote on a forced error is evidence of laziness")
+    claim = state.claims[vote.claim_id]
+    index = get_staked_verifier_index(state.verifiers, vote.verifier)
+    if (index, vote.claim_id) in state.slashed_lazy:
+        return state
+    validate_vote(vote, get_claim_context(state, vote.claim_id), state.verifiers)
+    if not is_lazy_accept(vote.segments, pseudo, claim.num_checkpoints):
+        raise InvalidVote("the vote's sample touches no false segment and the final state is real: not lazy")
+    state = replace(state, slashed_lazy=state.slashed_lazy | {(index, vote.claim_id)})
+    return _slash_stake(state, index, state.params.slash_lazy_bps)

@@ -38,6 +38,8 @@ from .constants import (
 )
 from .encoding import decode_canonical, encode_canonical
 from .errors import GossipIgnore, GossipReject, InvalidInput, InvalidMessage, InvalidProof
+from .economics import compute_claim_bond
+from .forced import ForcedErrorReveal, validate_forced_reveal
 from .genesis import get_field, get_list, get_uint, validate_keys
 from .ledger import (
     CLAIM_PENDING,
@@ -115,9 +117,10 @@ class ChunkResponse:
     tensor_proof: MerkleProof  # the tensor's leaf under state_root
 
 
-Message = (TaskPosted | ClaimAnnounced | Vote | DisputeVote | Certificate | DoubleVoteProof
+Message = (TaskPosted | ClaimAnnounced | Vote | DisputeVote | Certificate | DoubleVoteProof | ForcedErrorReveal
            | SyncRequest | SyncResponse | ChunkRequest | ChunkResponse)
-GOSSIP_TYPES = ("task_posted", "claim", "vote", "dispute_vote", "certificate", "double_vote")
+GOSSIP_TYPES = ("task_posted", "claim", "vote", "dispute_vote", "certificate", "double_vote", "forced_reveal")
+MAX_REVEAL_ROOTS = 2048  # real roots in one forced_reveal: 2048 x ~40 bytes stays far below MAX_GOSSIP_BYTES
 STREAM_TYPES = ("sync_request", "sync_response", "chunk_request", "chunk_response")
 
 
@@ -151,6 +154,20 @@ def _parse_claim(doc: Any) -> ClaimAnnounced:
     if not all(isinstance(h, str) and 0 < len(h) <= MAX_FETCH_HINT_LEN and h.isascii() for h in fetch):
         raise InvalidMessage("claim.fetch hints are short ASCII strings")
     return ClaimAnnounced(claim, tuple(fetch))
+
+
+def _parse_forced_reveal(doc: Any) -> ForcedErrorReveal:
+    w = "forced_reveal"
+    d = validate_keys(doc, {"claim_id", "secret", "real_roots"}, w, InvalidMessage)
+    pairs = []
+    for item in get_list(d, "real_roots", w, InvalidMessage, MAX_REVEAL_ROOTS):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and 0 <= item[0] < 2**32
+                and isinstance(item[1], bytes) and len(item[1]) == HASH_LEN):
+            raise InvalidMessage("forced_reveal.real_roots holds [index, 32-byte root] pairs")
+        pairs.append((item[0], item[1]))
+    return ForcedErrorReveal(get_field(d, "claim_id", bytes, w, InvalidMessage, HASH_LEN),
+                             get_field(d, "secret", bytes, w, InvalidMessage, HASH_LEN), tuple(pairs))
 
 
 def _parse_sync_request(doc: Any) -> SyncRequest:
@@ -214,7 +231,7 @@ def _parse_chunk_response(doc: Any) -> ChunkResponse:
 _PARSERS: dict[str, Callable[[Any], Message]] = {
     "task_posted": _parse_task_posted, "claim": _parse_claim, "vote": parse_vote,
     "dispute_vote": parse_dispute_vote, "certificate": parse_certificate, "double_vote": parse_double_vote,
-    "sync_request": _parse_sync_request, "sync_response": _parse_sync_response,
+    "forced_reveal": _parse_forced_reveal, "sync_request": _parse_sync_request, "sync_response": _parse_sync_response,
     "chunk_request": _parse_chunk_request, "chunk_response": _parse_chunk_response,
 }
 
@@ -235,6 +252,9 @@ def get_message_document(msg: Message) -> dict[str, Any]:
         return {"type": "certificate", "body": get_certificate_document(msg)}
     if isinstance(msg, DoubleVoteProof):
         return {"type": "double_vote", "body": get_double_vote_document(msg)}
+    if isinstance(msg, ForcedErrorReveal):
+        return {"type": "forced_reveal", "body": {"claim_id": msg.claim_id, "secret": msg.secret,
+                                                  "real_roots": [[j, root] for j, root in msg.real_roots]}}
     if isinstance(msg, SyncRequest):
         return {"type": "sync_request", "body": {"since": msg.since, "limit": msg.limit}}
     if isinstance(msg, SyncResponse):
@@ -345,10 +365,13 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise GossipReject("claim's lengths disagree with its task")
+    # [REJECT] the claim answers the task's posting (SPEC.md §16.3): a run keyed to another is no work for it
+    if body.posting_id != task.posting_id:
+        raise GossipReject("claim answers another posting than the task's")
     # [REJECT] the prover signed the claim
     _or_reject(validate_claim_signature, claim)
     # [IGNORE] the prover can post the bond
-    if state.balances.get(body.prover, 0) < state.params.prover_bond:
+    if state.balances.get(body.prover, 0) < compute_claim_bond(task.reward, state.params):
         raise GossipIgnore("prover's balance does not cover the bond")
     return claim
 
@@ -398,6 +421,17 @@ def validate_gossip_double_vote(msg: DoubleVoteProof, state: LedgerState, now: i
         raise GossipIgnore("equivocation already punished")
 
 
+def validate_gossip_forced_reveal(msg: ForcedErrorReveal, state: LedgerState, now: int) -> None:
+    # [IGNORE] the claim is known and not yet revealed
+    claim = state.claims.get(msg.claim_id)
+    if claim is None:
+        raise GossipIgnore("reveal names a claim we have not seen")
+    if msg.claim_id in state.forced:
+        raise GossipIgnore("forced error already revealed")
+    # [REJECT] the reveal reproduces the claim's commitment
+    _or_reject(validate_forced_reveal, msg, claim.commitment, claim.num_checkpoints)
+
+
 def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: AbstractSet[bytes] = frozenset()) -> Message:
     """Full gossip check of raw bytes; returns the decoded message when it should be relayed."""
     # [REJECT] the message fits the gossip size limit
@@ -420,6 +454,8 @@ def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: Abs
         validate_gossip_certificate(msg, state, now)
     elif isinstance(msg, DoubleVoteProof):
         validate_gossip_double_vote(msg, state, now)
+    elif isinstance(msg, ForcedErrorReveal):
+        validate_gossip_forced_reveal(msg, state, now)
     else:
         # [REJECT] stream messages never travel on gossip
         raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")

@@ -7,7 +7,11 @@ start at any step without carrying generator state.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+
+from .constants import BLS_PUBKEY_LEN, DOMAIN_TRAINING_SEED, HASH_LEN
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -19,6 +23,20 @@ _SHIFT = np.uint64(32)
 STREAM_INIT = 1
 STREAM_DATA = 2
 STREAM_DROPOUT = 3
+
+
+def compute_training_seed(task_id: bytes, prover: bytes, posting_id: bytes) -> int:
+    """The Philox key of a run: ``u64le(SHA-256(DOMAIN_TRAINING_SEED || task_id || prover ||
+    posting_id)[0:8])`` (SPEC.md §9). ``task_id`` hashes the whole task, its seed included.
+
+    Keying every stream by the task, the prover's public key and the posting it answers makes the
+    training a function of who trains what for whom: checkpoints copied from another prover, from a
+    relabelled task or from a run for another posting do not start from this run's initial state.
+    """
+    if len(task_id) != HASH_LEN or len(prover) != BLS_PUBKEY_LEN or len(posting_id) != HASH_LEN:
+        raise ValueError("task_id and posting_id are 32-byte hashes, prover a 48-byte BLS key")
+    digest = hashlib.sha256(DOMAIN_TRAINING_SEED + task_id + prover + posting_id).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def compute_philox4x32(counters: np.ndarray, key: tuple[int, int]) -> np.ndarray:

@@ -37,6 +37,14 @@ def validate_sample_proof(proof: SampleProof, claim_id: bytes) -> None:
                            "segment-sample signature")
 
 
+def compute_verifier_sample(signature: bytes, num_segments: int, sample_milli: int) -> list[int]:
+    """A verifier's segments for a claim whose mean rate is ``sample_milli`` (SPEC.md §16.2): its count
+    (``protocol.economics.get_sample_count``) drawn from the same signature, then ``compute_segment_sample``."""
+    from .economics import get_sample_count
+
+    return compute_segment_sample(signature, num_segments, get_sample_count(signature, sample_milli))
+
+
 def compute_segment_sample(signature: bytes, num_segments: int, count: int) -> list[int]:
     """``count`` distinct segment indices in ``[0, num_segments)``, ascending.
 
@@ -45,6 +53,8 @@ def compute_segment_sample(signature: bytes, num_segments: int, count: int) -> l
     """
     if num_segments <= 0:
         raise ValueError("a claim has at least one segment")
+    if count <= 0:
+        return []
     if count >= num_segments:
         return list(range(num_segments))
     seed = hashlib.sha256(DOMAIN_SAMPLE_SEED + signature).digest()

@@ -38,7 +38,7 @@ from .encoding import decode_canonical, encode_canonical
 from .errors import InvalidProof, InvalidVote
 from .genesis import VerifierEntry, get_field, get_list, get_uint, get_verifier_index, validate_keys
 from .merkle import MerkleProof, compute_root_from_proof
-from .sampling import compute_sample_message, compute_sample_proof, compute_segment_sample
+from .sampling import compute_sample_message, compute_sample_proof, compute_verifier_sample
 
 SUBJECT_CLAIM = 0  # a vote or certificate on a claim id
 SUBJECT_DISPUTE = 1  # a vote or certificate on a dispute id
@@ -52,7 +52,7 @@ class ClaimContext:
     claim_id: bytes
     commitment: bytes  # Merkle root over the claim's checkpoint state roots
     num_checkpoints: int
-    samples_required: int
+    sample_milli: int  # mean segments per verifier in 1/1000; each verifier's count comes from its VRF
 
     @property
     def num_segments(self) -> int:
@@ -144,7 +144,7 @@ def compute_vote(secret_key: bytes, claim: ClaimContext, evidence: Evidence | No
     """Sign an accept vote, or a reject vote when ``evidence`` is given."""
     proof = compute_sample_proof(secret_key, claim.claim_id)
     sample_signature = proof.signature
-    segments = tuple(compute_segment_sample(sample_signature, claim.num_segments, claim.samples_required))
+    segments = tuple(compute_verifier_sample(sample_signature, claim.num_segments, claim.sample_milli))
     verdict = VERDICT_ACCEPT if evidence is None else VERDICT_REJECT
     return Vote(
         claim_id=claim.claim_id,
@@ -225,9 +225,9 @@ def validate_vote(vote: Vote, claim: ClaimContext, verifiers: Sequence[VerifierE
     if (vote.verdict == VERDICT_REJECT) != (vote.evidence is not None):
         raise InvalidVote("a reject vote carries evidence and an accept vote carries none")
     get_staked_verifier_index(verifiers, vote.verifier)
-    expected = compute_segment_sample(vote.sample_signature, claim.num_segments, claim.samples_required)
+    expected = compute_verifier_sample(vote.sample_signature, claim.num_segments, claim.sample_milli)
     if list(vote.segments) != expected:
-        raise InvalidVote(f"segments {list(vote.segments)[:8]}… are not the {claim.samples_required} derived "
+        raise InvalidVote(f"segments {list(vote.segments)[:8]}… are not the {len(expected)} derived "
                           f"from the sample signature")
     _require_signature(vote.verifier, compute_sample_message(vote.claim_id), vote.sample_signature,
                        "segment-sample signature")

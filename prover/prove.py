@@ -16,7 +16,9 @@ from typing import Callable
 
 from protocol import bls
 from protocol.claim import Claim, compute_claim_body, compute_claim_id, compute_signed_claim
+from protocol.constants import OFFLINE_POSTING_ID
 from protocol.errors import InvalidCheckpoint, PolError
+from protocol.rng import compute_training_seed
 from protocol.state import compute_state_root
 from protocol.task import Task, compute_task_id, format_task_toml
 
@@ -60,6 +62,13 @@ def _prepare_dir(pdir: ProofDir, task: Task, task_id: bytes) -> None:
 
 def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEntry]]:
     entries = read_transcript(pdir, rt.task, allow_torn_tail=True)
+    if entries:
+        from .training import compute_root
+
+        if entries[0].root != compute_root(init_state(rt)):
+            # The run is keyed by prover and posting (SPEC.md §9): another key's checkpoints are useless here.
+            raise ProveError(f"{pdir.path} holds a run of this task for another prover key or posting; "
+                             "use a fresh directory")
     while entries:
         last = entries[-1]
         try:
@@ -73,11 +82,17 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
     return init_state(rt), []
 
 
-def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None = None) -> ProveResult:
-    """Run (or resume) the proof of ``task`` in ``out`` and write the signed claim."""
+def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None = None,
+          posting_id: bytes = OFFLINE_POSTING_ID) -> ProveResult:
+    """Run (or resume) the proof of ``task`` in ``out`` and write the signed claim.
+
+    ``posting_id`` names the task posting the claim answers (SPEC.md §16.3); with it and the prover's
+    key it keys every random stream (§9). The default is the offline id, which no ledger accepts.
+    """
     started = time.perf_counter()
     task_id = compute_task_id(task)
-    rt = Runtime.for_task(task)
+    prover = bls.compute_public_key(secret_key)
+    rt = Runtime.for_task(task, compute_training_seed(task_id, prover, posting_id))
     pdir = ProofDir(out)
     _prepare_dir(pdir, task, task_id)
     state, entries = _resume(rt, pdir)
@@ -108,7 +123,7 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
             append_transcript(pdir, entries[-1])
             log.debug("checkpoint %d at step %d: root %s loss %.4f", index, state.step, root.hex(), loss)
     roots = [e.root for e in entries]
-    body = compute_claim_body(task, task_id, bls.compute_public_key(secret_key), roots)
+    body = compute_claim_body(task, task_id, prover, roots, posting_id)
     claim = compute_signed_claim(secret_key, body)
     pdir.write_claim(claim)
     log.info("claim %s signed: %d checkpoints, final root %s", compute_claim_id(body).hex(), len(roots),

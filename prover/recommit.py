@@ -11,6 +11,7 @@ import numpy as np
 
 from protocol import bls
 from protocol.claim import Claim, compute_claim_body, compute_signed_claim
+from protocol.constants import OFFLINE_POSTING_ID
 from protocol.state import TensorLeaf, compute_state_root
 from protocol.task import compute_task_id
 
@@ -18,9 +19,14 @@ from .checkpoint import decode_checkpoint, write_atomic, write_checkpoint
 from .transcript import ProofDir, TranscriptEntry, encode_transcript_line, read_transcript
 
 
-def recommit(pdir: ProofDir, secret_key: bytes) -> Claim:
-    """Recompute every checkpoint root, rewrite the transcript and sign a fresh claim."""
+def recommit(pdir: ProofDir, secret_key: bytes, posting_id: bytes | None = None) -> Claim:
+    """Recompute every checkpoint root, rewrite the transcript and sign a fresh claim.
+
+    The claim answers ``posting_id``, by default the posting of the claim already in the directory.
+    """
     task = pdir.read_task()
+    if posting_id is None:
+        posting_id = pdir.read_claim().body.posting_id if pdir.claim_file.exists() else OFFLINE_POSTING_ID
     old = read_transcript(pdir, task)
     entries = []
     for e in old:
@@ -28,7 +34,7 @@ def recommit(pdir: ProofDir, secret_key: bytes) -> Claim:
         entries.append(TranscriptEntry(e.index, e.step, compute_state_root(leaves), e.loss))
     write_atomic(pdir.transcript_file, b"".join(encode_transcript_line(e) for e in entries))
     body = compute_claim_body(task, compute_task_id(task), bls.compute_public_key(secret_key),
-                              [e.root for e in entries])
+                              [e.root for e in entries], posting_id)
     claim = compute_signed_claim(secret_key, body)
     pdir.write_claim(claim)
     return claim

@@ -8,6 +8,7 @@ very module, so a prover that trained any other way produces different state roo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 
 from gpu_ops import nn, optim
 from protocol.errors import InvalidCheckpoint, PolError
-from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root
+from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root_from_arrays
 from protocol.task import Task
 
 from .datasets import Dataset, load_dataset
@@ -44,18 +45,31 @@ class TrainState:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Everything a task needs at run time besides the state: data, model and parameter specs."""
+    """Everything a task needs at run time besides the state: data, model and parameter specs.
+
+    ``seed`` keys every random stream of the run (initialisation, data order, dropout). A claimed
+    run uses ``protocol.rng.compute_training_seed(task_id, prover, posting_id)`` (SPEC.md §9);
+    the bare task seed is only for kernel tests and benchmarks.
+    """
 
     task: Task
     dataset: Dataset
     specs: tuple[nn.ParamSpec, ...]
     forward: nn.Forward
+    seed: int
+    keyed_task: Task  # ``task`` with ``seed`` in place of the task seed: what the data and model read
 
     @staticmethod
-    def for_task(task: Task) -> "Runtime":
+    def for_task(task: Task, seed: int | None = None) -> "Runtime":
         dataset = load_dataset(task.data)
         specs = nn.get_param_specs(task, dataset.in_features, dataset.n_classes)
-        return Runtime(task, dataset, tuple(specs), nn.get_forward(task))
+        keyed = task if seed is None else dataclasses.replace(task, seed=seed)
+        return Runtime(task, dataset, tuple(specs), nn.get_forward(keyed), keyed.seed, keyed)
+
+    def with_seed(self, seed: int) -> "Runtime":
+        """The same task and data set keyed by another run seed (no data reload)."""
+        keyed = dataclasses.replace(self.task, seed=seed)
+        return dataclasses.replace(self, forward=nn.get_forward(keyed), seed=seed, keyed_task=keyed)
 
 
 def get_slot_names(task: Task) -> tuple[str, ...]:
@@ -65,7 +79,7 @@ def get_slot_names(task: Task) -> tuple[str, ...]:
 
 
 def init_state(rt: Runtime) -> TrainState:
-    params = nn.init_params(list(rt.specs), rt.task.seed)
+    params = nn.init_params(list(rt.specs), rt.seed)
     slots = {slot: {k: torch.zeros_like(v) for k, v in params.items()} for slot in get_slot_names(rt.task)}
     return TrainState(params=params, slots=slots, step=0)
 
@@ -85,7 +99,7 @@ def compute_lr(task: Task, step: int) -> float:
 def train_step(rt: Runtime, state: TrainState) -> float:
     """Take one optimizer step in place; returns the step's loss."""
     task = rt.task
-    x, y = rt.dataset.get_batch(task, state.step)
+    x, y = rt.dataset.get_batch(rt.keyed_task, state.step)
     names = sorted(state.params)
     leaves = {k: state.params[k].detach().requires_grad_(True) for k in names}
     loss = rt.forward(leaves, x, y, state.step)
@@ -130,7 +144,20 @@ def _leaf(name: str, t: torch.Tensor) -> TensorLeaf:
 
 
 def compute_root(state: TrainState) -> bytes:
-    return compute_state_root(get_state_leaves(state))
+    """The state root, hashed straight from the tensors' memory (no leaf copies; same root as
+    ``compute_state_root(get_state_leaves(state))``)."""
+    arrays = {STEP_TENSOR: np.array(state.step, dtype="<i8")}
+    for name, t in state.params.items():
+        arrays[f"param/{name}"] = _f32_array(t)
+    for slot, tensors in state.slots.items():
+        for name, t in tensors.items():
+            arrays[f"opt/{slot}/{name}"] = _f32_array(t)
+    return compute_state_root_from_arrays(arrays)
+
+
+def _f32_array(t: torch.Tensor) -> np.ndarray:
+    arr = t.detach().contiguous().numpy()
+    return arr if arr.dtype == np.dtype("<f4") else arr.astype("<f4")
 
 
 def get_state_from_leaves(rt: Runtime, leaves: list[TensorLeaf]) -> TrainState:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prover.training import NonFiniteLoss, Runtime, compute_root, train_step
 from prover.transcript import ProofDir, read_transcript
-from protocol.claim import compute_claim_id, validate_claim_against_task, validate_claim_signature
+from protocol.claim import compute_claim_training_seed, compute_claim_id, validate_claim_against_task, validate_claim_signature
 from protocol.claim import validate_transcript_roots
 from protocol.errors import InvalidCheckpoint, InvalidInput
 from protocol.task import compute_task_id
@@ -77,10 +77,10 @@ def audit_segment(path: Path, segment: int) -> AuditReport:
     pdir = ProofDir(path)
     task = pdir.read_task()
     task_id = compute_task_id(task)
-    rt = Runtime.for_task(task)
     claim = pdir.read_claim()
     validate_claim_signature(claim)
     validate_claim_against_task(claim, task, task_id)
+    rt = Runtime.for_task(task, compute_claim_training_seed(claim))
     roots = [e.root for e in read_transcript(pdir, task)]
     validate_transcript_roots(claim, roots)
     if not 0 <= segment < task.num_segments:

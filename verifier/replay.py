@@ -34,12 +34,14 @@ class SegmentResult:
 
 
 def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> None:
-    """The first checkpoint must be exactly the state the task's seed defines."""
+    """The first checkpoint must be exactly the initial state of the run seed (SPEC.md §9: task id, prover
+    key and posting), so work copied from another prover, task or posting fails here."""
     expected = compute_root(init_state(rt))
     if committed_root != expected:
         raise InvalidCheckpoint(
             f"checkpoint 0 root {committed_root.hex()} is not the initial state of this task's seed "
-            f"({expected.hex()}): the weights were not initialised from the task seed"
+            f"({expected.hex()}) for this prover and posting: the weights were not initialised from this run's "
+            "seed (work of another task, prover or posting?)"
         )
     read_checkpoint(pdir.checkpoint(0), expected_root=committed_root)
 

@@ -5,8 +5,10 @@ Checks run in a fixed order and the first failure decides the verdict:
 1. ``task``        the task file parses, names built-in parts, and the dataset hash matches
 2. ``claim``       the claim decodes, is signed by its prover key, names this task
 3. ``transcript``  the transcript parses and its roots hash to the claim's commitment
-4. ``init``        checkpoint 0 is the initial state of the task's seed
-5. ``segment``     each sampled segment's start checkpoint matches its root and replaying
+4. ``init``        checkpoint 0 is the initial state of the run seed (task seed, prover, posting)
+5. ``final``       the final checkpoint (the delivered model) is present, hashes to the final root,
+                   holds step T and exactly the task's tensors
+6. ``segment``     each sampled segment's start checkpoint matches its root and replaying
                    k steps from it reproduces the next root bit for bit
 
 A ``ReplayError`` (our environment, not the prover) is an error, never a reject.
@@ -24,10 +26,11 @@ from typing import Callable
 from prover.training import Runtime
 from prover.transcript import ProofDir, read_transcript
 from protocol import bls
-from protocol.claim import Claim, compute_claim_id, validate_claim_against_task, validate_claim_signature
+from protocol.claim import Claim, compute_claim_id, compute_claim_training_seed, validate_claim_against_task
+from protocol.claim import validate_claim_signature
 from protocol.claim import validate_transcript_roots
 from protocol.detection import compute_escape_probability
-from protocol.errors import InvalidInput, InvalidSegment
+from protocol.errors import InvalidClaim, InvalidInput, InvalidSegment, InvalidTask
 from protocol.sampling import SampleProof, compute_sample_proof, compute_segment_sample
 from protocol.task import compute_task_id
 
@@ -46,6 +49,11 @@ class VerifyReport:
     reason: str | None = None
     claim_id: bytes | None = None
     task_id: bytes | None = None
+    task_name: str | None = None
+    total_steps: int = 0
+    checkpoint_interval: int = 0
+    posting_id: bytes | None = None
+    prover: bytes | None = None
     num_segments: int = 0
     sample: list[int] = field(default_factory=list)
     sample_proof: SampleProof | None = None
@@ -64,6 +72,11 @@ class VerifyReport:
             "reason": self.reason,
             "claim_id": self.claim_id.hex() if self.claim_id else None,
             "task_id": self.task_id.hex() if self.task_id else None,
+            "task_name": self.task_name,
+            "total_steps": self.total_steps,
+            "checkpoint_interval": self.checkpoint_interval,
+            "posting_id": self.posting_id.hex() if self.posting_id else None,
+            "prover": self.prover.hex() if self.prover else None,
             "num_segments": s,
             "sample": self.sample,
             "sample_proof": None if self.sample_proof is None else {
@@ -83,8 +96,13 @@ SegmentCallback = Callable[[SegmentResult], None]
 
 
 def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
-               on_segment: SegmentCallback | None = None) -> VerifyReport:
+               on_segment: SegmentCallback | None = None, expected_task_id: bytes | None = None,
+               expected_posting_id: bytes | None = None) -> VerifyReport:
     """Verify the proof in ``path``. ``segments=None`` replays every segment.
+
+    ``expected_task_id`` is the task the caller asked about: a proof of any other task (another
+    length, seed or name) is rejected at check ``task`` whatever the directory's own task file says.
+    ``expected_posting_id`` likewise pins the posting the claim must answer.
 
     Returns a report with verdict accept or reject. Raises ``ReplayError`` (or OSError) when
     the verifier itself cannot proceed.
@@ -97,7 +115,13 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         t0 = clock()
         task = pdir.read_task()
         report.task_id = compute_task_id(task)
+        report.task_name = task.name
+        report.total_steps, report.checkpoint_interval = task.total_steps, task.checkpoint_interval
         report.num_segments = task.num_segments
+        if expected_task_id is not None and report.task_id != expected_task_id:
+            raise InvalidTask(
+                f"the proof is of task {report.task_id.hex()} ({task.name}, {task.total_steps} steps, interval "
+                f"{task.checkpoint_interval}), not of the task asked for, {expected_task_id.hex()}")
         rt = Runtime.for_task(task)  # checks the dataset hash
         report.timings["load_task"] = clock() - t0
 
@@ -107,6 +131,11 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         report.claim_id = compute_claim_id(claim.body)
         validate_claim_signature(claim)
         validate_claim_against_task(claim, task, report.task_id)
+        report.posting_id, report.prover = claim.body.posting_id, claim.body.prover
+        if expected_posting_id is not None and claim.body.posting_id != expected_posting_id:
+            raise InvalidClaim(f"the claim answers posting {claim.body.posting_id.hex()}, not "
+                               f"{expected_posting_id.hex()}")
+        rt = rt.with_seed(compute_claim_training_seed(claim))
         report.timings["claim"] = clock() - t0
 
         check = "transcript"
@@ -118,6 +147,11 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         t0 = clock()
         check_init(rt, pdir, roots[0])
         report.timings["init"] = clock() - t0
+
+        check = "final"
+        t0 = clock()
+        load_state(rt, pdir, task.num_segments, roots[-1])  # the delivered model: present, intact, at step T
+        report.timings["final"] = clock() - t0
 
         check = "sample"
         key = secret_key if secret_key is not None else bls.compute_secret_key(secrets.token_bytes(32))

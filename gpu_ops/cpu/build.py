@@ -28,7 +28,7 @@ ABI = 1
 # Result-preserving flags only; kernels.c explains why -march=native cannot change a bit.
 BASE_FLAGS = ("-O3", "-std=c99", "-fno-fast-math", "-ffp-contract=off", "-fno-unsafe-math-optimizations",
               "-fno-finite-math-only", "-fsigned-zeros", "-fno-trapping-math", "-fno-math-errno",
-              "-fPIC", "-shared")
+              "-fPIC", "-shared", "-pthread")
 NATIVE_FLAGS = ("-march=native",)
 
 

@@ -9,10 +9,13 @@
  * e the frexp exponent of the line's max |x|) and unscaling (f32((s + 0) * 2^(ea-t) * 2^(eb-t))
  * then + bias in float32) are the very operations of ref.matmul / mm_slice / mm_unscale.
  */
+#define _GNU_SOURCE /* posix_memalign, madvise */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define POL_GEMM_AVX2 1
@@ -78,13 +81,22 @@ static void pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, cons
         for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
 }
 
-/* ct[MR][NR] = sum_k ap[k][:] (outer) bp[k][:]; accumulators start at +0. */
-static void ukernel(i64 K, const double *ap, const double *bp, double *ct) {
+/* ct[MR][NR] = (load ? ct : +0) + sum_k ap[k][:] (outer) bp[k][:]. Every partial sum is an
+ * integer below 2^53 (see the top), so splitting K into blocks changes nothing. */
+static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int load) {
 #ifdef POL_GEMM_AVX2
     __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd(), c10 = _mm256_setzero_pd(),
             c11 = _mm256_setzero_pd(), c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(),
             c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd(), c40 = _mm256_setzero_pd(),
             c41 = _mm256_setzero_pd(), c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
+    if (load) {
+        c00 = _mm256_loadu_pd(ct + 0); c01 = _mm256_loadu_pd(ct + 4);
+        c10 = _mm256_loadu_pd(ct + 8); c11 = _mm256_loadu_pd(ct + 12);
+        c20 = _mm256_loadu_pd(ct + 16); c21 = _mm256_loadu_pd(ct + 20);
+        c30 = _mm256_loadu_pd(ct + 24); c31 = _mm256_loadu_pd(ct + 28);
+        c40 = _mm256_loadu_pd(ct + 32); c41 = _mm256_loadu_pd(ct + 36);
+        c50 = _mm256_loadu_pd(ct + 40); c51 = _mm256_loadu_pd(ct + 44);
+    }
     for (i64 k = 0; k < K; k++) {
         __m256d b0 = _mm256_loadu_pd(bp + k * NR), b1 = _mm256_loadu_pd(bp + k * NR + 4);
         const double *a = ap + k * MR;
@@ -105,7 +117,7 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct) {
     _mm256_storeu_pd(ct + 40, c50); _mm256_storeu_pd(ct + 44, c51);
 #else
     double acc[MR * NR];
-    for (int i = 0; i < MR * NR; i++) acc[i] = 0.0;
+    for (int i = 0; i < MR * NR; i++) acc[i] = load ? ct[i] : 0.0;
     for (i64 k = 0; k < K; k++)
         for (int i = 0; i < MR; i++) {
             double a = ap[k * MR + i];
@@ -115,86 +127,317 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct) {
 #endif
 }
 
-/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
- * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
- * transposed) when tc != 0; bias (or NULL) is [N]. */
-void exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
-              const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc) {
-    i64 npan = (N + NR - 1) / NR;
+/* Blocking (BLIS-style, sizes for a 32-64 KiB L1 / 1 MiB L2): a KC x NR panel of B stays in L1
+ * while the MC / MR strips of the packed MC x KC block of A (in L2) pass over it; NC bounds the
+ * double accumulators of one MC x NC block (used only when K > KC). None of it changes a value. */
+#ifndef KC
+#define KC 256
+#endif
+#ifndef MC
+#define MC 120 /* multiple of MR */
+#endif
+#ifndef NCP
+#define NCP 64 /* NC = NCP * NR = 512 columns */
+#endif
+#define MAXTH 64
+/* Per-thread scratch above this size is freed after a call instead of kept for the next one. */
+#define KEEP_BYTES ((size_t)64 << 20)
+
+typedef struct {
+    void *p;
+    size_t cap;
+} gbuf;
+
+/* Buffers of 128 KiB and more are 2 MiB-aligned and asked to be huge pages: a kept buffer on
+ * 4 KiB pages made the packed GEMM 25-30 % slower than a fresh one (measured; physical page
+ * placement), on huge pages it is as fast or faster. */
+#define HUGE_FROM ((size_t)128 << 10)
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *gb_get(gbuf *b, size_t need) {
+    if (need > b->cap) {
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+        if (need >= HUGE_FROM) {
+            size_t sz = (need + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+            if (posix_memalign(&b->p, HUGE_PAGE, sz) == 0) {
+#ifdef MADV_HUGEPAGE
+                (void)madvise(b->p, sz, MADV_HUGEPAGE); /* advice only; ignored where unsupported */
+#endif
+                b->cap = sz;
+            } else {
+                b->p = NULL;
+            }
+        } else {
+            b->p = malloc(need);
+            b->cap = b->p ? need : 0;
+        }
+    }
+    return b->p;
+}
+
+static void gb_trim(gbuf *b) {
+    if (b->cap > KEEP_BYTES) { free(b->p); b->p = NULL; b->cap = 0; }
+}
+
+/* One worker's scratch: kept across calls, so pages are not faulted in and cleared again. */
+typedef struct {
+    gbuf lines; /* ea, eb (int32), tmp (uint32), sa, fa, sb, fb (double) */
+    gbuf bp;    /* packed B: K x (panels * NR) doubles */
+    gbuf ap;    /* packed A block: MC x KC doubles */
+    gbuf acc;   /* MC x NC double accumulators */
+} wscratch;
+
+typedef struct {
+    int32_t *ea, *eb;
+    uint32_t *tmp;
+    double *sa, *fa, *sb, *fb;
+} lines;
+
+static int lines_get(wscratch *w, i64 M, i64 N, i64 npan, lines *l) {
     i64 mx = M > N ? M : N;
-    int32_t *ea = (int32_t *)malloc((size_t)M * sizeof(int32_t));
-    int32_t *eb = (int32_t *)malloc((size_t)N * sizeof(int32_t));
-    uint32_t *tmp = (uint32_t *)malloc((size_t)mx * sizeof(uint32_t));
-    double *sa = (double *)malloc((size_t)(M + MR) * sizeof(double));
-    double *fa = (double *)malloc((size_t)(M + MR) * sizeof(double));
-    double *sb = (double *)malloc((size_t)(npan * NR) * sizeof(double));
-    double *fb = (double *)malloc((size_t)(npan * NR) * sizeof(double));
-    double *bp = (double *)malloc((size_t)(npan * NR * K) * sizeof(double));
-    double *ap = (double *)malloc((size_t)(MR * K) * sizeof(double));
-    double ct[MR * NR];
-    for (i64 b = 0; b < nb; b++) {
-        const float *Ab = A + b * sab, *Bb = B + b * sbb;
-        float *Cb = C + b * M * N;
-        line_exps(Ab, M, K, sam, sak, ea, tmp);
-        for (i64 m = 0; m < M; m++) { sa[m] = g_pow2d(t - ea[m]); fa[m] = g_pow2d(ea[m] - t); }
-        if (b == 0 || sbb != 0) { /* a broadcast B (batch stride 0, e.g. conv weights) is packed once */
-            line_exps(Bb, N, K, sbn, sbk, eb, tmp);
-            for (i64 n = 0; n < N; n++) { sb[n] = g_pow2d(t - eb[n]); fb[n] = g_pow2d(eb[n] - t); }
-            for (i64 n = N; n < npan * NR; n++) { sb[n] = 0.0; fb[n] = 0.0; }
-            for (i64 j = 0; j < npan; j++) {
-                i64 w = N - j * NR < NR ? N - j * NR : NR;
-                pack_lines(Bb + j * NR * sbn, w, NR, K, sbn, sbk, sb + j * NR, bp + j * NR * K);
+    size_t nd = (size_t)(2 * (M + MR) + 2 * npan * NR);
+    char *p = (char *)gb_get(&w->lines, nd * sizeof(double) + (size_t)(M + N + mx) * 4 + 64);
+    if (!p) return -1;
+    l->sa = (double *)p; l->fa = l->sa + M + MR; l->sb = l->fa + M + MR; l->fb = l->sb + npan * NR;
+    l->ea = (int32_t *)(l->fb + npan * NR); l->eb = l->ea + M; l->tmp = (uint32_t *)(l->eb + N);
+    return 0;
+}
+
+typedef struct {
+    const float *A, *B, *bias;
+    float *C;
+    i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N, npan;
+    int t, tc, nth, batch_mode, phase;
+    volatile int failed;
+    wscratch *ws;
+    lines shared; /* matrix mode: worker 0's line arrays, filled in parallel */
+    double *bp;   /* matrix mode: worker 0's packed B */
+} mmjob;
+
+typedef struct {
+    mmjob *job;
+    int tid;
+} mmarg;
+
+static void store_tile(float *Cb, const double *ct, const lines *l, const float *bias, i64 i0, i64 n0, i64 h,
+                       i64 w, i64 M, i64 N, int tc) {
+    if (tc) {
+        for (i64 i = 0; i < h; i++) {
+            const double *s = ct + i * NR;
+            double f = l->fa[i0 + i];
+            for (i64 q = 0; q < w; q++) {
+                float v = (float)((s[q] + 0.0) * f * l->fb[n0 + q]);
+                Cb[(n0 + q) * M + i0 + i] = bias ? v + bias[n0 + q] : v;
             }
         }
-        for (i64 i0 = 0; i0 < M; i0 += MR) {
-            i64 h = M - i0 < MR ? M - i0 : MR;
-            pack_lines(Ab + i0 * sam, h, MR, K, sam, sak, sa + i0, ap);
-            for (i64 j = 0; j < npan; j++) {
-                i64 n0 = j * NR;
-                i64 w = N - n0 < NR ? N - n0 : NR;
-                ukernel(K, ap, bp + j * NR * K, ct);
-                if (tc) {
-                    for (i64 i = 0; i < h; i++) {
-                        const double *s = ct + i * NR;
-                        double f = fa[i0 + i];
-                        for (i64 q = 0; q < w; q++) {
-                            float v = (float)((s[q] + 0.0) * f * fb[n0 + q]);
-                            Cb[(n0 + q) * M + i0 + i] = bias ? v + bias[n0 + q] : v;
-                        }
-                    }
-                    continue;
-                }
+        return;
+    }
 #ifdef POL_GEMM_AVX2
-                if (w == NR) { /* same operations as the loop below, 4 lanes at a time */
-                    __m256d z = _mm256_setzero_pd(), g0 = _mm256_loadu_pd(fb + n0), g1 = _mm256_loadu_pd(fb + n0 + 4);
-                    for (i64 i = 0; i < h; i++) {
-                        float *cr = Cb + (i0 + i) * N + n0;
-                        __m256d f = _mm256_set1_pd(fa[i0 + i]);
-                        __m256d s0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR), z), f), g0);
-                        __m256d s1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR + 4), z), f), g1);
-                        __m128 v0 = _mm256_cvtpd_ps(s0), v1 = _mm256_cvtpd_ps(s1);
-                        if (bias) {
-                            v0 = _mm_add_ps(v0, _mm_loadu_ps(bias + n0));
-                            v1 = _mm_add_ps(v1, _mm_loadu_ps(bias + n0 + 4));
-                        }
-                        _mm_storeu_ps(cr, v0);
-                        _mm_storeu_ps(cr + 4, v1);
-                    }
-                    continue;
-                }
+    if (w == NR) { /* same operations as the loop below, 4 lanes at a time */
+        __m256d z = _mm256_setzero_pd(), g0 = _mm256_loadu_pd(l->fb + n0), g1 = _mm256_loadu_pd(l->fb + n0 + 4);
+        for (i64 i = 0; i < h; i++) {
+            float *cr = Cb + (i0 + i) * N + n0;
+            __m256d f = _mm256_set1_pd(l->fa[i0 + i]);
+            __m256d s0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR), z), f), g0);
+            __m256d s1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR + 4), z), f), g1);
+            __m128 v0 = _mm256_cvtpd_ps(s0), v1 = _mm256_cvtpd_ps(s1);
+            if (bias) {
+                v0 = _mm_add_ps(v0, _mm_loadu_ps(bias + n0));
+                v1 = _mm_add_ps(v1, _mm_loadu_ps(bias + n0 + 4));
+            }
+            _mm_storeu_ps(cr, v0);
+            _mm_storeu_ps(cr + 4, v1);
+        }
+        return;
+    }
 #endif
-                for (i64 i = 0; i < h; i++) {
-                    float *cr = Cb + (i0 + i) * N + n0;
-                    const double *s = ct + i * NR;
-                    double f = fa[i0 + i];
-                    if (bias) {
-                        for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * fb[n0 + q]) + bias[n0 + q];
-                    } else {
-                        for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * fb[n0 + q]);
+    for (i64 i = 0; i < h; i++) {
+        float *cr = Cb + (i0 + i) * N + n0;
+        const double *s = ct + i * NR;
+        double f = l->fa[i0 + i];
+        if (bias) {
+            for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]) + bias[n0 + q];
+        } else {
+            for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]);
+        }
+    }
+}
+
+/* Exponents and scales of rows [r0, r1) of A[b]. */
+static void prep_rows(const mmjob *j, const float *Ab, const lines *l, i64 r0, i64 r1) {
+    if (r1 <= r0) return;
+    line_exps(Ab + r0 * j->sam, r1 - r0, j->K, j->sam, j->sak, l->ea + r0, l->tmp + r0);
+    for (i64 m = r0; m < r1; m++) { l->sa[m] = g_pow2d(j->t - l->ea[m]); l->fa[m] = g_pow2d(l->ea[m] - j->t); }
+}
+
+/* Exponents, scales and packed slices of the B panels [p0, p1) of B[b] into bp. Layout: K
+ * blocks of KC rows; in the block starting at row k0 (kc rows), panel q is kc x NR doubles at
+ * bp + k0 * npan * NR + q * kc * NR. */
+static void prep_panels(const mmjob *j, const float *Bb, const lines *l, double *bp, i64 p0, i64 p1) {
+    if (p1 <= p0) return;
+    i64 n0 = p0 * NR, n1 = p1 * NR < j->N ? p1 * NR : j->N;
+    line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + n0);
+    for (i64 n = n0; n < n1; n++) { l->sb[n] = g_pow2d(j->t - l->eb[n]); l->fb[n] = g_pow2d(l->eb[n] - j->t); }
+    for (i64 n = n1; n < p1 * NR; n++) { l->sb[n] = 0.0; l->fb[n] = 0.0; }
+    for (i64 k0 = 0; k0 < j->K; k0 += KC) {
+        i64 kc = j->K - k0 < KC ? j->K - k0 : KC;
+        double *blk = bp + k0 * j->npan * NR;
+        for (i64 q = p0; q < p1; q++) {
+            i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
+            pack_lines(Bb + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR, blk + q * kc * NR);
+        }
+    }
+}
+
+/* C[b] rows [m0, m1) x panels [p0, p1), from packed B and the scales in l. */
+static void compute_block(const mmjob *j, i64 b, const lines *l, const double *bp, double *ap, double *acc, i64 m0,
+                          i64 m1, i64 p0, i64 p1) {
+    const float *Ab = j->A + b * j->sab;
+    float *Cb = j->C + b * j->M * j->N;
+    i64 K = j->K, npan = j->npan;
+    int one = K <= KC;
+    double ct[MR * NR];
+    for (i64 jc = p0; jc < p1; jc += NCP) {
+        i64 je = jc + NCP < p1 ? jc + NCP : p1;
+        for (i64 i0 = m0; i0 < m1; i0 += MC) {
+            i64 mc = m1 - i0 < MC ? m1 - i0 : MC;
+            i64 ns = (mc + MR - 1) / MR;
+            for (i64 k0 = 0; k0 < K; k0 += KC) {
+                i64 kc = K - k0 < KC ? K - k0 : KC;
+                int first = k0 == 0, last = k0 + kc == K;
+                for (i64 s = 0; s < ns; s++) {
+                    i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
+                    pack_lines(Ab + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+                }
+                const double *blk = bp + k0 * npan * NR;
+                for (i64 q = jc; q < je; q++) {
+                    i64 n0 = q * NR, w = j->N - n0 < NR ? j->N - n0 : NR;
+                    for (i64 s = 0; s < ns; s++) {
+                        i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
+                        double *t = one ? ct : acc + (s * NCP + (q - jc)) * MR * NR;
+                        ukernel(kc, ap + s * kc * MR, blk + q * kc * NR, t, !first);
+                        if (last) store_tile(Cb, t, l, j->bias, r, n0, h, w, j->M, j->N, j->tc);
                     }
                 }
             }
         }
     }
-    free(ea); free(eb); free(tmp); free(sa); free(fa); free(sb); free(fb); free(bp); free(ap);
+}
+
+static int worker_bufs(wscratch *w, i64 K, double **ap, double **acc) {
+    *ap = (double *)gb_get(&w->ap, (size_t)MC * KC * sizeof(double));
+    *acc = K > KC ? (double *)gb_get(&w->acc, (size_t)MC * NCP * NR * sizeof(double)) : NULL;
+    return (*ap && (K <= KC || *acc)) ? 0 : -1;
+}
+
+/* Even split of [0, n) in units of `unit` into nth parts: part `tid` is [*a, *b). */
+static void split(i64 n, i64 unit, int nth, int tid, i64 *a, i64 *b) {
+    i64 units = (n + unit - 1) / unit;
+    i64 lo = units * tid / nth, hi = units * (tid + 1) / nth;
+    *a = lo * unit < n ? lo * unit : n;
+    *b = hi * unit < n ? hi * unit : n;
+}
+
+static void *mm_worker(void *arg) {
+    mmarg *a = (mmarg *)arg;
+    mmjob *j = a->job;
+    int tid = a->tid;
+    wscratch *w = &j->ws[tid];
+    double *ap, *acc;
+    int bad = worker_bufs(w, j->K, &ap, &acc);
+    if (j->batch_mode) { /* whole matrices per worker: b = tid, tid + nth, ... */
+        lines l;
+        double *bp = (double *)gb_get(&w->bp, (size_t)j->K * j->npan * NR * sizeof(double));
+        if (bad || !bp || lines_get(w, j->M, j->N, j->npan, &l)) { j->failed = 1; return NULL; }
+        for (i64 b = tid; b < j->nb; b += j->nth) {
+            prep_rows(j, j->A + b * j->sab, &l, 0, j->M);
+            if (b == tid || j->sbb != 0) /* a broadcast B (batch stride 0) is packed once */
+                prep_panels(j, j->B + b * j->sbb, &l, bp, 0, j->npan);
+            compute_block(j, b, &l, bp, ap, acc, 0, j->M, 0, j->npan);
+        }
+        return NULL;
+    }
+    /* One matrix, all workers: rows and panels are prepared in parallel (phase 0), then each
+     * worker computes its share of rows, or of panels when rows are few (phase 1). */
+    i64 r0, r1, p0, p1;
+    split(j->M, 1, j->nth, tid, &r0, &r1);
+    split(j->npan, 1, j->nth, tid, &p0, &p1);
+    if (j->phase == 0) {
+        prep_rows(j, j->A, &j->shared, r0, r1);
+        prep_panels(j, j->B, &j->shared, j->bp, p0, p1);
+        return NULL;
+    }
+    if (bad) { j->failed = 1; return NULL; }
+    if (j->M >= (i64)j->nth * MR * 4 || j->npan < j->nth) {
+        split(j->M, MR, j->nth, tid, &r0, &r1);
+        compute_block(j, 0, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
+    } else {
+        compute_block(j, 0, &j->shared, j->bp, ap, acc, 0, j->M, p0, p1);
+    }
+    return NULL;
+}
+
+/* Runs mm_worker for tid 0..nth-1 (tid 0 here); a share whose thread cannot start runs here too. */
+static void run_workers(mmjob *j) {
+    mmarg args[MAXTH];
+    pthread_t th[MAXTH];
+    int ok[MAXTH];
+    for (int i = 0; i < j->nth; i++) { args[i].job = j; args[i].tid = i; ok[i] = 0; }
+    for (int i = 1; i < j->nth; i++) ok[i] = pthread_create(&th[i], NULL, mm_worker, &args[i]) == 0;
+    mm_worker(&args[0]);
+    for (int i = 1; i < j->nth; i++) {
+        if (ok[i]) pthread_join(th[i], NULL);
+        else mm_worker(&args[i]);
+    }
+}
+
+static wscratch g_ws[MAXTH];
+static pthread_mutex_t g_ws_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
+ * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
+ * transposed) when tc != 0; bias (or NULL) is [N]. Up to nth threads (each output element is
+ * computed by one of them, from the same exact integers). Returns 0, or -1 when out of memory. */
+int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
+             const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc, int nth) {
+    mmjob j;
+    memset(&j, 0, sizeof(j));
+    j.A = A; j.B = B; j.C = C; j.bias = bias;
+    j.sab = sab; j.sam = sam; j.sak = sak; j.sbb = sbb; j.sbk = sbk; j.sbn = sbn;
+    j.nb = nb; j.M = M; j.K = K; j.N = N; j.t = t; j.tc = tc;
+    j.npan = (N + NR - 1) / NR;
+    /* Threads only where the work (about 2 MFLOP per thread at least) outweighs starting them. */
+    double flops = 2.0 * (double)M * (double)N * (double)K * (double)nb;
+    if (nth > MAXTH) nth = MAXTH;
+    if (nth < 1) nth = 1;
+    while (nth > 1 && flops < 2e6 * nth) nth--;
+    j.batch_mode = nb > 1;
+    if (j.batch_mode && nth > nb) nth = (int)nb;
+    j.nth = nth;
+    /* Concurrent callers (other Python threads) get private scratch instead of waiting. */
+    wscratch priv[MAXTH];
+    int owned = pthread_mutex_trylock(&g_ws_lock) == 0;
+    if (!owned) memset(priv, 0, sizeof(wscratch) * (size_t)nth);
+    j.ws = owned ? g_ws : priv;
+    if (!j.batch_mode) {
+        j.bp = (double *)gb_get(&j.ws[0].bp, (size_t)K * j.npan * NR * sizeof(double));
+        if (!j.bp || lines_get(&j.ws[0], M, N, j.npan, &j.shared)) j.failed = 1;
+    }
+    if (!j.failed) {
+        j.phase = 0;
+        if (!j.batch_mode) run_workers(&j);
+        j.phase = 1;
+        run_workers(&j);
+    }
+    for (int i = 0; i < j.nth || i < 1; i++) {
+        if (owned) {
+            gb_trim(&j.ws[i].lines); gb_trim(&j.ws[i].bp);
+        } else {
+            free(priv[i].lines.p); free(priv[i].bp.p); free(priv[i].ap.p); free(priv[i].acc.p);
+        }
+    }
+    if (owned) pthread_mutex_unlock(&g_ws_lock);
+    return j.failed ? -1 : 0;
 }

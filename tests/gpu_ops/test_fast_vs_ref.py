@@ -303,3 +303,31 @@ def test_causal_attention_and_no_input_grad_paths() -> None:
     _check_op(lambda w, b: F.relu(F.linear(data, w, b)), randn(3, 7, seed=51), randn(3, seed=52))
     img = randn(2, 1, 6, 6, seed=53)
     _check_op(lambda w, b: F.conv2d(img, w, b), randn(4, 1, 3, 3, seed=54), randn(4, seed=55))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_matmul_blocked_threaded_equals_reference(threads: int) -> None:
+    """Shapes that cross every blocking boundary of gemm.c (K > KC, rows > MC, columns > NC,
+    ragged edges), at 1 and 3 threads (the split over rows, over column panels and over
+    batches): the same bits as the reference, whatever the thread count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = randn(250, 700, seed=70) * torch.exp2(torch.randint(-6, 6, (250, 1)).to(F32))
+        b = randn(700, 1100, seed=71)
+        k = backend.kernels(a, b)
+        assert k is not None
+        for aa, bb in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t())):
+            got = k.matmul(aa, bb)
+            assert got is not None
+            assert_same(got, ref.matmul(aa, bb))
+        wide = randn(10, 600, seed=72), randn(600, 900, seed=73)  # few rows: split over panels
+        got = k.matmul(*wide)
+        assert got is not None
+        assert_same(got, ref.matmul(*wide))
+        ab, bb3 = randn(5, 40, 300, seed=74), randn(5, 300, 50, seed=75)  # batched: split over batches
+        got = k.matmul(ab, bb3, transpose_out=True)
+        assert got is not None
+        assert_same(got, ref.matmul(ab, bb3).transpose(-1, -2).contiguous())
+    finally:
+        torch.set_num_threads(old)

@@ -4,6 +4,7 @@ then a real node process fed garbage over gossip and request streams."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import time
@@ -19,7 +20,7 @@ from protocol import bls
 from protocol.certificate import Certificate
 from protocol.claim import ClaimBody, compute_claim_id, compute_signed_claim
 from protocol.constants import MAX_GOSSIP_BYTES
-from protocol.ledger import compute_task_posted, get_claim_context
+from protocol.ledger import compute_posting_id, compute_task_posted, get_claim_context
 from protocol.messages import ChunkRequest, compute_claim_announced, encode_message
 from protocol.task import compute_task_id, encode_task
 from protocol.vote import compute_vote
@@ -57,7 +58,10 @@ def test_every_bad_message_is_refused_without_state_change(tmp_path: Path) -> No
         task = net.tasks[0]
         prover = net.provers[0].key.bls_secret_key
         body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), os.urandom(32), os.urandom(32),
-                         task.num_checkpoints, task.total_steps, task.checkpoint_interval)
+                         task.num_checkpoints, task.total_steps, task.checkpoint_interval, compute_posting_id(posting))
+        offline = compute_signed_claim(prover, dataclasses.replace(body, posting_id=bytes(32)))
+        assert (await node.handle_message(encode_message(compute_claim_announced(offline, ())), "gossip")).startswith(
+            "reject")  # a run for no posting (or another) is no work for this one
         claim = compute_signed_claim(prover, body)
         assert await node.handle_message(encode_message(compute_claim_announced(claim, ())), "gossip") == "accept"
         claim_id = compute_claim_id(body)
@@ -142,12 +146,14 @@ def test_double_vote_is_detected_proven_and_slashed(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         node = Node(config)
-        assert await node.handle_message(encode_message(_posting(net)), "gossip") == "accept"
+        posting = _posting(net)
+        assert await node.handle_message(encode_message(posting), "gossip") == "accept"
         task = net.tasks[0]
         prover = net.provers[0].key.bls_secret_key
         roots = [os.urandom(32) for _ in range(task.num_checkpoints)]
         body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), compute_commitment(roots),
-                         roots[-1], task.num_checkpoints, task.total_steps, task.checkpoint_interval)
+                         roots[-1], task.num_checkpoints, task.total_steps, task.checkpoint_interval,
+                         compute_posting_id(posting))
         assert await node.handle_message(encode_message(compute_claim_announced(compute_signed_claim(prover, body),
                                                                                 ())), "gossip") == "accept"
         claim_id = compute_claim_id(body)

@@ -158,3 +158,33 @@ def test_digits_dataset_hash_from_sklearn_loader() -> None:
     expected = hashlib.sha256(b"pol/v1/dataset" + b"sklearn-digits\x00" + canonical).digest()
     assert get_local_dataset_hash("sklearn-digits") == expected
     assert parse_task_toml((EXAMPLES / "digits-mlp.toml").read_text()).data.sha256 == expected
+
+
+def test_binding_vectors_posting_id_run_seed_and_claim_id() -> None:
+    """binding.json is written by tests/vectors/make_binding.py with hand-written msgpack and hashlib
+    alone (SPEC.md §6, §9, §16.3); the protocol package must agree with it byte for byte."""
+    from protocol.claim import ClaimBody, compute_claim_id, encode_claim_body
+    from protocol.ledger import compute_posting_id, compute_task_posted, compute_task_posted_message
+    from protocol.rng import compute_training_seed
+
+    v = load("binding.json")
+    p = v["posting"]
+    message = compute_task_posted_message(bytes.fromhex(p["task_id"]), bytes.fromhex(p["requester"]), p["reward"],
+                                          p["expires_at"])
+    assert message.hex() == p["message"]
+    assert hashlib.sha256(message).hexdigest() == p["posting_id"]
+    for case in v["training_seed"]:
+        seed = compute_training_seed(bytes.fromhex(case["task_id"]), bytes.fromhex(case["prover"]), bytes.fromhex(case["posting_id"]))
+        assert seed == case["training_seed"]
+    c = v["claim_body"]
+    body = ClaimBody(bytes.fromhex(c["task_id"]), bytes.fromhex(c["prover"]), bytes.fromhex(c["commitment"]),
+                     bytes.fromhex(c["final_root"]), c["num_checkpoints"], c["total_steps"], c["checkpoint_interval"],
+                     bytes.fromhex(c["posting_id"]))
+    assert encode_claim_body(body).hex() == c["encoding"]
+    assert compute_claim_id(body).hex() == c["claim_id"]
+    # compute_posting_id of a real posting is the hash of the message its requester signed.
+    task = encode_task(parse_task_toml((EXAMPLES / "digits-mlp.toml").read_text()))
+    posting = compute_task_posted(bytes.fromhex(load("bls.json")["secret_key"]), task, 5, 10**9)
+    signed = compute_task_posted_message(compute_task_id(parse_task_toml((EXAMPLES / "digits-mlp.toml").read_text())),
+                                         posting.requester, 5, 10**9)
+    assert compute_posting_id(posting) == hashlib.sha256(signed).digest()

@@ -39,6 +39,7 @@ from protocol.messages import (
     validate_gossip_message,
 )
 from protocol.state import TensorLeaf, compute_state_root, compute_tensor_proof
+from protocol.forced import ForcedErrorReveal
 from protocol.vote import compute_double_vote_proof, compute_vote
 
 T0 = 2_000
@@ -57,7 +58,7 @@ def fx() -> Fixture:
     net = make_network()
     genesis = get_initial_state(net.genesis)
     posting = compute_task_posted(net.requester_key, make_task(), 100, T0 + 5_000)
-    claim, roots = make_claim(net.prover_key, posting.task)
+    claim, roots = make_claim(net.prover_key, posting)
     empty = process_task_posted(genesis, posting, T0)
     state = process_claim(empty, claim, T0)
     ctx = get_claim_context(state, compute_claim_id(claim.body))
@@ -69,6 +70,7 @@ def fx() -> Fixture:
         "task_posted": posting, "claim": ClaimAnnounced(encode_claim(claim), ("peer0",)), "vote": vote,
         "reject": reject, "certificate": cert,
         "double_vote": compute_double_vote_proof(compute_vote(net.verifier_keys[1], ctx), reject),
+        "forced_reveal": ForcedErrorReveal(ctx.claim_id, b"\x01" * 32, ((0, b"\x02" * 32), (3, b"\x03" * 32))),
         "sync_request": SyncRequest(5, 10), "sync_response": SyncResponse((b"abc",), 6, True),
         "chunk_request": ChunkRequest(ctx.claim_id, 3, "param/w", 0, 16),
         "chunk_response": ChunkResponse(ctx.claim_id, 3, leaf.name, leaf.dtype, leaf.shape, 0, leaf.data[:16],
@@ -175,7 +177,7 @@ _docs = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=
 
 @FUZZ
 @given(st.sampled_from(["task_posted", "claim", "vote", "dispute_vote", "certificate", "double_vote",
-                        "sync_request", "sync_response", "chunk_request", "chunk_response", "x"]), _docs)
+                        "forced_reveal", "sync_request", "sync_response", "chunk_request", "chunk_response", "x"]), _docs)
 def test_fuzz_structured_documents(kind: str, body: object) -> None:
     _assert_decodes_or_invalid(encode_canonical({"type": kind, "body": body}))
 
