@@ -29,6 +29,7 @@ from prover.transcript import (
 )
 from protocol.claim import (
     Claim,
+    compute_claim_training_seed,
     decode_claim,
     encode_claim,
     validate_claim_against_task,
@@ -182,11 +183,12 @@ def _check_step_roots(report: ConformanceReport, pdir: ProofDir, task: Task, roo
                f"{present} files of {k} roots, each ending at its checkpoint root")
 
 
-def _runtime(task: Task, claim: Claim | None) -> Runtime:
-    """The run the claim commits to. Its random streams are keyed as SPEC.md §9 says (the same
-    derivation ``pol verify`` uses); the claim is passed so that a key derived from it applies here too."""
-    del claim  # §9 keys this version's streams by the task seed alone
-    return Runtime.for_task(task)
+def _runtime(task: Task, claim: Claim | None) -> Runtime | None:
+    """The run the claim commits to: every random stream is keyed by the claim's run seed (SPEC.md
+    §9: task id, prover key, posting id). Without a valid claim there is no run to check."""
+    if claim is None:
+        return None
+    return Runtime.for_task(task, compute_claim_training_seed(claim))
 
 
 def check_conformance(path: Path) -> ConformanceReport:
@@ -233,6 +235,9 @@ def check_conformance(path: Path) -> ConformanceReport:
         rt = _runtime(task, claim)  # a ReplayError (our data is missing) propagates: not the directory's fault
     except InvalidInput as exc:
         report.add("dataset", False, str(exc))
+        return report
+    if rt is None:
+        report.add("init", False, "not checked: the initial state is keyed by a valid claim's run seed (§9)")
         return report
     expected = compute_root(init_state(rt))
     report.add("init", roots[0] == expected,

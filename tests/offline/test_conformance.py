@@ -86,7 +86,7 @@ def test_tampered_claim_and_missing_checkpoint(proof_dir: Path) -> None:
     pdir.checkpoint(1).unlink()
     report = check_conformance(proof_dir)
     bad = {r.check for r in report.results if not r.ok}
-    assert bad == {"claim", "layout.checkpoints", "checkpoints"}, bad
+    assert bad == {"claim", "layout.checkpoints", "init"}, bad
     assert not report.ok and "missing [1]" in next(r.detail for r in report.results if r.check == "layout.checkpoints")
 
 

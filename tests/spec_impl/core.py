@@ -164,6 +164,11 @@ def claim_id(body: dict[str, Any]) -> bytes:
     return sha256(b"pol/v1/claim-id" + pack(body))
 
 
+def training_seed(task_id_: bytes, prover: bytes, posting_id: bytes) -> int:
+    """§9 run seed: every random stream of a claimed run is keyed by it, never by the task's seed."""
+    return int.from_bytes(sha256(b"pol/v1/training-seed" + task_id_ + prover + posting_id)[:8], "little")
+
+
 # --- §7 segment sample ---
 
 def segment_sample(signature: bytes, num_segments: int, count: int) -> list[int]:

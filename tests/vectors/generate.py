@@ -44,7 +44,8 @@ from protocol.encoding import encode_canonical  # noqa: E402
 from protocol.errors import InvalidTask  # noqa: E402
 from protocol.merkle import compute_merkle_proof, compute_merkle_root  # noqa: E402
 from protocol.rng import STREAM_DATA, STREAM_DROPOUT, compute_permutation, compute_random_u32  # noqa: E402
-from protocol.rng import compute_uniform_f64  # noqa: E402
+from protocol.constants import OFFLINE_POSTING_ID  # noqa: E402
+from protocol.rng import compute_training_seed, compute_uniform_f64  # noqa: E402
 from protocol.sampling import compute_segment_sample  # noqa: E402
 from protocol.state import TensorLeaf, compute_leaf_header, compute_state_root, compute_tensor_leaf_hash  # noqa: E402
 from protocol.task import Task, compute_task_id, encode_task, get_task_canonical, parse_task_toml  # noqa: E402
@@ -155,6 +156,26 @@ final_lr_fraction = 0.1
 
 def tiny_task(family: str) -> Task:
     return parse_task_toml(TINY[family])
+
+
+def _fixed_key(tag: bytes) -> bytes:
+    return bls.compute_secret_key(hashlib.sha256(b"pol test vector key " + tag).digest())
+
+
+# Training vectors are runs of this prover key under the offline posting id (SPEC.md §6, §9).
+VECTOR_PROVER = bls.compute_public_key(_fixed_key(b"prover"))
+
+
+def run_seed(task: Task, posting_id: bytes = OFFLINE_POSTING_ID) -> int:
+    return compute_training_seed(compute_task_id(task), VECTOR_PROVER, posting_id)
+
+
+def run_runtime(task: Task) -> Runtime:
+    return Runtime.for_task(task, run_seed(task))
+
+
+def run_binding(task: Task) -> dict[str, str]:
+    return {"prover": VECTOR_PROVER.hex(), "posting_id": OFFLINE_POSTING_ID.hex(), "run_seed": str(run_seed(task))}
 
 
 def _write(name: str, doc: dict[str, Any]) -> None:
@@ -286,23 +307,20 @@ def gen_state() -> dict[str, Any]:
     return {"section": "SPEC.md §5", "states": out}
 
 
-def _fixed_key(tag: bytes) -> bytes:
-    return bls.compute_secret_key(hashlib.sha256(b"pol test vector key " + tag).digest())
-
-
 def gen_claims() -> dict[str, Any]:
     sk = _fixed_key(b"prover")
     cases = []
-    for name in ("digits-mlp", "tiny-mlp"):
+    for name, posting in (("digits-mlp", OFFLINE_POSTING_ID), ("tiny-mlp", hashlib.sha256(b"a posting").digest())):
         task = builtin_task(name) if name in BUILTIN else tiny_task("mlp")
         roots = [hashlib.sha256(f"{name} root {i}".encode()).digest() for i in range(task.num_checkpoints)]
-        body = compute_claim_body(task, compute_task_id(task), bls.compute_public_key(sk), roots)
+        body = compute_claim_body(task, compute_task_id(task), bls.compute_public_key(sk), roots, posting)
         claim = compute_signed_claim(sk, body)
         doc = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in get_claim_body_document(body).items()}
         cases.append({"task": name, "secret_key": sk.hex(), "checkpoint_roots": [r.hex() for r in roots],
                       "body": doc, "body_hex": encode_claim_body(body).hex(), "claim_id": compute_claim_id(body).hex(),
                       "signing_message": compute_claim_signing_message(body).hex(),
-                      "signature": claim.signature.hex(), "claim_hex": encode_claim(claim).hex()})
+                      "signature": claim.signature.hex(), "claim_hex": encode_claim(claim).hex(),
+                      "run_seed": str(compute_training_seed(compute_task_id(task), body.prover, posting))})
     return {"section": "SPEC.md §6", "cases": cases}
 
 
@@ -407,13 +425,13 @@ def gen_models() -> dict[str, Any]:
     tasks = {name: builtin_task(name) for name in BUILTIN}
     tasks.update({f"tiny-{k}": tiny_task(k) for k in TINY})
     for name, task in tasks.items():
-        rt = Runtime.for_task(task)
+        rt = run_runtime(task)
         state = init_state(rt)
         params = [{"index": i, "name": s.name, "shape": list(s.shape), "init": s.init[0],
                    "bound_f64": struct.pack(">d", s.init[1]).hex() if s.init[0] == "uniform" else None,
                    "sha256": tensor_hash(state.params[s.name])} for i, s in enumerate(rt.specs)]
         models.append({"task": name, "task_id": compute_task_id(task).hex(), "family": task.model_family,
-                       "seed": str(task.seed), "params": params,
+                       "seed": str(rt.seed), **run_binding(task), "params": params,
                        "slots": sorted({lf.name.split("/")[1] for lf in get_state_leaves(state)
                                         if lf.name.startswith("opt/")}),
                        "init_root": compute_root(state).hex()})
@@ -425,9 +443,10 @@ def gen_datasets() -> dict[str, Any]:
     mlp = builtin_task("digits-mlp")
     ds = load_dataset(mlp.data)
     batches = []
+    keyed = run_runtime(mlp).keyed_task
     for step in (0, 28):
-        x, y = ds.get_batch(mlp, step)
-        batches.append({"task": "digits-mlp", "step": step, "inputs_sha256": tensor_hash(x),
+        x, y = ds.get_batch(keyed, step)
+        batches.append({"task": "digits-mlp", "seed": str(keyed.seed), "step": step, "inputs_sha256": tensor_hash(x),
                         "targets": [int(v) for v in y]})
     out.append({"adapter": "sklearn-digits", "sha256": ds.sha256.hex(), "items": len(ds.targets),
                 "canonical_bytes": len(ds.targets) * 65, "first_labels": [int(v) for v in ds.targets[:20]],
@@ -435,11 +454,13 @@ def gen_datasets() -> dict[str, Any]:
     tr = builtin_task("pydoc-transformer")
     ts = load_dataset(tr.data)
     batches = []
+    keyed = run_runtime(tr).keyed_task
     for step in (0, 199):
-        x, y = ts.get_batch(tr, step)
-        starts = compute_random_u32(tr.seed, STREAM_DATA, step, 1, tr.batch_size).astype(np.int64) % (
+        x, y = ts.get_batch(keyed, step)
+        starts = compute_random_u32(keyed.seed, STREAM_DATA, step, 1, tr.batch_size).astype(np.int64) % (
             len(ts.inputs) - tr.model.context - 1)  # type: ignore[union-attr]
-        batches.append({"task": "pydoc-transformer", "step": step, "starts": [int(s) for s in starts],
+        batches.append({"task": "pydoc-transformer", "seed": str(keyed.seed), "step": step,
+                        "starts": [int(s) for s in starts],
                         "inputs_sha256": tensor_hash(x), "targets_sha256": tensor_hash(y)})
     out.append({"adapter": "pydoc-topics", "sha256": ts.sha256.hex(), "bytes": len(ts.inputs),
                 "vocab": ts.n_classes, "first_tokens": [int(v) for v in ts.inputs[:20]], "batches": batches})
@@ -491,7 +512,7 @@ def record_step(task: Task) -> dict[str, Any]:
         for name, fn in saved_acts.items():
             F.ACTIVATIONS[name] = wrap(name, fn)
         optim.clip_grad_norm, optim.sgd_step, optim.adamw_step = clip, sgd, adamw  # type: ignore[assignment]
-        rt = Runtime.for_task(task)  # after patching: the model captures its activation function here
+        rt = run_runtime(task)  # after patching: the model captures its activation function here
         state = init_state(rt)
         names.extend(sorted(state.params))
         x, y = rt.dataset.get_batch(task, 0)
@@ -505,7 +526,7 @@ def record_step(task: Task) -> dict[str, Any]:
     for rec in fwd:
         rec["grad_sha256"] = grads.get(rec["index"])
     return {
-        "task_toml": TINY[task.model_family], "task_id": compute_task_id(task).hex(),
+        "task_toml": TINY[task.model_family], "task_id": compute_task_id(task).hex(), **run_binding(task),
         "init_root": compute_root(init_state(rt)).hex(),
         "batch": {"inputs_sha256": tensor_hash(x), "targets_sha256": tensor_hash(y)},
         "loss_f32": f32_bits(np.float32(loss))[0],
@@ -530,14 +551,14 @@ def gen_segments() -> dict[str, Any]:
     out = {}
     for name in BUILTIN:
         task = builtin_task(name)
-        rt = Runtime.for_task(task)
+        rt = run_runtime(task)
         state = init_state(rt)
         roots = [compute_root(state).hex()]
         losses = []
         for _ in range(task.checkpoint_interval):
             losses.append(f32_bits(np.float32(train_step(rt, state)))[0])
             roots.append(compute_root(state).hex())
-        out[name] = {"task_id": compute_task_id(task).hex(), "k": task.checkpoint_interval,
+        out[name] = {"task_id": compute_task_id(task).hex(), **run_binding(task), "k": task.checkpoint_interval,
                      "step_roots": roots, "losses_f32": losses}
     return {"section": "SPEC.md §13, §14", "note": "step_roots[0] is r_0, step_roots[k] is r_1", "segments": out}
 
@@ -560,6 +581,9 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(argv: list[str]) -> int:
+    # One thread: the vectors must not depend on how a multi-threaded kernel splits its work
+    # (the tests replay them with the default thread count, which must give the same bits).
+    torch.set_num_threads(1)
     wanted = [a if a.endswith(".json") else a + ".json" for a in argv] or list(GENERATORS)
     unknown = [w for w in wanted if w not in GENERATORS]
     if unknown:
