@@ -3,13 +3,14 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test bench lint clean anvil soak
+.PHONY: demo test bench lint clean anvil soak js-interop browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(MAKE) anvil
+	$(MAKE) browser
 	touch $(STAMP)
 
 # The local EVM chain (settlement contract tests, devnet): anvil's npm package, pinned by the lockfile.
@@ -20,11 +21,17 @@ $(ANVIL_DIR)/node_modules/.installed: $(ANVIL_DIR)/package.json $(ANVIL_DIR)/pac
 	cd $(ANVIL_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Headless Chromium for the dashboard test (Debian packages; the test skips, saying why, without them).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium not installed: tests/integration/test_dashboard.py will skip its browser check"
+
 # The main job: a local multi-process devnet where an honest claim is paid and a cheat slashed.
 demo: $(STAMP) anvil
 	.venv/bin/pol devnet --verifiers 4 --provers 2 --cheaters 1
 
-test: $(STAMP)
+test: $(STAMP) js-interop
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -45,3 +52,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf .venv build *.egg-info
+
+# A standard js-libp2p 2.x peer for tests/interop (versions pinned by the committed lockfile; Node >= 20).
+# Without npm the interop test is skipped with its reason, everything else still runs.
+JS_DIR := .tools/js
+js-interop: $(JS_DIR)/node_modules/.installed
+
+$(JS_DIR)/node_modules/.installed: tests/interop/js/package.json tests/interop/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(JS_DIR) && cp tests/interop/js/package.json tests/interop/js/package-lock.json $(JS_DIR)/ && \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: tests/interop (js-libp2p) will be skipped"; fi
+

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import backend, ref
+from .trace import traced
 
 F32 = torch.float32
 
@@ -45,6 +46,7 @@ def _exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) 
     return _exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
 
 
+@traced("linear")
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -68,6 +70,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     return y.reshape(*lead, w.shape[0])
 
 
+@traced("relu")
 class _ReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +98,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return _ReLU.apply(x)
 
 
+@traced("tanh")
 class _Tanh(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,7 @@ _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 
+@traced("gelu")
 class _GELU(torch.autograd.Function):
     """GELU, tanh form: 0.5*x*(1 + tanh(k*(x + c*x^3)))."""
 
@@ -154,6 +159,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"relu": relu, "tanh": tanh, "gelu": gelu}
 
 
+@traced("layer_norm")
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -201,6 +207,7 @@ def softmax_forward(x: torch.Tensor) -> torch.Tensor:
     return e / ref.exact_sum(e, -1, keepdim=True)
 
 
+@traced("softmax")
 class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +236,7 @@ def log_softmax_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return z - ref.log(s), e, s
 
 
+@traced("log_softmax")
 class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -255,6 +263,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
     return _LogSoftmax.apply(x)
 
 
+@traced("cross_entropy")
 class _CrossEntropy(torch.autograd.Function):
     """Mean negative log-likelihood of integer targets over the rows of ``logits``."""
 
@@ -288,6 +297,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 
+@traced("embedding")
 class _Embedding(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -309,6 +319,7 @@ def embedding(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _Embedding.apply(idx, w)
 
 
+@traced("add_broadcast")
 class _AddBroadcast(torch.autograd.Function):
     """x[B, ...] + p[...]: the gradient of p is an exact sum over the batch dimension."""
 
@@ -325,6 +336,7 @@ def add_broadcast(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return _AddBroadcast.apply(x, p)
 
 
+@traced("matmul")
 class _Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -341,6 +353,59 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _Matmul.apply(a, b)
 
 
+@traced("matmul_nt")
+class _MatmulNT(torch.autograd.Function):
+    """a @ b^T with the transpose inside the op, so the traced inputs are a and b as produced
+    (same bits as ``matmul(a, b.transpose(-1, -2))``)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return _matmul(a, b.transpose(-1, -2))
+
+    @staticmethod
+    def backward(ctx: Any, dc: torch.Tensor) -> Any:
+        a, b = ctx.saved_tensors
+        return _matmul(dc, b), _matmul(a.transpose(-1, -2), dc).transpose(-1, -2)
+
+
+@traced("add")
+class _Add(torch.autograd.Function):
+    """Residual a + b (one float32 add), traced so the residual stream has a named producer."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        return dy, dy
+
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _Add.apply(a, b)
+
+
+@traced("fork")
+class _Fork(torch.autograd.Function):
+    """Two uses of one activation. The gradient sum that autograd would do unseen becomes this
+    op's backward: one float32 add of two terms, the same bits in either order."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> Any:
+        return x.clone(), x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+        return d1 + d2
+
+
+def fork(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _Fork.apply(x)
+    return a, b
+
+
+@traced("scale_mask")
 class _ScaleMask(torch.autograd.Function):
     """Causal attention scores: s * scale, with -inf above the diagonal."""
 
@@ -364,6 +429,7 @@ class _ScaleMask(torch.autograd.Function):
         return torch.where(mask, torch.zeros_like(dy), dy * _c(ctx.scale)), None
 
 
+@traced("split_qkv")
 class _SplitQKV(torch.autograd.Function):
     """[B, T, 3D] -> q, k, v as [B, H, T, D/H]; one consumer for the fused projection."""
 
@@ -382,6 +448,7 @@ class _SplitQKV(torch.autograd.Function):
         return stacked.permute(1, 3, 0, 2, 4).reshape(b, t, 3 * d), None
 
 
+@traced("merge_heads")
 class _MergeHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
@@ -399,10 +466,11 @@ def causal_attention(qkv: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Multi-head causal self-attention core: qkv [B, T, 3D] -> [B, T, D]."""
     q, k, v = _SplitQKV.apply(qkv, n_heads)
     dh = q.shape[-1]
-    scores = _ScaleMask.apply(matmul(q, k.transpose(-1, -2)), 1.0 / math.sqrt(dh))
+    scores = _ScaleMask.apply(_MatmulNT.apply(q, k), 1.0 / math.sqrt(dh))
     return _MergeHeads.apply(matmul(softmax(scores), v))
 
 
+@traced("dropout")
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale_mask: torch.Tensor) -> torch.Tensor:
@@ -427,6 +495,7 @@ def dropout(x: torch.Tensor, scale_mask: torch.Tensor) -> torch.Tensor:
     return _Dropout.apply(x, scale_mask)
 
 
+@traced("conv2d")
 class _Conv2d(torch.autograd.Function):
     """3x3/5x5 convolution, stride 1, zero padding k//2, as im2col + exact matmul.
 

@@ -20,7 +20,7 @@ import torch
 from protocol.rng import STREAM_DROPOUT, STREAM_INIT, compute_random_u32, compute_uniform_f64
 from protocol.task import CNNConfig, MLPConfig, Task, TransformerConfig
 
-from . import backend
+from . import backend, trace
 from . import functional as F
 
 # How each parameter is initialised: ("uniform", bound) | ("zeros",) | ("ones",)
@@ -105,6 +105,14 @@ def init_params(specs: list[ParamSpec], seed: int) -> dict[str, torch.Tensor]:
 def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
     """F.dropout_mask of the Philox words (seed, STREAM_DROPOUT, step, site); in C when available
     (gpu_ops/cpu/nnops.c, equal to protocol.rng bit for bit: tests/gpu_ops/test_fast_vs_ref.py)."""
+    mask = _compute_dropout_mask(seed, step, site, p, shape)
+    rec = trace.get_recorder()
+    if rec is not None:  # the mask is an input of the dropout op; the step comes from the dispute
+        rec.record("dropout_mask", [site, p, list(shape)], [], [mask])
+    return mask
+
+
+def _compute_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
     k = backend.kernels()
     if k is not None and 0 <= seed < 2**64:
         scale = float(torch.tensor(1.0 / (1.0 - p), dtype=torch.float32))
@@ -165,14 +173,16 @@ def _transformer_forward(task: Task) -> Forward:
         h = drop(h, step, 0)
         for i in range(cfg.n_layers):
             pre = f"h{i}."
+            # fork/add: the residual's two uses and its sum are traced ops (same bits as h + a).
+            h, skip = F.fork(h)
             a = F.layer_norm(h, p[pre + "ln1.weight"], p[pre + "ln1.bias"])
             a = F.causal_attention(F.linear(a, p[pre + "attn.qkv.weight"], p[pre + "attn.qkv.bias"]), cfg.n_heads)
             a = drop(F.linear(a, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"]), step, 1 + 2 * i)
-            h = h + a
+            h, skip = F.fork(F.add(skip, a))
             f = F.layer_norm(h, p[pre + "ln2.weight"], p[pre + "ln2.bias"])
             f = F.gelu(F.linear(f, p[pre + "mlp.fc.weight"], p[pre + "mlp.fc.bias"]))
             f = drop(F.linear(f, p[pre + "mlp.proj.weight"], p[pre + "mlp.proj.bias"]), step, 2 + 2 * i)
-            h = h + f
+            h = F.add(skip, f)
         h = F.layer_norm(h, p["ln_f.weight"], p["ln_f.bias"])
         return F.cross_entropy(F.linear(h, p["head.weight"]), y)
 

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from typing import Any
 
 from pol.keyfile import load_keyfile
@@ -49,7 +48,9 @@ from protocol.vote import (
 )
 
 from .chainstate import ChainState
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
+from .guard import Guard
+from .limits import get_limits
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ TOPIC_OF: dict[type, str] = {TaskPosted: TOPIC_TASKS, ClaimAnnounced: TOPIC_CLAI
                              ForcedErrorReveal: TOPIC_CLAIMS}
 PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/1"
 MAX_SYNC_RESPONSE = 900 * 1024
-MAX_PENDING, PENDING_TTL_S = 2000, 300.0
 
 
 def make_topic_validator(topic: str) -> Any:
@@ -99,21 +99,36 @@ class Node:
         self.http_port = 0
         self.started_at = time.time()
         self.stats: dict[str, int] = {"accepted": 0, "ignored": 0, "rejected": 0, "published": 0}
-        self._pending: deque[tuple[bytes, str, float]] = deque(maxlen=MAX_PENDING)
+        try:
+            self.limits = get_limits(config.extra)
+        except ValueError as exc:
+            raise ConfigError(f"node limits: {exc}") from None
+        self.guard = Guard(self.limits)  # per-peer budgets, scores, bans, the pending index
         self._pending_event = asyncio.Event()
         self._sync_cursor: dict[str, int] = {}
+        self._no_sync: dict[str, float] = {}  # peers without /pol/sync/1 -> when to ask again
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         from .work import Worker
 
         self.worker = Worker(self)
         self.settlement: Any = None  # node.settlement.Settlement when the config names a chain
+        from .events import EventWatcher
+        from .metrics import instrument
+
+        self.metrics = instrument(self)  # wraps handle_message and the worker's replay/fetch on this instance
+        self.watcher = EventWatcher(self)
+        self.loop_alive_at = time.time()
 
     # --- time and identity -----------------------------------------------------------------
 
     def now(self) -> int:
         """Ledger time: whole seconds of the node's clock, passed into the pure functions."""
         return int(time.time())
+
+    def get_name(self, pubkey: bytes) -> str:
+        """Display name of an account: the config's ``[names]``, else a short public key."""
+        return self.config.names.get(pubkey.hex()) or pubkey.hex()[:12]
 
     @property
     def verifier_index(self) -> int | None:
@@ -142,35 +157,48 @@ class Node:
     async def run(self) -> None:
         from aiohttp import web
 
+        from .auth import ensure_api_token
         from .http import build_app
         from .p2p import P2PConfig, P2PNetwork
 
         if self.config.rpc_url:  # before anything listens: a node refuses a chain it cannot trust
             await self.settlement_start()
         self.replay_log()
+        from .startup import check_membership, start_http, start_p2p
+
+        if not self.config.rpc_url:  # on a chain, stake lives in the contract (the settlement checks it)
+            check_membership(self)
         validators = {topic: make_topic_validator(topic) for topic in TOPICS}
-        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_port=self.config.listen_port,
+        self.net = P2PNetwork(P2PConfig(identity_seed=self.key.node_seed, listen_host=self.config.listen_host,
+                                        listen_port=self.config.listen_port,
                                         bootstrap=self.config.bootstrap, topics=TOPICS,
                                         max_gossip_bytes=MAX_GOSSIP_BYTES,
-                                        request_timeout_s=self.config.fetch_timeout_s),
+                                        request_timeout_s=self.config.fetch_timeout_s,
+                                        # relayed per author: twice what this node processes, so the node's
+                                        # own budget still sees (and scores) a flooder before libp2p cuts it
+                                        origin_rate_per_s=2 * self.limits.gossip_per_s,
+                                        origin_burst=2 * self.limits.gossip_burst),
                               validators=validators)
-        self.net.set_request_handler(PROTO_SYNC, self._serve_sync)
-        self.net.set_request_handler(PROTO_PROOF, self.worker.serve_proof)
-        self.net.set_request_handler(PROTO_CHUNK, self.worker.chunk_server.serve)
-        await self.net.start()
+        self.net.set_request_handler(PROTO_SYNC, self.guard.serving(self._serve_sync))
+        self.net.set_request_handler(PROTO_PROOF, self.guard.serving(self.worker.serve_proof))
+        self.net.set_request_handler(PROTO_CHUNK, self.guard.serving(self.worker.chunk_server.serve))
+        await start_p2p(self)
         index = self.verifier_index
         if index is not None and self.genesis.verifiers[index].peer_id != self.net.peer_id:
             log.warning("this node's peer id %s differs from the genesis entry %s", self.net.peer_id,
                         self.genesis.verifiers[index].peer_id)
-        runner = web.AppRunner(build_app(self), access_log=None)
+        runner = web.AppRunner(build_app(self, ensure_api_token(self.config.data_dir)), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.config.http_port)
-        await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("node %s (%s) up: http 127.0.0.1:%d, p2p %s", self.config.role, self.pubkey.hex()[:12],
-                 self.http_port, self.net.listen_addrs)
+        self.http_port = await start_http(self, runner)
+        log.info("node %s (%s) up: http %s:%d, p2p %s", self.config.role, self.pubkey.hex()[:12],
+                 self.config.http_host, self.http_port, self.net.listen_addrs)
         (self.config.data_dir / "ready.json").write_text(encode_canonical({}).hex())  # marker for scripts
-        for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop()):
+        self.watcher.check()  # records the replayed history without announcing it
+        from .events import startup_line
+
+        startup_line(self, f"http://{self.config.http_host}:{self.http_port}/")
+        for coro in (self._gossip_loop(), self._tick_loop(), self._sync_loop(), self._pending_loop(),
+                     self.watcher.run()):
             self.spawn(coro)
         if self.settlement is not None:
             self.spawn(self.settlement.run())
@@ -213,7 +241,7 @@ class Node:
 
     # --- messages ----------------------------------------------------------------------------
 
-    async def handle_message(self, data: bytes, source: str, peer: str = "") -> str:
+    async def handle_message(self, data: bytes, source: str, peer: str = "", parked_at: float | None = None) -> str:
         """Validate and apply one encoded message; returns 'accept', 'ignore: …' or 'reject: …'."""
         now = self.now()
         try:
@@ -231,13 +259,13 @@ class Node:
             self._check_vote_replay(msg)
         except GossipReject as exc:
             self.stats["rejected"] += 1
-            log.info("reject %s message from %s: %s", source, peer[-8:] or "-", exc.reason)
+            if self.guard.should_log():  # rate-limited: a flood of garbage must not flood the log
+                log.info("reject %s message from %s: %s", source, peer[-8:] or "-", exc.reason)
             return f"reject: {exc.reason}"
         except GossipIgnore as exc:
             self.stats["ignored"] += 1
             log.debug("ignore %s message from %s: %s", source, peer[-8:] or "-", exc.reason)
-            if not exc.reason.startswith(("duplicate", "already")) and "already" not in exc.reason:
-                self._pending.append((data, source, time.time()))
+            self.guard.park(data, source, peer, exc.reason, parked_at)  # only if it waits for a known key
             return f"ignore: {exc.reason}"
         except Exception as exc:  # noqa: BLE001 - a bug must not let a peer crash the node
             self.stats["rejected"] += 1
@@ -295,7 +323,9 @@ class Node:
         if self.settlement is not None:
             self.settlement.on_message(msg, source)
         self._after_apply(msg)
-        self._pending_event.set()
+        self.guard.unlock(msg)
+        if self.guard.ready:
+            self._pending_event.set()
         return "accept"
 
     async def publish_local(self, msg: Message) -> str:
@@ -345,11 +375,33 @@ class Node:
     async def _gossip_loop(self) -> None:
         while True:
             item = await self.net.incoming.get()
-            await self.handle_message(item.data, "gossip", item.from_peer)
+            if not self.guard.admit(item.from_peer):  # over its budget (or banned): dropped unread
+                self.stats["throttled"] = self.stats.get("throttled", 0) + 1
+            else:
+                self.guard.judge(item.from_peer, await self.handle_message(item.data, "gossip", item.from_peer))
+            await self._disconnect_banned()
+
+    async def _disconnect_banned(self) -> None:
+        while self.guard.to_disconnect:
+            peer = self.guard.to_disconnect.pop()
+            self.stats["disconnected"] = self.stats.get("disconnected", 0) + 1
+            try:
+                self.net.ban(peer, self.limits.ban_s)  # in libp2p too: its gossip is no longer relayed
+                await self.net.disconnect(peer)
+            except Exception as exc:  # noqa: BLE001 - it may be gone already
+                log.debug("disconnecting %s failed: %r", peer[-8:], exc)
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
+            # Authors whose gossip libp2p dropped over budget lose score here too: a flood that never reaches
+            # the node's own budget still gets its author banned and disconnected.
+            dropped, self.net.over_budget = self.net.over_budget, {}
+            for peer, count in dropped.items():
+                self.stats["throttled"] = self.stats.get("throttled", 0) + count
+                if self.guard.peers.penalize(peer, count * self.limits.throttle_penalty, time.monotonic()):
+                    self.guard.to_disconnect.append(peer)
+            await self._disconnect_banned()
             now = self.now()
             if self.chain.would_tick(now):
                 wall = time.time()
@@ -367,29 +419,36 @@ class Node:
             await self._pending_event.wait()
             self._pending_event.clear()
             await asyncio.sleep(0.05)
-            items, cutoff = list(self._pending), time.time() - PENDING_TTL_S
-            self._pending.clear()
-            for data, source, at in items:
-                if at < cutoff:
-                    continue
-                before = len(self._pending)
-                result = await self.handle_message(data, source)
-                if result.startswith("ignore") and len(self._pending) > before:
-                    self._pending[-1] = (data, source, at)  # keep the original age
+            # Only what waited for something just applied is retried, each message once per key (an
+            # unchanged queue is never re-validated, so its signatures are not checked again and again).
+            for item in self.guard.take_ready():
+                await self.handle_message(item.data, item.source, item.peer, parked_at=item.at)
 
     async def _sync_loop(self) -> None:
+        from .p2p import ProtocolNotSupported
+
         while True:
             await asyncio.sleep(self.config.sync_interval_s * (0.5 + random.random()))
+            now = time.monotonic()
             for peer in self.net.connected_peers():
+                if self._no_sync.get(peer, 0.0) > now:
+                    continue
                 try:
                     await self.sync_from(peer)
+                except ProtocolNotSupported:  # a standard libp2p peer: keep it, just do not ask again soon
+                    self._no_sync[peer] = now + 60.0
+                    if len(self._no_sync) > 4096:
+                        self._no_sync.clear()
                 except Exception as exc:  # noqa: BLE001 - a bad or absent peer only costs one round
                     log.debug("sync from %s failed: %r", peer[-8:], exc)
+            await self._disconnect_banned()
 
     async def sync_from(self, peer: str) -> int:
         """Fetch everything ``peer`` logged since our cursor; returns how many items arrived."""
         got = 0
-        for _ in range(20):  # bounded: at most 20 pages per round
+        for _ in range(20):  # bounded: at most 20 pages per round, and the peer's sync budget
+            if not self.guard.admit(peer, "sync"):
+                break
             since = self._sync_cursor.get(peer, 1)
             raw = await self.net.request(peer, PROTO_SYNC, encode_message(SyncRequest(since, MAX_SYNC_ITEMS)),
                                          timeout=self.config.fetch_timeout_s, max_response_bytes=1 << 20)
@@ -397,7 +456,7 @@ class Node:
             if not isinstance(resp, SyncResponse) or resp.next < since:
                 raise GossipReject("bad sync response")
             for item in resp.items:
-                await self.handle_message(item, "sync", peer)
+                self.guard.judge(peer, await self.handle_message(item, "sync", peer))
             got += len(resp.items)
             self._sync_cursor[peer] = resp.next
             if resp.complete:

@@ -12,7 +12,7 @@ the gossip model uses, so the worker, the HTTP API and the devnet read one shape
 - times (``registered_at``, ``certified_at``, ``opened_at``) are block timestamps.
 
 A task's step counts come from its gossiped posting; until that arrives the task shows 0 steps
-and nobody works on it. ``samples_required`` is fixed when the claim's event is folded, from the
+and nobody works on it. ``sample_milli`` is fixed when the claim's event is folded, from the
 stakes at that point of the chain, so every node derives the same number.
 
 ``ChainBackedState`` is the ``ChainState`` of a node in chain mode: gossip is recorded but moves no
@@ -31,7 +31,9 @@ from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim
 from protocol.constants import VERDICT_ACCEPT
 from protocol.errors import InvalidInput
-from protocol.genesis import Genesis, VerifierEntry, compute_samples_required
+from protocol.forced import ForcedErrorReveal
+from protocol.economics import compute_claim_sample_milli
+from protocol.genesis import Genesis, VerifierEntry
 from protocol.ledger import (
     CLAIM_ACCEPTED,
     CLAIM_PAID,
@@ -52,6 +54,7 @@ from protocol.ledger import (
     LedgerState,
     TaskPosted,
     TaskRecord,
+    compute_posting_id,
 )
 from protocol.messages import ClaimAnnounced, Message
 from protocol.task import Task, compute_task_id, decode_task
@@ -81,9 +84,11 @@ class FoldExtras:
     txs: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)  # subject -> [{event, tx, block}]
 
 
-def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, Task]) -> tuple[LedgerState, FoldExtras]:
+def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, Task],
+                posting_ids: dict[bytes, bytes] | None = None) -> tuple[LedgerState, FoldExtras]:
     """The contract's state as the ``LedgerState`` model sees it, from its events in chain order."""
     by_key = {v.pubkey: v for v in genesis.verifiers}
+    posting_ids = posting_ids or {}
     verifiers: list[VerifierEntry] = []
     balances: dict[bytes, int] = {}
     task_records: dict[bytes, TaskRecord] = {}
@@ -139,7 +144,7 @@ def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, T
             task_records[task_id] = TaskRecord(
                 _b(a["requester"]), int(a["reward"]), int(a["reward"]), int(a["expires_at"]),
                 int(a["num_checkpoints"]), spec.total_steps if spec else 0,
-                spec.checkpoint_interval if spec else 0, TASK_OPEN)
+                spec.checkpoint_interval if spec else 0, TASK_OPEN, posting_id=posting_ids.get(task_id, b""))
         elif name == "TaskRefunded":
             subject = task_id = _b(a["task_id"])
             credit(_b(a["requester"]), int(a["amount"]))
@@ -150,8 +155,7 @@ def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, T
             credit(account, -bond)
             task = task_records[task_id]
             task_records[task_id] = replace(task, status=TASK_CLAIMED, claim_id=claim_id)
-            samples = compute_samples_required(int(a["num_checkpoints"]) - 1, task.reward, bond, verifiers,
-                                               genesis.params)
+            samples = compute_claim_sample_milli(task.reward, bond, verifiers, genesis.params)
             claims[claim_id] = ClaimRecord(task_id, _b(a["prover_pubkey"]), _b(a["commitment"]),
                                            int(a["num_checkpoints"]), samples, bond, ev.block_time, CLAIM_PENDING)
             extras.claim_accounts[claim_id] = account
@@ -227,7 +231,8 @@ class ChainBackedState(ChainState):
 
     def _refold(self, wall: float) -> None:
         try:
-            self.state, self.extras = fold_events(self.genesis, self.events, self.task_specs)
+            self.state, self.extras = fold_events(self.genesis, self.events, self.task_specs,
+                                                  {t: compute_posting_id(p) for t, p in self.postings.items()})
         except (KeyError, IndexError, ValueError, InvalidInput) as exc:  # a log the fold cannot place
             log.error("contract events do not fold into a ledger view: %r", exc)
             return
@@ -265,6 +270,8 @@ class ChainBackedState(ChainState):
             self.certificates.setdefault((msg.subject, msg.verdict), msg)  # certified_at: when the chain says so
         elif isinstance(msg, DoubleVoteProof):
             pass  # the contract slashes (node.settlement submits the proof); nothing to record here
+        elif isinstance(msg, ForcedErrorReveal):
+            pass  # relayed; the contract has no forced-error entry point, so it moves no money (§16.8)
         else:
             raise TypeError(f"{type(msg).__name__} is not a ledger message")
         self.applied += 1

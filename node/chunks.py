@@ -130,6 +130,7 @@ class _Progress:
     buf: bytearray = field(default_factory=bytearray)
     first: ChunkResponse | None = None
     restarts: int = 0
+    layout: dict[str, tuple[str, tuple[int, ...]]] | None = None
 
 
 @dataclass
@@ -153,10 +154,17 @@ class ChunkFetcher:
         self.current: dict[str, object] = {}  # what is being fetched right now (for /status)
 
     async def fetch(self, claim_id: bytes, index: int, root: bytes, commitment: bytes, num_checkpoints: int,
-                    names: list[str], candidates: list[tuple[str, str | None]]) -> list[TensorLeaf]:
-        """All tensors ``names`` of checkpoint ``index``, proven under ``root`` (itself under ``commitment``)."""
+                    names: list[str], candidates: list[tuple[str, str | None]],
+                    layout: dict[str, tuple[str, tuple[int, ...]]] | None = None) -> list[TensorLeaf]:
+        """All tensors ``names`` of checkpoint ``index``, proven under ``root`` (itself under ``commitment``).
+
+        ``layout`` (name -> dtype, shape, from the task) is what each tensor must be: a holder that states
+        another dtype or shape is refused at its first chunk, so no holder can make us buffer more than the
+        task's own tensor sizes.
+        """
         key = (claim_id, index)
         prog = self._progress.setdefault(key, _Progress())
+        prog.layout = layout
         holders = list(candidates)
         at, errors = 0, list[str]()
         limit = FRAME_BYTES if self.chunk_bytes <= CHUNK_BYTES else MAX_CHUNK_LENGTH + 64 * 1024
@@ -239,6 +247,9 @@ class ChunkFetcher:
         resp = decode_message(raw)
         if not isinstance(resp, ChunkResponse):
             raise InvalidMessage("expected a chunk response")
+        if prog.layout is not None and prog.layout.get(req.tensor) != (resp.dtype, resp.shape):
+            raise InvalidMessage(f"holder states {resp.dtype}{list(resp.shape)[:8]} for {req.tensor}; the task "
+                                 f"implies {prog.layout.get(req.tensor)}")
         validate_chunk_response(resp, req, commitment, num_checkpoints)
         if resp.state_root != root:
             raise InvalidProof("chunk's state root differs from the committed root")

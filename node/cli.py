@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -17,7 +18,10 @@ from typing import Any
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the network subcommands to ``sub``."""
     n = sub.add_parser("node", help="run a prover or verifier node (libp2p + HTTP API + SQLite ledger)")
-    n.add_argument("--config", required=True, help="node TOML file (see node/config.py)")
+    n.add_argument("--config", required=True, help="node TOML file (see docs/operators.md)")
+    n.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="terminal and log file lines: text for people, json (one object a line) for machines")
+    n.add_argument("--check", action="store_true", help="check the config, key and genesis, then exit")
     n.set_defaults(func=cmd_node)
 
     d = sub.add_parser("devnet", help="run a local network of node processes and settle honest and cheating claims")
@@ -26,7 +30,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     d.add_argument("--cheaters", type=int, default=1)
     d.add_argument("--dir", default=None, help="fresh directory for keys, genesis, databases and logs")
     d.add_argument("--steps", type=int, default=40, help="training steps of each devnet task (default 40)")
-    d.add_argument("--timeout", type=float, default=150.0, help="seconds until the devnet gives up (default 150)")
+    d.add_argument("--timeout", type=float, default=300.0, help="seconds until the devnet gives up (default 300)")
     d.add_argument("--keep", action="store_true", help="leave the nodes running until Ctrl-C")
     d.add_argument("--json", action="store_true")
     d.add_argument("--gossip-ledger", action="store_true",
@@ -38,16 +42,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def cmd_node(args: argparse.Namespace) -> int:
     from .config import load_config
 
+    from .startup import check_files
+
     config = load_config(Path(args.config))
-    root = logging.getLogger()
-    if config.log_file is not None:
-        config.log_file.parent.mkdir(parents=True, exist_ok=True)
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        handler = logging.FileHandler(config.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(config.log_level)
+    check_files(config)
+    setup_node_logging(config, getattr(args, "verbose", 0), args.log_format)
+    if args.check:
+        return _check_node(config)
     from .onchain import ChainError
 
     try:
@@ -56,6 +57,69 @@ def cmd_node(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).error("refusing to start: %s", exc)
         print(f"pol node: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_node(config: Any) -> int:
+    """``pol node --check``: everything the node verifies before it binds a port."""
+    from .app import Node
+    from .startup import check_membership
+
+    node = Node(config)
+    try:
+        node.replay_log()
+        check_membership(node)
+    finally:
+        node.store.close()
+    print(f"{config.config_file}: ok ({config.role}, key {node.pubkey.hex()[:16]}…)")
+    return 0
+
+
+class _ConsoleFilter(logging.Filter):
+    """The terminal shows event lines and warnings; ``-v`` adds the node's info lines, ``-vv`` debug."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__()
+        self.level = logging.WARNING - 10 * min(verbose, 2)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pol.events":
+            return record.levelno >= logging.INFO or self.level <= logging.DEBUG
+        if record.name.startswith(("libp2p", "multiaddr")) and self.level >= logging.WARNING:
+            # py-libp2p logs every failed dial as ERROR (a peer not up yet): node.log keeps them.
+            return record.levelno >= logging.CRITICAL
+        return record.levelno >= self.level
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        self._plain = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._plain.format(record) if record.name == "pol.events" else super().format(record)
+
+
+def setup_node_logging(config: Any, verbose: int, log_format: str) -> None:
+    from .events import JsonFormatter
+
+    def formatter() -> logging.Formatter:
+        return JsonFormatter() if log_format == "json" else _TextFormatter()
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_ConsoleFilter(verbose))
+    console.setFormatter(formatter())
+    root.addHandler(console)
+    file_level = logging.getLevelName(config.log_level)
+    if config.log_file is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(config.log_file)
+        handler.setLevel(file_level)
+        handler.setFormatter(formatter())
+        root.addHandler(handler)
+    root.setLevel(min(file_level, logging.INFO, logging.WARNING - 10 * min(verbose, 2)))
 
 
 async def _run_node(config: Any) -> int:
@@ -72,7 +136,9 @@ async def _run_node(config: Any) -> int:
 def cmd_devnet(args: argparse.Namespace) -> int:
     from . import devnet as dn
 
-    directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pol-devnet-"))
+    # Resolved once: child nodes run with the devnet directory as their working directory.
+    directory = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="pol-devnet-"))
+    ok = False
     started = time.monotonic()
     deadline = started + args.timeout
     net = chain = None
@@ -106,8 +172,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
             print(format_table(report))
+        ok = bool(report["consistent"])
         if args.keep:
-            say("nodes still running; Ctrl-C to stop")
+            say("nodes still running; Ctrl-C to stop. Dashboards: "
+                + ", ".join(f"{n.name} {n.url}/" for n in net.nodes))
             while True:
                 time.sleep(1)
         return 0 if report["consistent"] else 1
@@ -122,6 +190,11 @@ def cmd_devnet(args: argparse.Namespace) -> int:
             dn.stop_all(net)
         if chain is not None:
             dc.stop_chain(chain)
+        if not args.dir:  # a directory we made: removed after a clean run, kept (and named) after a failure
+            if ok and not args.keep:
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                print(f"pol devnet: logs kept in {directory}", file=sys.stderr)
 
 
 def add_chain_report(report: dict[str, Any], net: Any, chain: Any, claims: list[dict[str, Any]], posted: dict[str, Any],

@@ -6,8 +6,11 @@
     key = "keys/v0.json"         # pol.keyfile key file (BLS key + libp2p seed)
     genesis = "genesis.msgpack"  # protocol.genesis.encode_genesis bytes
     data_dir = "v0"              # SQLite database, checkpoints, proofs, log
-    listen_port = 41000          # libp2p TCP port on 127.0.0.1 (0 = any)
-    http_port = 42000            # JSON API on 127.0.0.1 (0 = any)
+    listen_host = "127.0.0.1"    # p2p interface; "0.0.0.0" = all (see docs/operators.md for the risks)
+    listen_port = 41000          # libp2p TCP port (0 = any)
+    announce_addrs = ["/ip4/203.0.113.7/tcp/41000"]  # optional: public multiaddrs to give other operators
+    http_host = "127.0.0.1"      # JSON API, dashboard and /metrics (keep it private)
+    http_port = 42000            # (0 = any)
     bootstrap = ["/ip4/127.0.0.1/tcp/41000/p2p/12D3Koo..."]
     log_file = "v0/node.log"     # optional
     log_level = "INFO"
@@ -25,17 +28,23 @@
     confirmations = 2                  # blocks an event must be buried under before the node uses it
     chain_poll_s = 1.0
     chain_start_block = 0              # the contract's deployment block: events before it need no reading
+    [names]                      # optional display names for accounts (dashboard, log lines)
+    "<public key hex>" = "alice"
 
-Relative paths are relative to the config file's directory.
+Relative paths (key, genesis, data_dir, log_file) are resolved against the config file's directory,
+not the working directory, so a node starts the same from anywhere. Unknown keys are refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pol.files import read_regular_text
 
 ROLES = ("prover", "verifier")
 CHEATS = ("", "tamper")
@@ -43,6 +52,10 @@ CHEATS = ("", "tamper")
 
 class ConfigError(Exception):
     """The node configuration is unusable (operator error)."""
+
+
+class NodeStartError(ConfigError):
+    """The node cannot start as configured: port taken, key not in genesis, ... (operator error)."""
 
 
 @dataclass(frozen=True)
@@ -70,56 +83,146 @@ class NodeConfig:
     chain_poll_s: float = 1.0
     chain_start_block: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    listen_host: str = "127.0.0.1"  # p2p; 0.0.0.0 = every interface (docs/operators.md: risks)
+    http_host: str = "127.0.0.1"  # the HTTP API, dashboard and /metrics
+    announce_addrs: tuple[str, ...] = ()  # public multiaddrs others should dial (shown at start-up, /status)
+    names: dict[str, str] = field(default_factory=dict)  # public key hex -> display name (dashboard, logs)
+    config_file: Path | None = None
+
+
+# Every key a node config may hold. Unknown keys are refused (a typo must not silently fall back to a
+# default); a new option adds its name here and its parsing in ``load_config``.
+KNOWN_KEYS: set[str] = {
+    "role", "key", "genesis", "data_dir", "listen_host", "listen_port", "http_host", "http_port",
+    "announce_addrs", "bootstrap", "log_file", "log_level", "prove_tasks", "cheat", "tick_s",
+    "sync_interval_s", "fetch_timeout_s", "chunk_bytes", "names",
+    # settlement chain (see _chain_fields)
+    "rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s", "chain_start_block",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _limit_keys() -> set[str]:
+    """The optional resource-limit keys (node/limits.py's NodeLimits fields)."""
+    from dataclasses import fields
+
+    from .limits import NodeLimits
+
+    return {f.name for f in fields(NodeLimits)}
 
 
 def load_config(path: Path) -> NodeConfig:
+    """Parse and check a node config; every problem is one ``ConfigError`` line naming the file and key."""
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        if not Path(path).exists():
+            raise FileNotFoundError(path)
+        raw = tomllib.loads(read_regular_text(path, 1 << 20, ConfigError, f"config file {path}"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     base = Path(path).resolve().parent
 
-    def rel(value: Any, key: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{path}: {key} must be a non-empty string")
-        p = Path(value)
-        return p if p.is_absolute() else base / p
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{path}: key {key!r}: {problem}")
 
-    known = {"role", "key", "genesis", "data_dir", "listen_port", "http_port", "bootstrap", "log_file",
-             "log_level", "prove_tasks", "cheat", "tick_s", "sync_interval_s", "fetch_timeout_s",
-             "chunk_bytes"}
-    known |= CHAIN_KEYS
+    known = KNOWN_KEYS | _limit_keys()
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise fail(unknown[0], f"unknown key (known keys: {', '.join(sorted(known))})")
     for key in ("role", "key", "genesis", "data_dir"):
         if key not in raw:
             raise ConfigError(f"{path}: missing required key {key!r}")
+
+    def rel(key: str) -> Path:
+        value = raw[key]
+        if not isinstance(value, str) or not value:
+            raise fail(key, "must be a non-empty string (a path, relative to the config file's directory)")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def integer(key: str, default: int, lo: int, hi: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise fail(key, f"must be an integer in {lo}..{hi}, not {value!r}")
+        return value
+
+    def number(key: str, default: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise fail(key, f"must be a number of seconds in (0, 3600], not {value!r}")
+        return float(value)
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail(key, "must be a list of strings")
+        return tuple(value)
+
+    def host(key: str) -> str:
+        value = raw.get(key, "127.0.0.1")
+        try:
+            ipaddress.IPv4Address(value)
+        except (ValueError, TypeError):
+            raise fail(key, f"must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, not {value!r}") from None
+        return str(value)
+
+    def multiaddrs(key: str) -> tuple[str, ...]:
+        addrs = strings(key)
+        for a in addrs:
+            if not a.startswith(("/ip4/", "/ip6/", "/dns4/", "/dns6/", "/dns/")) or "/tcp/" not in a:
+                raise fail(key, f"{a!r} is not a TCP multiaddr like /ip4/203.0.113.7/tcp/41000/p2p/12D3Koo...")
+        return addrs
+
     role = raw["role"]
     if role not in ROLES:
-        raise ConfigError(f"{path}: role must be one of {ROLES}, not {role!r}")
+        raise fail("role", f"must be one of {', '.join(ROLES)}, not {role!r}")
     cheat = raw.get("cheat", "")
     if cheat not in CHEATS:
-        raise ConfigError(f"{path}: cheat must be one of {CHEATS}")
+        raise fail("cheat", f"must be one of {CHEATS}, not {cheat!r}")
+    log_level = str(raw.get("log_level", "INFO")).upper()
+    if log_level not in LOG_LEVELS:
+        raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {raw.get('log_level')!r}")
+    names = raw.get("names", {})
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise fail("names", "must be a table of public key hex = \"name\"")
+    for k in names:
+        try:
+            bytes.fromhex(k)
+        except ValueError:
+            raise fail("names", f"{k[:20]!r} is not a public key in hex") from None
+    chunk_bytes = integer("chunk_bytes", 0, 0, 1 << 20)
+    limits = {k: v for k, v in raw.items() if k in _limit_keys()}
     try:
-        chunk_bytes = int(raw.get("chunk_bytes", 0))
-        if not 0 <= chunk_bytes <= 1 << 20:
-            raise ValueError("chunk_bytes must be 0 (default) or 1..1048576")
-        return NodeConfig(
-            role=role, key=rel(raw["key"], "key"), genesis=rel(raw["genesis"], "genesis"),
-            data_dir=rel(raw["data_dir"], "data_dir"),
-            listen_port=int(raw.get("listen_port", 0)), http_port=int(raw.get("http_port", 0)),
-            bootstrap=tuple(str(b) for b in raw.get("bootstrap", [])),
-            log_file=rel(raw["log_file"], "log_file") if raw.get("log_file") else None,
-            log_level=str(raw.get("log_level", "INFO")).upper(),
-            prove_tasks=tuple(str(t) for t in raw.get("prove_tasks", [])), cheat=cheat,
-            tick_s=float(raw.get("tick_s", 0.5)), sync_interval_s=float(raw.get("sync_interval_s", 2.0)),
-            fetch_timeout_s=float(raw.get("fetch_timeout_s", 10.0)),
-            chunk_bytes=chunk_bytes,
-            **_chain_fields(raw, rel, path),
-            extra={k: v for k, v in raw.items() if k not in known},
-        )
+        from .limits import get_limits
+
+        get_limits(limits)
+    except ValueError as exc:
+        raise fail(sorted(limits)[0] if len(limits) == 1 else "limits", str(exc)) from None
+    try:
+        chain = _chain_fields(raw, lambda value, key: rel(key), path)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return NodeConfig(
+        role=role, key=rel("key"), genesis=rel("genesis"), data_dir=rel("data_dir"),
+        listen_port=integer("listen_port", 0, 0, 65535), http_port=integer("http_port", 0, 0, 65535),
+        bootstrap=multiaddrs("bootstrap"),
+        log_file=rel("log_file") if raw.get("log_file") else None,
+        log_level=log_level, prove_tasks=strings("prove_tasks"), cheat=cheat,
+        tick_s=number("tick_s", 0.5), sync_interval_s=number("sync_interval_s", 2.0),
+        fetch_timeout_s=number("fetch_timeout_s", 10.0), chunk_bytes=chunk_bytes,
+        listen_host=host("listen_host"), http_host=host("http_host"),
+        announce_addrs=multiaddrs("announce_addrs"), names={k.lower(): v for k, v in names.items()},
+        config_file=Path(path).resolve(),
+        extra=limits,
+        **chain,
+    )
 
 
 CHAIN_KEYS = {"rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s", "chain_start_block"}
@@ -155,9 +258,13 @@ def _chain_fields(raw: dict[str, Any], rel: Any, path: Path) -> dict[str, Any]:
 
 
 def format_config_toml(doc: dict[str, Any]) -> str:
-    """Minimal TOML writer for flat documents of str/int/float/bool/list[str] (the devnet's configs)."""
+    """Minimal TOML writer for str/int/float/bool/list[str] values and flat tables of strings (the
+    devnet's and ``pol genesis``'s configs)."""
     lines = []
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}  # TOML tables must follow plain keys
     for key, value in doc.items():
+        if key in tables:
+            continue
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, (int, float)):
@@ -167,6 +274,9 @@ def format_config_toml(doc: dict[str, Any]) -> str:
         else:
             text = _quote(str(value))
         lines.append(f"{key} = {text}")
+    for key, table in tables.items():
+        lines.append(f"\n[{key}]")
+        lines.extend(f"{_quote(str(k))} = {_quote(str(v))}" for k, v in table.items())
     return "\n".join(lines) + "\n"
 
 

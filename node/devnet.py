@@ -33,6 +33,7 @@ from protocol.ledger import compute_task_posted
 from protocol.messages import encode_message
 from protocol.task import Task, compute_task_id, encode_task, parse_task_toml
 
+from .auth import read_api_token
 from .config import format_config_toml
 from .identity import compute_peer_id
 
@@ -147,11 +148,14 @@ def create(directory: Path, verifiers: int, provers: int, cheaters: int, *, step
         task = devnet_task(j, steps, interval)
         prover.task_id = compute_task_id(task)
         net.tasks.append(task)
+    names = {m.key.public_key.hex(): m.name + (" (cheater)" if m.cheat else "") for m in net.nodes}
+    names[net.requester.public_key.hex()] = "requester"
     for n in net.nodes:
         doc: dict[str, Any] = {
             "role": n.role, "key": f"keys/{n.name}.json", "genesis": "genesis.msgpack", "data_dir": n.name,
             "listen_port": n.p2p_port, "http_port": n.http_port, "log_file": f"{n.name}/node.log",
             "log_level": "INFO", "bootstrap": [v.addr for v in net.verifiers if v is not n],
+            "names": names,
         }
         if n.role == "prover":
             doc.update(prove_tasks=[n.task_id.hex()], cheat=n.cheat)
@@ -205,9 +209,11 @@ def http_get(node: NodeSpec, path: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
-def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 30.0) -> Any:
-    req = urllib.request.Request(node.url + path, data=json.dumps(doc).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def http_post(node: NodeSpec, path: str, doc: Any, timeout: float = 30.0, token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(node.url + path, data=json.dumps(doc).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -245,7 +251,8 @@ def post_tasks(net: Devnet, via: NodeSpec, reward: int = REWARD) -> None:
         message = {"message": encode_message(posting).hex()}
         for attempt in range(3):
             try:
-                result = http_post(via, "/tasks", message, timeout=timeout)
+                result = http_post(via, "/tasks", message, timeout=timeout,
+                                   token=read_api_token(net.directory / via.name))
             except DevnetError:
                 if attempt == 2:
                     raise

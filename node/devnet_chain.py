@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from web3.types import RPCEndpoint
+
 from protocol import bls
 from protocol.task import compute_task_id
 
@@ -64,7 +66,7 @@ def start_chain(net: Devnet) -> DevChain:
             path = net.directory / "keys" / f"{name}.eth.json"
             save_eth_keyfile(path, generate_eth_key())  # the `pol chain key-new` format: usable with `pol stake`…
             chain.accounts[name] = load_eth_key(path)
-            w3.provider.make_request("anvil_setBalance", [chain.accounts[name].address, hex(FUNDS_WEI)])
+            w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [chain.accounts[name].address, hex(FUNDS_WEI)])
         client, receipt = deploy_settlement(w3, chain.accounts["requester"], SettlementParams.from_params(net.params))
         chain.client = client
         chain.deploy_tx, chain.deploy_gas = "0x" + receipt.transaction_hash.hex(), int(receipt.gas_used)

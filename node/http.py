@@ -1,20 +1,28 @@
 """The node's JSON API on 127.0.0.1 (aiohttp).
 
-GET  /status /peers /tasks /claims /votes /certificates /ledger
+GET  /status /peers /tasks /claims /votes /certificates /ledger /overview
+GET  / (dashboard page)  /metrics (Prometheus text)  /health (readiness; ?live for liveness)
 POST /tasks  {"message": "<hex of an encoded task_posted envelope>"} -> {"result": "accept" | "reject: …"}
+
+Every POST needs ``Authorization: Bearer <token>`` (the token is ``<data_dir>/api_token``, node/auth.py) and
 GET  /claims/{claim_id}/claim  the signed claim (canonical msgpack bytes)
 GET  /claims/{claim_id}/model  its final checkpoint (safetensors bytes), if this node holds it; the client
      checks it against the claim's final_root (``pol fetch-model``)
+
+Every POST needs ``Authorization: Bearer <token>`` (the token is ``<data_dir>/api_token``, node/auth.py) and
+``Content-Type: application/json``; a bad request gets a 4xx with ``{"error": reason}``, never a 500.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from protocol.bounded import decode_json
 from protocol.claim import encode_claim
 from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import InvalidInput
@@ -26,8 +34,30 @@ if TYPE_CHECKING:
     from .app import Node
 
 
-def build_app(node: "Node") -> web.Application:
-    app = web.Application(client_max_size=2 * MAX_GOSSIP_BYTES + 1024)
+MAX_BODY = 2 * MAX_GOSSIP_BYTES + 1024  # hex of the largest message, plus the JSON around it
+
+
+def build_app(node: "Node", token: str | None = None) -> web.Application:
+    """The API; ``token`` None means no POST is accepted at all (401)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            given = request.headers.get("Authorization", "")
+            if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return web.json_response({"error": "missing or wrong bearer token (see <data_dir>/api_token)"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+            if request.content_type != "application/json":
+                return web.json_response({"error": "Content-Type must be application/json"}, status=415)
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:
+            if exc.status >= 500:
+                raise
+            return web.json_response({"error": exc.reason}, status=exc.status)
+
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard])
 
     def reply(doc: Any) -> web.Response:
         return web.json_response(doc, dumps=lambda d: json.dumps(d, sort_keys=True))
@@ -45,6 +75,7 @@ def build_app(node: "Node") -> web.Application:
                        "resumes": node.worker.fetcher.stats.resumes, "by_peer": node.worker.fetcher.stats.by_peer,
                        "served": node.worker.chunk_server.served, "served_bytes": node.worker.chunk_server.served_bytes,
                        "fetching": node.worker.fetcher.current},
+            "guard": node.guard.report(),
         })
 
     async def peers(_: web.Request) -> web.Response:
@@ -76,7 +107,8 @@ def build_app(node: "Node") -> web.Application:
 
     async def certificates(_: web.Request) -> web.Response:
         return reply({"certificates": [
-            {"kind": "claim" if c.kind == 0 else "dispute", "subject": s.hex(), "verdict": verdict,
+            {"kind": "claim" if c.kind == 0 else "dispute", "subject": s.hex(),
+             "verdict": _verdict_word(c.kind, verdict),
              "signers": list(c.signers)} for (s, verdict), c in node.chain.certificates.items()]})
 
     async def ledger(_: web.Request) -> web.Response:
@@ -84,19 +116,21 @@ def build_app(node: "Node") -> web.Application:
 
     async def post_task(request: web.Request) -> web.Response:
         try:
-            doc = await request.json()
+            doc = decode_json(await request.read(), MAX_BODY, max_depth=1)
+            if not isinstance(doc, dict) or set(doc) != {"message"} or not isinstance(doc["message"], str):
+                raise ValueError('expected {"message": "<hex>"}')
             data = bytes.fromhex(doc["message"])
             msg = decode_message(data, MAX_GOSSIP_BYTES)
             if not isinstance(msg, TaskPosted):
                 raise ValueError("not a task posting")
+            task_id = compute_task_id(decode_task(msg.task))  # an undecodable task was a 500 before
         except (ValueError, KeyError, TypeError, InvalidInput) as exc:
-            return web.json_response({"result": f"reject: {exc}"}, status=400)
+            return web.json_response({"result": f"reject: {exc}", "error": str(exc)}, status=400)
         result = await node.handle_message(data, "http")
         if result == "accept":
             await node.gossip(msg, data)
         status_code = 200 if result == "accept" or result.startswith("ignore") else 400
-        return web.json_response({"result": result, "task_id": compute_task_id(decode_task(msg.task)).hex()},
-                                 status=status_code)
+        return web.json_response({"result": result, "task_id": task_id.hex()}, status=status_code)
 
     def _claim_id(request: web.Request) -> bytes:
         raw = request.match_info["claim_id"]
@@ -137,4 +171,15 @@ def build_app(node: "Node") -> web.Application:
         return reply(node.settlement.get_report())
 
     app.router.add_get("/settlement", settlement)
+
+    from .dashboard import add_routes
+
+    add_routes(app, node)  # / (dashboard), /metrics, /health, /overview
     return app
+
+
+def _verdict_word(kind: int, verdict: int) -> str:
+    """Verdicts are words in every JSON answer: accept/reject on claims, upheld/failed on disputes."""
+    if kind == 0:
+        return "accept" if verdict == VERDICT_ACCEPT else "reject"
+    return "upheld" if verdict == VERDICT_ACCEPT else "failed"

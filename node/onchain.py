@@ -80,7 +80,7 @@ def load_eth_key(path: Path) -> Any:
 @lru_cache(maxsize=1)
 def get_pairing_probe() -> bytes:
     """Input of the EIP-2537 probe: the pairs (G1, G2) and (-G1, G2), whose product is the identity."""
-    from py_ecc.optimized_bls12_381 import G1, G2, neg, normalize
+    from py_ecc.optimized_bls12_381 import G1, G2, neg, normalize  # type: ignore[attr-defined]
 
     def fp(x: int) -> bytes:
         return int(x).to_bytes(64, "big")

@@ -17,10 +17,12 @@ Interface (all methods are called from the asyncio loop that ran ``start()``)::
     net.incoming                                                 # asyncio.Queue[GossipMessage]
     await net.publish(topic, data)                               # paced; ValueError if too big/rejected
     await net.request(peer_id, protocol, payload, timeout=None, max_response_bytes=None) -> bytes
-    await net.connect(multiaddr); net.connected_peers(); await net.stop()
+    await net.connect(multiaddr); net.connected_peers(); await net.disconnect(peer_id); await net.stop()
+    net.ban(peer_id, seconds)                                    # its gossip is dropped and not relayed
 
 Errors: ``PeerUnavailable`` (no connection could be made), ``RequestFailed(reason)`` (timeout, transport
-failure after one redial, remote handler error, integrity failure) and its subclass ``ResponseTooLarge``.
+failure after one redial, remote handler error, integrity failure) and its subclasses ``ResponseTooLarge``
+and ``ProtocolNotSupported`` (the peer does not speak the protocol; the connection is kept).
 Own published messages are not echoed into ``incoming``; gossip is best effort (P3), so callers should
 reconcile with requests.
 """
@@ -32,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,6 +48,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -90,6 +94,10 @@ class RequestFailed(P2PError):
         self.reason = reason
 
 
+class ProtocolNotSupported(RequestFailed):
+    """The peer is connected and healthy but does not speak the protocol (a standard libp2p peer)."""
+
+
 class ResponseTooLarge(RequestFailed):
     pass
 
@@ -115,6 +123,10 @@ class P2PConfig:
     max_response_bytes: int = 256 * 1024 * 1024
     publish_rate_per_s: float = 100.0
     incoming_queue_size: int = 10_000
+    # Gossip accepted (and relayed) per originating peer, checked in the libp2p validator before decoding;
+    # 0 disables. Excess is neither delivered nor relayed, so one flooder cannot fill every peer's links.
+    origin_rate_per_s: float = 0.0
+    origin_burst: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.identity_seed) != 32:
@@ -152,6 +164,18 @@ def _describe(exc: BaseException) -> str:
         # Yamux reports a killed peer as a clean EOF (P9): without the END frame this is a truncation.
         return "stream closed before the end-of-response marker (truncated)"
     return repr(exc)
+
+
+def _is_unsupported(exc: BaseException) -> bool:
+    """True when multistream-select refused the protocol (the peer answered "na")."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProtocolNotSupportedError) or "not supported" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -192,6 +216,11 @@ class P2PNetwork:
         self._running = False
         self._dropped = 0
         self._inbound: trio.Semaphore | None = None
+        self._banned: dict[bytes, float] = {}  # originator peer id bytes -> monotonic time the ban ends
+        self._origins: OrderedDict[bytes, list[float]] = OrderedDict()  # originator -> [tokens, at]
+        self.origin_dropped = 0
+        self.over_budget: dict[str, int] = {}  # author -> messages dropped over its budget (drained by the node)
+        self._my_id = b""
 
     # ---------------------------------------------------------------- asyncio-facing API
 
@@ -254,6 +283,39 @@ class P2PNetwork:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         self._remember(info)
         await self._call(self._connect_trio, info)
+
+    def ban(self, peer_id: str, seconds: float) -> None:
+        """Drop (and never relay) gossip authored by ``peer_id`` for ``seconds``; thread-safe (one dict write)."""
+        banned = dict(self._banned)
+        now = time.monotonic()
+        banned = {k: v for k, v in banned.items() if v > now}
+        banned[ID.from_base58(peer_id).to_bytes()] = now + seconds
+        self._banned = banned
+
+    def _origin_allowed(self, origin: bytes) -> bool:
+        until = self._banned.get(origin)
+        now = time.monotonic()
+        if until is not None and until > now:
+            return False
+        rate, burst = self.config.origin_rate_per_s, self.config.origin_burst
+        if rate <= 0 or origin == self._my_id:  # our own publishes are paced already
+            return True
+        bucket = self._origins.get(origin)
+        if bucket is None:
+            bucket = self._origins[origin] = [burst, now]
+            if len(self._origins) > 4096:
+                self._origins.popitem(last=False)
+        self._origins.move_to_end(origin)
+        bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] < 1:
+            return False
+        bucket[0] -= 1
+        return True
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (a peer that exhausted its budget or its score)."""
+        await self._call(self._drop_connection, ID.from_base58(peer_id))
 
     def connected_peers(self) -> list[str]:
         if self._host is None or not self._running:
@@ -401,6 +463,7 @@ class P2PNetwork:
                 for topic in cfg.topics:
                     nursery.start_soon(self._pump, topic, await pubsub.subscribe(topic))
                 self.peer_id = host.get_id().to_base58()
+                self._my_id = host.get_id().to_bytes()
                 self.listen_addrs = [f"{addr}/p2p/{self.peer_id}" for addr in host.get_transport_addrs()]
                 self._loop.call_soon_threadsafe(_resolve, ready)
                 await self._stop_event.wait()
@@ -434,6 +497,12 @@ class P2PNetwork:
         limit = self.config.max_gossip_bytes
 
         def validate(forwarder: ID, msg: Any) -> bool:
+            if not self._origin_allowed(bytes(msg.from_id)):  # banned or over budget: not delivered, not relayed
+                self.origin_dropped += 1
+                author = ID(msg.from_id).to_base58()
+                if author in self.over_budget or len(self.over_budget) < 1024:
+                    self.over_budget[author] = self.over_budget.get(author, 0) + 1
+                return False
             if len(msg.data) > limit:
                 log.debug("rejected gossip on %s from %s: %d bytes > %d", topic, forwarder, len(msg.data), limit)
                 return False
@@ -512,6 +581,11 @@ class P2PNetwork:
                 await self._drop_connection(peer)
                 raise RequestFailed(f"protocol violation by {peer} on {protocol}: {exc}") from None
             except Exception as exc:  # transport failure: StreamFailure, SwarmException, StreamEOF, ...
+                if _is_unsupported(exc):
+                    # Multistream answered "na": the connection is fine. Dropping it would cut off every
+                    # peer that only speaks the standard protocols (gossip) and not our optional ones.
+                    clean = True
+                    raise ProtocolNotSupported(f"{peer} does not support {protocol}") from None
                 cause = _describe(exc)
                 log.debug("%s request to %s failed (attempt %d): %s", protocol, peer, attempt, cause)
                 if attempt == 2:

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import bls
 from protocol.certificate import Certificate
-from protocol.claim import compute_claim_id, decode_claim
+from protocol.claim import compute_claim_id, decode_claim, validate_claim_signature
 from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
+from protocol.forced import ForcedErrorReveal
 from protocol.ledger import (
     CLAIM_ACCEPTED,
     CLAIM_PENDING,
@@ -45,11 +46,13 @@ from protocol.messages import (
     validate_gossip_certificate,
     validate_gossip_dispute_vote,
     validate_gossip_double_vote,
+    validate_gossip_forced_reveal,
     validate_gossip_vote,
 )
 from protocol.task import decode_task
 from protocol.vote import SUBJECT_CLAIM, DisputeVote, DoubleVoteProof, Vote
 
+from .chainview import ChainBackedState
 from .evm.contract import ContractRevert
 from .follower import ChainFollower, EventStore, ReorgDuringRead
 from .onchain import ChainError, check_chain, connect, load_eth_key
@@ -131,6 +134,12 @@ class Settlement:
                  cfg.chain_id, cfg.contract, self.account.address if self.account else "none (follow only)",
                  cfg.confirmations, self.store.count(), self.cursor)
 
+    @property
+    def view(self) -> ChainBackedState:
+        chain = self.node.chain
+        assert isinstance(chain, ChainBackedState)  # Node builds one whenever the config names a chain
+        return chain
+
     def check_params(self) -> None:
         """The contract must run the genesis rules: its deadlines, quorum, bond and slashing are what
         this node computes samples and submits deadlines with."""
@@ -162,6 +171,7 @@ class Settlement:
             try:
                 await self.poll()
                 if self.account is not None:
+                    self._retry_own_claims()
                     await self.apply_deadlines()
             except asyncio.CancelledError:
                 raise
@@ -190,7 +200,7 @@ class Settlement:
             return False
         self._loaded = True
         events = await asyncio.to_thread(lambda: list(self.store.events()))  # type: ignore[union-attr]
-        self.node.chain.set_events(events, time.time())
+        self.view.set_events(events, time.time())
         if notify:
             self.on_view_changed()
         return True
@@ -200,12 +210,12 @@ class Settlement:
         node = self.node
         node._pending_event.set()  # votes that waited for their claim's event
         for task_id, posting in list(node.chain.postings.items()):
-            record = node.chain.state.tasks.get(task_id)
-            if record is not None and record.status == TASK_OPEN:
+            task = node.chain.state.tasks.get(task_id)
+            if task is not None and task.status == TASK_OPEN:
                 node.worker.on_task(posting)
         for claim_id, info in list(node.chain.claims.items()):
-            record = node.chain.state.claims.get(claim_id)
-            if record is not None and record.status == CLAIM_PENDING:
+            claim = node.chain.state.claims.get(claim_id)
+            if claim is not None and claim.status == CLAIM_PENDING:
                 node.worker.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
         if self.account is not None:
             self._resubmit_certificates()
@@ -240,8 +250,6 @@ class Settlement:
                     raise GossipReject("posting's checkpoints differ from the task's on chain")
             elif isinstance(msg, ClaimAnnounced):
                 claim = decode_claim(msg.claim)
-                from protocol.claim import validate_claim_signature
-
                 validate_claim_signature(claim)
                 claim_id = compute_claim_id(claim.body)
                 if claim_id in chain.claims:
@@ -265,6 +273,8 @@ class Settlement:
                 validate_gossip_certificate(msg, state, now)
             elif isinstance(msg, DoubleVoteProof):
                 validate_gossip_double_vote(msg, state, now)
+            elif isinstance(msg, ForcedErrorReveal):
+                validate_gossip_forced_reveal(msg, state, now)  # relayed; settles nothing on this contract
             else:
                 raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
         except InvalidInput as exc:
@@ -343,8 +353,22 @@ class Settlement:
 
     # --- transactions ------------------------------------------------------------------------
 
+    def _retry_own_claims(self) -> None:
+        """This prover's announced claim that the chain does not show while its task is still open (the
+        transaction failed or a reorg dropped it) is sent again, at most every ``RESUBMIT_S``."""
+        state = self.node.chain.state
+        for claim_id, info in list(self.node.chain.claims.items()):
+            body = info.claim.body
+            task = state.tasks.get(body.task_id)
+            if body.prover != self.node.pubkey or claim_id in state.claims or task is None or task.status != TASK_OPEN:
+                continue
+            last = self._tried.get(("claim_task", claim_id))
+            if last is None or time.monotonic() - last >= RESUBMIT_S:
+                self.node.spawn(self.submit_claim(info.claim))
+
     async def submit_claim(self, claim: Any) -> TxRecord | None:
         claim_id = compute_claim_id(claim.body)
+        self._tried[("claim_task", claim_id)] = time.monotonic()
         message = await asyncio.to_thread(self.client.get_claim_binding_message, claim_id, self.account.address)
         binding = bls.sign(self.node.key.bls_secret_key, bytes(message))
         return await self.submit("claim_task", claim_id, claim.body.task_id, claim_id, claim.body.commitment,
@@ -429,7 +453,7 @@ class Settlement:
         return {"chain_id": self.node.config.chain_id, "contract": self.node.config.contract,
                 "account": self.account.address if self.account else None, "head": self.head,
                 "cursor": self.cursor, "block_time": self.block_time, "confirmations": self.node.config.confirmations,
-                "reorgs": self.reorgs, "reverted_when_mined": self.reverted, "events": len(self.node.chain.events),
+                "reorgs": self.reorgs, "reverted_when_mined": self.reverted, "events": len(self.view.events),
                 "txs": [dataclasses.asdict(r) for r in self.txs]}
 
 

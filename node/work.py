@@ -23,7 +23,8 @@ from prover.transcript import ProofDir, read_transcript
 from protocol.claim import compute_claim_id, compute_claim_training_seed, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.encoding import decode_canonical, encode_canonical
-from protocol.errors import InvalidInput, InvalidMessage
+from protocol.budget import validate_task_cost
+from protocol.errors import InvalidInput, InvalidMessage, OverBudget
 from protocol.genesis import get_field, validate_keys
 from protocol.ledger import TASK_OPEN, TaskPosted, compute_posting_id, get_claim_context
 from protocol.merkle import compute_merkle_proof
@@ -60,6 +61,7 @@ class Worker:
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
+        self._layouts: dict[bytes, dict[str, tuple[str, tuple[int, ...]]]] = {}  # task id -> name -> dtype, shape
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
@@ -96,8 +98,25 @@ class Worker:
 
         self.node.spawn(run())
 
+    def over_budget(self, task: Task) -> str | None:
+        """Why this node will not train or replay ``task`` (its state or compute exceeds our budget), or None.
+
+        Checked from the task spec alone, before any data set, tensor or fetch is allocated.
+        """
+        limits = self.node.limits
+        try:
+            validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
+        except (OverBudget, InvalidInput) as exc:
+            return str(exc)
+        return None
+
     def on_task(self, posting: TaskPosted) -> None:
         cfg = self.node.config
+        reason = self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            log.warning("task %s is beyond this node's budget: %s", compute_task_id(decode_task(posting.task)).hex()[:12],
+                        reason)
+            return
         if cfg.role != "prover":
             # Loading a task's data set takes seconds: do it now, before a claim on it arrives.
             task = decode_task(posting.task)
@@ -118,6 +137,12 @@ class Worker:
             claim_id = compute_claim_id(decode_claim(msg.claim).body)
         record = self.node.chain.state.claims.get(claim_id)
         if record is None or record.status != "pending":
+            return
+        posting = self.node.chain.postings.get(record.task_id)
+        reason = None if posting is None else self.over_budget(decode_task(posting.task))
+        if reason is not None:
+            self.skipped[claim_id] = f"over budget: {reason}"
+            log.warning("claim %s: not verifying, %s", claim_id.hex()[:12], self.skipped[claim_id])
             return
         mine = self.node.store.get_my_vote(claim_id)
         if mine is not None:
@@ -350,6 +375,7 @@ class Worker:
             from prover.training import get_state_leaves, init_state
 
             leaves = await asyncio.to_thread(lambda: get_sorted_leaves(get_state_leaves(init_state(rt))))
+            self._layouts[task_id] = {leaf.name: (leaf.dtype, leaf.shape) for leaf in leaves}
             self._names[task_id] = [leaf.name for leaf in leaves]
         return self._names[task_id]
 
@@ -397,7 +423,7 @@ class Worker:
         body = self.node.chain.claims[claim_id].claim.body
         names = await self._state_names(rt)
         leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
-                                          self._candidates(claim_id))
+                                          self._candidates(claim_id), self._layouts.get(compute_task_id(rt.task)))
         path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)

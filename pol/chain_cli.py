@@ -49,7 +49,7 @@ def _client(args: argparse.Namespace, need_key: bool = True) -> Any:
     check_eip2537(args.rpc)
     account = load_eth_keyfile(Path(args.key)) if need_key or getattr(args, "key", None) else None
     address = _address(args.contract)
-    if not w3.eth.get_code(address):
+    if not w3.eth.get_code(w3.to_checksum_address(address)):
         raise ChainCliError(f"no contract at {address} on {args.rpc}")
     return SettlementClient(w3, address, account)
 

@@ -1,7 +1,9 @@
 """The ``pol`` command line. Humans get text; ``--json`` gives one JSON document on stdout.
 
-Exit codes: 0 success/accept, 1 reject, 2 error (bad input or environment; message on
-stderr, no traceback).
+Exit codes, the same in every command: 0 success/accept; 1 reject, only for a proof that fails
+one of the checks of the prover's work; 2 for anything that is not a proof, an operator error or
+an environment problem (one line on stderr, no traceback). Verdicts in JSON are words
+("accept"/"reject"). A closed stdout (``pol ... --json | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,18 +45,28 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from .keyfile import load_keyfile
 
+    from node.identity import compute_peer_id
+    from protocol import bls
+
     key = load_keyfile(Path(args.keyfile))
-    _emit(args, {"public_key": key.public_key.hex()}, f"public key {key.public_key.hex()}")
+    # Everything a genesis coordinator needs (`pol genesis add-verifier`), and nothing secret.
+    doc = {"public_key": key.public_key.hex(), "pop": bls.compute_pop(key.bls_secret_key).hex(),
+           "peer_id": compute_peer_id(key.node_seed)}
+    _emit(args, doc, f"public key {doc['public_key']}\npeer id    {doc['peer_id']}\npop        {doc['pop']}")
     return EXIT_OK
 
 
 def _read_task(path: str) -> Any:
     from prover.builtin import resolve_task_path
+    from protocol.constants import MAX_TASK_BYTES
+    from protocol.errors import InvalidTask
     from protocol.task import parse_task_toml
+
+    from .files import read_regular_text
 
     p = resolve_task_path(path)
     try:
-        return parse_task_toml(p.read_text(encoding="utf-8"))
+        return parse_task_toml(read_regular_text(p, MAX_TASK_BYTES, InvalidTask, f"task file {path}"))
     except FileNotFoundError:
         raise CliError(f"task file {path} does not exist") from None
 
@@ -72,10 +85,10 @@ def _read_posting_id(value: str, task: Any) -> bytes:
     raw: bytes = value.encode()
     if not _is_hex(value, 64):
         try:
-            raw = Path(value).read_bytes().strip()
+            raw = Path(value).read_bytes()
         except FileNotFoundError:
             raise CliError(f"--posting {value!r} is neither a 64-hex posting id nor an existing file") from None
-    text = raw.decode("ascii", "replace")
+    text = raw.strip().decode("ascii", "replace")  # strip only the text forms: binary msgpack is used as is
     if _is_hex(text, 64):
         return bytes.fromhex(text)
     if _is_hex(text):
@@ -117,7 +130,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
-        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id)
+        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
+                       keep_step_roots=args.keep_step_roots)
     doc = {
         "task_id": compute_task_id(task).hex(),
         "posting_id": posting_id.hex(),
@@ -134,26 +148,46 @@ def cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _require_proof_dir(path: Path) -> None:
+    """Anything that is not a proof directory is an operator error (exit 2), never a reject (exit 1)."""
+    from prover.transcript import ProofDir
+
+    if not path.is_dir():
+        raise CliError(f"{path} is not a directory")
+    pdir = ProofDir(path)
+    missing = [p.name for p in (pdir.task_file, pdir.claim_file) if not p.exists()]
+    if missing:
+        raise CliError(f"{path} is not a proof directory (no {' or '.join(missing)}; "
+                       "`pol prove` writes one, and an unfinished proof has no claim yet)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    from prover.transcript import ProofDir
     from verifier.verify import ACCEPT, verify_dir
 
     from .keyfile import load_keyfile
-    from .progress import segment_printer
+    from .progress import SegmentProgress, describe_detection
 
     key = load_keyfile(Path(args.key)).bls_secret_key if args.key else None
     segments = None if args.segments == "all" else _positive_int(args.segments, "--segments")
     path = Path(args.dir)
-    if not path.is_dir():
-        raise CliError(f"{path} is not a directory")
+    _require_proof_dir(path)
     expected_task = _resolve_task_id(args.task) if args.task else None
     expected_posting = None
     if args.posting:
         expected_posting = _read_posting_id(args.posting, _read_task(args.task)) if args.task and not _is_hex(
             args.task, 64) else _read_posting_id_only(args.posting)
-    report = verify_dir(path, segments=segments, secret_key=key,
-                        on_segment=None if args.json else segment_printer(), expected_task_id=expected_task,
-                        expected_posting_id=expected_posting)
+    try:
+        total = ProofDir(path).read_task().num_segments
+    except (PolError, ValueError):
+        total = None  # verify_dir names the failing check
+    if total is not None and segments is not None:
+        total = min(total, segments)
+    with SegmentProgress(total, disable=args.json or args.quiet) as bar:
+        report = verify_dir(path, segments=segments, secret_key=key, on_segment=bar.update,
+                            expected_task_id=expected_task, expected_posting_id=expected_posting)
     doc = report.to_json()
+    doc["detection"] = describe_detection(report.num_segments, len(report.sample))
     # What was verified comes first: a verdict means nothing without the task it is about.
     head = (f"task {doc['task_id']} ({doc['task_name']}): {doc['total_steps']} steps, checkpoint interval "
             f"{doc['checkpoint_interval']}, {doc['num_segments']} segments")
@@ -161,9 +195,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         head = "task: unreadable"
     if report.verdict == ACCEPT:
         text = f"ACCEPT claim {doc['claim_id']}\nreplayed segments {doc['sample']} of {doc['num_segments']}"
-        esc = doc["escape_probability"]
-        if isinstance(esc, dict) and esc:
-            text += "\n" + ", ".join(f"escape if {k.replace('_', ' ')}: {v:.3g}" for k, v in esc.items())
+        if doc["detection"]:
+            text += "\n" + "\n".join(d["text"] for d in doc["detection"])
     else:
         text = f"REJECT: check '{report.failed_check}' failed\n{report.reason}"
     _emit(args, doc, head + "\n" + text)
@@ -286,10 +319,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "final_root": claim.body.final_root.hex() if claim else None,
         "checkpoints": [{"index": e.index, "step": e.step, "root": e.root.hex(), "loss": e.loss} for e in entries],
     }
+    evals: dict[int, Any] = {}
+    if (args.eval or args.plot) and entries:
+        from .evaluate import evaluate_proof, plot_curve
+
+        results, eval_set = evaluate_proof(Path(args.dir))
+        evals = {r.index: r for r in results}
+        doc["eval_set"] = eval_set
+        for c in doc["checkpoints"]:  # type: ignore[union-attr]
+            r = evals[c["index"]]
+            c["eval_loss"], c["eval_accuracy"] = round(r.eval_loss, 6), round(r.eval_accuracy, 6)
+        if args.plot:
+            plot_curve(results, f"{task.name}: loss over checkpoints", Path(args.plot))
+            doc["plot"] = args.plot
+    elif args.plot:
+        raise CliError(f"{args.dir} has no checkpoints to plot yet")
     lines = [f"{k:20} {v}" for k, v in doc.items() if k != "checkpoints"]
     lines.append(f"{'checkpoints':20} {len(entries)} of {task.num_checkpoints}")
     for e in entries:
         loss = "" if e.loss is None else f"  loss {e.loss:.4f}"
+        ev = evals.get(e.index)
+        if ev is not None:
+            loss += f"  eval loss {ev.eval_loss:.4f}  accuracy {ev.eval_accuracy:.1%}"
         lines.append(f"  #{e.index:<4} step {e.step:<7} {e.root.hex()}{loss}")
     _emit(args, doc, "\n".join(lines))
     return EXIT_OK
@@ -305,10 +356,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit_segment(Path(args.dir), args.segment)
     doc = dataclasses.asdict(report)
     doc["finding"] = report.finding
+    doc["verdict"] = "accept" if report.segment_ok and report.first_bad_step is None else "reject"
     if not args.steps:
         doc.pop("steps")
     text = [f"claim {report.claim_id}", f"segment {report.segment}: steps {report.start_step}..{report.end_step}",
             f"finding: {report.finding}"]
+    if report.game:
+        text.append(f"game: {report.game['rounds']} moves, {report.game['bytes']} bytes, winner {report.game['winner']}")
+    if args.report:
+        from verifier.report import write_report
+
+        html_path, json_path = write_report(report, Path(args.report))
+        doc["report"] = {"html": str(html_path), "json": str(json_path)}
+        text.append(f"report: {html_path} and {json_path}")
     if report.step_roots_match_commitment is False:
         text.append("note: the prover's step roots do not even end at its committed checkpoint root")
     _emit(args, doc, "\n".join(text))
@@ -328,6 +388,18 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_REJECT
 
 
+def cmd_answer(args: argparse.Namespace) -> int:
+    from prover.steps import publish_answers
+    from prover.transcript import ProofDir
+
+    if args.segment < 0:
+        raise CliError("--segment must be >= 0")
+    publish_answers(ProofDir(Path(args.dir)), args.segment, tuple(args.trace_step or ()))
+    doc = {"segment": args.segment, "step_roots": True, "traced_steps": sorted(args.trace_step or [])}
+    _emit(args, doc, f"answers for segment {args.segment} written to {args.dir}/steps/")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -342,9 +414,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _emit(args, res, format_large(res) + "\n(CPU-time medians, sides interleaved; det/nat = deterministic / native "
               "fp32, floor r = deterministic / native fp64 (DGEMM), root = state-root hashing share of the det step)")
         return EXIT_OK
+    import gpu_ops.bench as bench
     from gpu_ops.bench import format_table, run_bench
+    from tqdm import tqdm
 
-    res = run_bench(args.tasks or None, _positive_int(str(args.steps), "--steps"), args.threads)
+    steps = _positive_int(str(args.steps), "--steps")
+    runs = 2 * len(args.tasks or getattr(bench, "DEFAULT_TASKS", ()))  # one deterministic + one native run each
+    spawn = getattr(bench, "_spawn", None)
+    with tqdm(total=runs or None, desc="bench", unit="run", file=sys.stderr, disable=args.json) as bar:
+        if spawn is not None:  # count the benchmark's child runs without touching its internals
+
+            def counted(*a: Any, **kw: Any) -> Any:
+                out = spawn(*a, **kw)
+                bar.update(1)
+                return out
+
+            bench._spawn = counted
+        try:
+            res = run_bench(args.tasks or None, steps, args.threads)
+        finally:
+            if spawn is not None:
+                bench._spawn = spawn
     _emit(args, res, format_table(res) + "\n(ratio = deterministic / native torch fp32 at the same thread count)")
     return EXIT_OK
 
@@ -360,8 +450,11 @@ def _positive_int(value: str, flag: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pol", description="Proof-of-learning: prove, verify and audit training.")
+    p = argparse.ArgumentParser(prog="pol", description="Proof-of-learning: prove, verify and audit training.",
+                                epilog="exit codes: 0 accept/success, 1 reject (the prover's proof fails a check), "
+                                       "2 error (not a proof, operator or environment error)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v info, -vv debug)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     keys = sub.add_parser("keys", help="create or show key files").add_subparsers(dest="keys_command", required=True)
@@ -383,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
                          "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--keep-step-roots", action="store_true",
+                    help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
@@ -390,18 +485,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--segments", default="4", help="number of segments to replay, or 'all' (default 4)")
     v.add_argument("--key", help="verifier key file; the sample derives from its signature (default: ephemeral)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.add_argument("--task", help="the task you asked for (TOML file, 64-hex task id or built-in name): a proof of "
                                   "any other task is rejected (default: trust DIR/task.toml and print what it is)")
     v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
-    a = sub.add_parser("audit", help="replay one segment step by step and name the first faked step")
+    a = sub.add_parser("audit", help="play the challenger against a proof directory: name the faked step and operator")
     a.add_argument("dir")
     a.add_argument("--segment", type=int, required=True, help="segment index (as named by a reject)")
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
     a.add_argument("--json", action="store_true")
+    a.add_argument("--report", help="write an HTML report with a plot and its JSON: FILE.html or a directory")
     a.set_defaults(func=cmd_audit)
+
+    an = sub.add_parser("answer", help="prover: publish dispute answers (step roots, step traces) into DIR/steps/")
+    an.add_argument("dir")
+    an.add_argument("--segment", type=int, required=True, help="disputed segment")
+    an.add_argument("--trace-step", type=int, action="append", help="also publish the operator trace of this step")
+    an.add_argument("--json", action="store_true")
+    an.set_defaults(func=cmd_answer)
 
     fm = sub.add_parser("fetch-model", help="download the trained model of a claim, check it against the claim's "
                                             "final root and write a plain safetensors file (parameters, torch names)")
@@ -427,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
     i.add_argument("dir")
+    i.add_argument("--eval", action="store_true",
+                   help="load every checkpoint and report its loss and accuracy on a fixed evaluation set")
+    i.add_argument("--plot", metavar="FILE.png", help="write the loss/accuracy curve over checkpoints (implies --eval)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
 
@@ -460,26 +567,70 @@ def build_parser() -> argparse.ArgumentParser:
     from .chain_cli import register as register_chain_commands
 
     register_chain_commands(sub)
+    from .genesis_cli import register as register_genesis_commands
+
+    register_genesis_commands(sub)
+    _add_verbose_everywhere(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pol")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _add_verbose_everywhere(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Accept ``-v`` after the subcommand too (``pol verify DIR -v``), adding to any given before it."""
+    for parser in set(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _add_verbose_everywhere(action)
+        elif not any("-v" in a.option_strings for a in parser._actions):
+            parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, dest="sub_verbose",
+                                help="more logging on stderr (-v info, -vv debug)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = args.verbose + getattr(args, "sub_verbose", 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from node.config import ConfigError
+
     from .chain_cli import ChainCliError
+    from .genesis_cli import GenesisCliError
     from .keyfile import KeyFileError
 
     try:
-        return int(args.func(args))
-    except (CliError, KeyFileError, ChainCliError, PolError, OSError) as exc:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler, not at interpreter exit
+        return code
+    except (CliError, KeyFileError, ChainCliError, PolError, ConfigError, GenesisCliError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _quiet_broken_pipe()
         kind = type(exc).__name__
         print(f"pol: error: {exc} [{kind}]", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("pol: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``| head``): stop without a traceback, and keep Python's exit-time flush of
+    stdout from raising again (the standard recipe: point stdout at /dev/null)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + 13  # as if killed by SIGPIPE, like other Unix filters
 
 
 if __name__ == "__main__":

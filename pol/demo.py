@@ -23,8 +23,15 @@ DEFAULT_TASK = "digits-mlp"
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="pol-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        return _run_demo(args, work, keep=True)
+    with tempfile.TemporaryDirectory(prefix="pol-demo-") as tmp:  # nothing left behind
+        return _run_demo(args, Path(tmp), keep=False)
+
+
+def _run_demo(args: argparse.Namespace, work: Path, keep: bool) -> int:
     task = parse_task_toml(resolve_task_path(DEFAULT_TASK).read_text())
     prover_key = generate_keyfile().bls_secret_key
     verifier_key = generate_keyfile().bls_secret_key
@@ -49,10 +56,11 @@ def run_demo(args: argparse.Namespace) -> int:
                  time.perf_counter() - t0))
 
     if args.json:
-        print(json.dumps({"workdir": str(work), "results": [
+        print(json.dumps({"workdir": str(work) if keep else None, "results": [
             {"who": who, "seconds": round(sec, 3), **rep.to_json()} for who, rep, sec in rows]}, indent=2))
     else:
-        print(f"\nproof directories under {work}\n")
+        print(f"\nproof directories under {work}\n" if keep else "\n(temporary proof directories removed; "
+              "keep them with --workdir DIR)\n")
         print(f"{'prover':62} {'verdict':8} {'segments':>9} {'seconds':>8}  reason")
         for who, rep, sec in rows:
             print(f"{who:62} {rep.verdict.upper():8} {len(rep.segments):>9} {sec:8.2f}  {rep.reason or ''}")

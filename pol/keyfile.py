@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import bls
+from protocol.bounded import decode_json
+from protocol.errors import DecodeError
+
+from .files import read_regular_file
 
 
 class KeyFileError(Exception):
@@ -49,13 +53,17 @@ def save_keyfile(path: Path, key: KeyFile) -> None:
 
 def load_keyfile(path: Path) -> KeyFile:
     try:
-        doc = json.loads(Path(path).read_text())
+        if not Path(path).exists():
+            raise FileNotFoundError(path)
+        doc = decode_json(read_regular_file(path, 4096, KeyFileError, f"key file {path}"), 4096, max_depth=1)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         if doc.get("version") != 1:
             raise KeyFileError(f"{path}: unsupported key file version {doc.get('version')!r}")
         key = KeyFile(bytes.fromhex(doc["bls_secret_key"]), bytes.fromhex(doc["node_seed"]))
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist (create one with `pol keys new --out {path}`)") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, DecodeError) as exc:
         raise KeyFileError(f"key file {path} is malformed: {exc}") from None
     if len(key.bls_secret_key) != 32 or len(key.node_seed) != 32:
         raise KeyFileError(f"key file {path}: keys must be 32 bytes each")

@@ -8,17 +8,26 @@ compressed G2 points.
 
 from __future__ import annotations
 
+import hashlib
+import sys
+from collections import OrderedDict
 from typing import Any, Sequence
-
-import py_ecc.bls as _py_ecc_bls
 
 from .constants import BLS_PUBKEY_LEN, BLS_SIGNATURE_LEN
 from .errors import InvalidSignature
+
+_RECURSION_LIMIT = min(max(sys.getrecursionlimit(), 1000), 4000)
+import py_ecc.bls as _py_ecc_bls  # noqa: E402 - the limit must be read before this import
 
 try:  # optional fast backend
     import milagro_bls_binding as _milagro
 except ImportError:  # pragma: no cover - depends on the environment
     _milagro = None
+
+# py-ecc raises the interpreter's recursion limit to 100000 at import. With it, parsing a deeply
+# nested document (JSON, TOML) overflows the C stack and kills the process with SIGSEGV instead of
+# raising RecursionError. Its BLS code needs no deep recursion, so the limit is put back.
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 # py-ecc types keys and signatures as NewTypes of bytes; through Any we pass plain bytes.
 _PyEcc: Any = getattr(_py_ecc_bls, "G2ProofOfPossession")
@@ -79,9 +88,49 @@ def sign(secret_key: bytes, message: bytes) -> bytes:
     return bytes(_PyEcc.Sign(_sk_int(secret_key), message))
 
 
+# Signatures already found valid, by SHA-256 of (keys, signature, message): a message is checked when it is
+# validated and again when the ledger applies it, and sync re-delivers what gossip brought. Verification is
+# a pure function, so remembering positive results changes no answer; only valid signatures are kept (an
+# attacker cannot fill the memo without a key's signatures), and it is bounded.
+_MEMO: OrderedDict[bytes, None] = OrderedDict()
+_MEMO_SIZE = 16384
+
+
+def _memo_key(public_keys: Sequence[bytes], message: bytes, signature: bytes) -> bytes:
+    h = hashlib.sha256(len(public_keys).to_bytes(4, "big"))
+    for key in public_keys:
+        h.update(key)
+    h.update(signature)
+    h.update(message)
+    return h.digest()
+
+
+def _remembered(key: bytes) -> bool:
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return True
+    return False
+
+
+def _remember(key: bytes) -> None:
+    _MEMO[key] = None
+    if len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+
+
 def is_valid_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     if len(public_key) != BLS_PUBKEY_LEN or len(signature) != BLS_SIGNATURE_LEN:
         return False
+    key = _memo_key((public_key,), message, signature)
+    if _remembered(key):
+        return True
+    valid = _verify(public_key, message, signature)
+    if valid:
+        _remember(key)
+    return valid
+
+
+def _verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     fast = _fast()
     try:
         if fast is not None:
@@ -114,6 +163,16 @@ def is_valid_aggregate(public_keys: Sequence[bytes], message: bytes, signature: 
     """FastAggregateVerify: every key signed the same message (keys must have proven possession)."""
     if not public_keys or len(signature) != BLS_SIGNATURE_LEN:
         return False
+    key = _memo_key(public_keys, message, signature)
+    if _remembered(key):
+        return True
+    valid = _verify_aggregate(public_keys, message, signature)
+    if valid:
+        _remember(key)
+    return valid
+
+
+def _verify_aggregate(public_keys: Sequence[bytes], message: bytes, signature: bytes) -> bool:
     fast = _fast()
     try:
         if fast is not None:

@@ -37,6 +37,10 @@ MAX_TENSORS_PER_STATE: Final = 4096
 MAX_TENSOR_ELEMENTS: Final = 1 << 28
 MAX_TOTAL_STEPS: Final = 10_000_000
 MAX_CHECKPOINTS: Final = 100_000
+# Budgets every valid task fits (SPEC.md §18.2): a prover may train and a verifier must accept up to them.
+MAX_STATE_BYTES: Final = 256 * 1024 * 1024  # tensor bytes of one checkpoint (params, optimizer slots, step)
+MAX_SEGMENT_FLOPS: Final = 2 * 10**13  # upper bound on multiply-adds of one segment's replay
+MAX_SAFETENSORS_HEADER: Final = 1024 * 1024  # bytes of a checkpoint file's JSON header
 
 # --- Network layer (SPEC.md network chapter) ---
 DOMAIN_VOTE: Final = b"pol/v1/vote"  # || claim_id || verdict byte: identical for all voters of a verdict

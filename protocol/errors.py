@@ -61,6 +61,10 @@ class ReplayError(PolError):
     """We could not replay: environment or implementation problem, not the prover's fault."""
 
 
+class OverBudget(ReplayError):
+    """A valid input larger than what this node accepts to allocate or compute: we decline, no verdict."""
+
+
 class InvalidGenesis(InvalidInput):
     """A genesis document that is malformed, inconsistent or has a bad proof of possession."""
 

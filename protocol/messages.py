@@ -52,6 +52,7 @@ from .ledger import (
     validate_task_posted,
 )
 from .merkle import MerkleProof, compute_root_from_proof
+from .task import compute_task_id, decode_task
 from .state import DTYPES, TensorLeaf, compute_root_from_tensor_proof
 from .vote import (
     MAX_PATH,
@@ -72,7 +73,7 @@ from .vote import (
 )
 
 T = TypeVar("T")
-_TENSOR_NAME = re.compile(r"^[a-z0-9_./-]{1,128}$")  # the same rule as protocol.state
+_TENSOR_NAME = re.compile(r"[a-z0-9_./-]{1,128}")  # the same rule as protocol.state
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _parse_sync_response(doc: Any) -> SyncResponse:
 
 def _tensor_name(d: dict[str, Any], w: str) -> str:
     name: str = get_field(d, "tensor", str, w, InvalidMessage)
-    if not _TENSOR_NAME.match(name):
+    if not _TENSOR_NAME.fullmatch(name):
         raise InvalidMessage(f"{w}.tensor {name[:40]!r} is not a tensor name")
     return name
 
@@ -334,8 +335,12 @@ def _or_reject(fn: Callable[..., T], *args: Any) -> T:
 
 
 def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -> None:
-    # [REJECT] the task decodes, the reward is positive and the requester signed the posting
-    task_id = _or_reject(validate_task_posted, msg)
+    # The checks that need no signature come first: a flood of postings from an unfunded key, or
+    # replays of a posted task, cost one decode each and no pairing.
+    # [REJECT] the task decodes and the reward is positive
+    task_id = _or_reject(lambda: compute_task_id(decode_task(msg.task)))
+    if msg.reward <= 0:
+        raise GossipReject("a task's reward must be positive")
     # [IGNORE] the task is not already posted
     if task_id in state.tasks:
         raise GossipIgnore("task already posted")
@@ -345,6 +350,8 @@ def validate_gossip_task_posted(msg: TaskPosted, state: LedgerState, now: int) -
     # [IGNORE] the requester can pay (our view of balances may lag the sender's)
     if state.balances.get(msg.requester, 0) < msg.reward:
         raise GossipIgnore("requester's balance does not cover the reward")
+    # [REJECT] the requester signed the posting
+    _or_reject(validate_task_posted, msg)
 
 
 def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> Claim:
@@ -368,11 +375,11 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     # [REJECT] the claim answers the task's posting (SPEC.md §16.3): a run keyed to another is no work for it
     if body.posting_id != task.posting_id:
         raise GossipReject("claim answers another posting than the task's")
-    # [REJECT] the prover signed the claim
-    _or_reject(validate_claim_signature, claim)
-    # [IGNORE] the prover can post the bond
+    # [IGNORE] the prover can post the bond (before the signature: an unfunded flood costs no pairing)
     if state.balances.get(body.prover, 0) < compute_claim_bond(task.reward, state.params):
         raise GossipIgnore("prover's balance does not cover the bond")
+    # [REJECT] the prover signed the claim
+    _or_reject(validate_claim_signature, claim)
     return claim
 
 

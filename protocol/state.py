@@ -34,7 +34,7 @@ from .merkle import (
 
 DTYPES: Mapping[str, np.dtype] = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
 STEP_TENSOR = "meta/step"
-_NAME_RE = re.compile(r"^[a-z0-9_./-]{1,128}$")
+_NAME_RE = re.compile(r"[a-z0-9_./-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def compute_leaf_header(name: str, dtype: str, shape: Sequence[int]) -> bytes:
 def validate_tensor_leaf(leaf: TensorLeaf, check_data: bool = True) -> None:
     """Raises InvalidCheckpoint naming the problem; ``check_data=False`` checks name, dtype and
     shape only (the caller checks the bytes itself)."""
-    if not _NAME_RE.match(leaf.name):
+    if not _NAME_RE.fullmatch(leaf.name):
         raise InvalidCheckpoint(f"tensor name {leaf.name!r} is not allowed")
     if leaf.dtype not in DTYPES:
         raise InvalidCheckpoint(f"tensor {leaf.name}: dtype {leaf.dtype!r} is not one of {sorted(DTYPES)}")

@@ -99,7 +99,7 @@ class Task:
 
 
 _MODEL_CONFIGS: Mapping[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig, "transformer": TransformerConfig}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -149,7 +149,9 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate_task_fields(task: Task) -> None:
     """Range and consistency checks shared by every way of building a ``Task``."""
-    _check(bool(_NAME_RE.match(task.name)), f"task name {task.name!r} must match {_NAME_RE.pattern}")
+    # fullmatch: with match, "$" also matches before a trailing newline ("name\n" would pass)
+    _check(isinstance(task.name, str) and bool(_NAME_RE.fullmatch(task.name)),
+           f"task name {task.name!r} must match {_NAME_RE.pattern} in full")
     _check(task.ops_version == OPS_SPEC_VERSION,
            f"ops_version {task.ops_version} is not supported (this node implements {OPS_SPEC_VERSION})")
     _check(0 <= task.seed < 2**64, "seed must be in [0, 2^64)")
@@ -194,6 +196,9 @@ def validate_task_fields(task: Task) -> None:
     _check(s.name in SCHEDULES, f"unknown schedule {s.name!r}; built-in: {list(SCHEDULES)}")
     _check(0 <= s.warmup_steps <= task.total_steps, "warmup_steps must be in [0, total_steps]")
     _check(0.0 <= s.final_lr_fraction <= 1.0, "final_lr_fraction must be in [0, 1]")
+    from .budget import validate_task_cost  # budget needs the Task types defined here
+
+    validate_task_cost(task)  # the protocol's own limits: every valid task can be verified
 
 
 def parse_task(raw: Mapping[str, Any]) -> Task:
@@ -253,6 +258,8 @@ def parse_task_toml(text: str) -> Task:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidTask(f"task is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level (the interpreter limit stays sane)
+        raise InvalidTask("task TOML is nested too deeply") from None
     return parse_task(raw)
 
 

@@ -9,18 +9,22 @@ either the old file or the complete new one.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from pathlib import Path
+from typing import BinaryIO
 
-import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load, save
+from safetensors.numpy import save
 
-from protocol.errors import InvalidCheckpoint
+from pol.files import open_regular_file
+from protocol.bounded import decode_json, get_int
+from protocol.constants import MAX_SAFETENSORS_HEADER, MAX_STATE_BYTES, MAX_TENSOR_ELEMENTS, MAX_TENSORS_PER_STATE
+from protocol.errors import DecodeError, InvalidCheckpoint
 from protocol.state import TensorLeaf, compute_state_root
 
-MAX_CHECKPOINT_BYTES = 2 << 30
-_DTYPES = {np.dtype("float32"): "f32", np.dtype("int64"): "i64"}
+# The largest checkpoint of a valid task: MAX_STATE_BYTES of tensors after the 8-byte length and the header.
+MAX_CHECKPOINT_BYTES = 8 + MAX_SAFETENSORS_HEADER + MAX_STATE_BYTES
 
 
 def get_checkpoint_name(index: int) -> str:
@@ -55,31 +59,96 @@ def write_checkpoint(path: Path, leaves: list[TensorLeaf], root: bytes, task_id:
     write_atomic(path, encode_checkpoint(leaves, root, task_id))
 
 
-def decode_checkpoint(data: bytes, what: str = "checkpoint") -> list[TensorLeaf]:
-    """Parse safetensors bytes into leaves; raises ``InvalidCheckpoint`` on any damage."""
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise InvalidCheckpoint(f"{what}: {len(data)} bytes exceed the limit")
+Layout = frozenset[tuple[str, str, tuple[int, ...]]]  # (name, dtype, shape) of every tensor
+_ST_DTYPES = {"F32": ("f32", 4), "I64": ("i64", 8)}
+
+
+def get_layout(leaves: list[TensorLeaf]) -> Layout:
+    return frozenset((leaf.name, leaf.dtype, leaf.shape) for leaf in leaves)
+
+
+def _parse_header(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """Validate the safetensors header alone; returns (name, dtype, shape, nbytes) in file order.
+
+    Everything that decides how much is read (names, dtypes, shapes, offsets, the file size) is checked
+    here, before any tensor byte is read; a repeated name is refused (readers that keep the first or
+    the last occurrence would see different states).
+    """
+    if size < 8:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: too short for a safetensors header")
+    n = int.from_bytes(fh.read(8), "little")
+    if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: header length {n} is too large for a file of {size} bytes")
     try:
-        arrays = load(data)
-    except (SafetensorError, ValueError, OSError, Exception) as exc:  # the parser raises several types
-        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: {exc}") from None
+        header = decode_json(fh.read(n), MAX_SAFETENSORS_HEADER, max_depth=3)
+    except DecodeError as exc:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: bad safetensors header: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: safetensors header is not an object")
+    header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS_PER_STATE:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: {len(header)} tensors exceed the limit of {MAX_TENSORS_PER_STATE}")
+    entries = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensor {name[:64]!r} has a malformed header entry")
+        dtype, itemsize = _ST_DTYPES.get(info["dtype"], ("", 0)) if isinstance(info["dtype"], str) else ("", 0)
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not dtype:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensor {name[:64]!r} has unsupported dtype {str(info['dtype'])[:16]!r}")
+        try:
+            shape_t = tuple(get_int(d, f"{name[:64]} shape", 0, MAX_TENSOR_ELEMENTS) for d in shape)
+            begin, end = (get_int(o, f"{name[:64]} offset", 0, size) for o in offsets)
+        except (DecodeError, TypeError, ValueError) as exc:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensor {name[:64]!r}: {exc}") from None
+        if len(shape_t) > 8 or math.prod(shape_t) > MAX_TENSOR_ELEMENTS:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensor {name[:64]!r} has a bad shape {list(shape_t)[:9]}")
+        entries.append((begin, end, name, dtype, shape_t, math.prod(shape_t) * itemsize))
+    entries.sort()
+    position = 0
+    for begin, end, name, _, _, nbytes in entries:
+        if begin != position or end - begin != nbytes:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensor {name[:64]!r} does not sit at the next offset with its size")
+        position = end
+    if position != size - 8 - n:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: tensors hold {position} bytes but the file has {size - 8 - n} after the header")
+    if position > MAX_STATE_BYTES + 8:
+        raise InvalidCheckpoint(f"{what} is not a readable safetensors file: {position} tensor bytes exceed the limit of {MAX_STATE_BYTES}")
+    if layout is not None:
+        found = frozenset((name, dtype, shape) for _, _, name, dtype, shape, _ in entries)
+        if found != layout:
+            missing = sorted(x[0] for x in layout - found)[:5]
+            extra = sorted(x[0] for x in found - layout)[:5]
+            raise InvalidCheckpoint(f"{what}: tensors differ from the task's (missing or different: {missing}, "
+                                    f"unexpected or different: {extra})")
+    return [(name, dtype, shape, nbytes) for _, _, name, dtype, shape, nbytes in entries]
+
+
+def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> list[TensorLeaf]:
     leaves = []
-    for name, arr in arrays.items():
-        dtype = _DTYPES.get(arr.dtype)
-        if dtype is None:
-            raise InvalidCheckpoint(f"{what}: tensor {name} has unsupported dtype {arr.dtype}")
-        leaves.append(TensorLeaf(name, dtype, tuple(int(d) for d in arr.shape),
-                                 np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()))
+    for name, dtype, shape, nbytes in _parse_header(fh, size, what, layout):
+        data = fh.read(nbytes)
+        if len(data) != nbytes:
+            raise InvalidCheckpoint(f"{what} is not a readable safetensors file: truncated in tensor {name}")
+        leaves.append(TensorLeaf(name, dtype, shape, data))
     return leaves
 
 
-def read_checkpoint(path: Path, expected_root: bytes | None = None) -> list[TensorLeaf]:
-    """Read a checkpoint and, if given, check that it hashes to ``expected_root``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidCheckpoint(f"checkpoint {path.name} is missing") from None
-    leaves = decode_checkpoint(data, f"checkpoint {path.name}")
+def decode_checkpoint(data: bytes, what: str = "checkpoint", layout: Layout | None = None) -> list[TensorLeaf]:
+    """Parse safetensors bytes into leaves; raises ``InvalidCheckpoint`` on any damage."""
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise InvalidCheckpoint(f"{what}: {len(data)} bytes exceed the limit")
+    return _read_leaves(io.BytesIO(data), len(data), what, layout)
+
+
+def read_checkpoint(path: Path, expected_root: bytes | None = None, layout: Layout | None = None) -> list[TensorLeaf]:
+    """Read a checkpoint and, if given, check its layout (from the header, before reading tensors)
+    and that it hashes to ``expected_root``."""
+    what = f"checkpoint {path.name}"
+    with open_regular_file(path, MAX_CHECKPOINT_BYTES, InvalidCheckpoint, what) as fh:
+        leaves = _read_leaves(fh, os.fstat(fh.fileno()).st_size, what, layout)
+        if fh.read(1):
+            raise InvalidCheckpoint(f"{what} grew while being read")
     if expected_root is not None:
         root = compute_state_root(leaves)
         if root != expected_root:

@@ -83,16 +83,23 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
 
 
 def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None = None,
-          posting_id: bytes = OFFLINE_POSTING_ID) -> ProveResult:
+          posting_id: bytes = OFFLINE_POSTING_ID, keep_step_roots: bool = False,
+          run_seed: int | None = None) -> ProveResult:
     """Run (or resume) the proof of ``task`` in ``out`` and write the signed claim.
 
     ``posting_id`` names the task posting the claim answers (SPEC.md §16.3); with it and the prover's
     key it keys every random stream (§9). The default is the offline id, which no ledger accepts.
+
+    The state is hashed at checkpoints only. A dispute asks for roots inside a segment, which
+    the prover then computes on demand (prover.steps); ``keep_step_roots`` hashes after every
+    step instead and writes them to DIR/steps/ as it goes (costly: a full state hash per step).
+    ``run_seed`` replaces the prover-keyed seed: refereed mode (SPEC.md §17.6), where all
+    provers of a posting train the same run.
     """
     started = time.perf_counter()
     task_id = compute_task_id(task)
     prover = bls.compute_public_key(secret_key)
-    rt = Runtime.for_task(task, compute_training_seed(task_id, prover, posting_id))
+    rt = Runtime.for_task(task, compute_training_seed(task_id, prover, posting_id) if run_seed is None else run_seed)
     pdir = ProofDir(out)
     _prepare_dir(pdir, task, task_id)
     state, entries = _resume(rt, pdir)
@@ -105,19 +112,22 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
     loss: float | None = entries[-1].loss
-    step_roots: list[bytes] = []  # roots after each step of the current segment, for auditors
-    pdir.steps_dir.mkdir(exist_ok=True)
+    step_roots: list[bytes] = []  # roots after each step of the current segment, if kept
+    if keep_step_roots:
+        pdir.steps_dir.mkdir(exist_ok=True)
     while state.step < task.total_steps:
         loss = train_step(rt, state)
         if progress is not None:
             progress(state.step, loss)
-        leaves = get_state_leaves(state)
-        root = compute_state_root(leaves)
-        step_roots.append(root)
+        if keep_step_roots:
+            step_roots.append(compute_state_root(get_state_leaves(state)))
         if state.step % k == 0:
             index = state.step // k
-            write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
-            step_roots = []
+            leaves = get_state_leaves(state)
+            root = compute_state_root(leaves)
+            if keep_step_roots:
+                write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
+                step_roots = []
             write_checkpoint(pdir.checkpoint(index), leaves, root, task_id)
             entries.append(TranscriptEntry(index, state.step, root, loss))
             append_transcript(pdir, entries[-1])

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from gpu_ops import nn, optim
+from gpu_ops import nn, optim, trace
 from protocol.errors import InvalidCheckpoint, PolError
 from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root_from_arrays
 from protocol.task import Task
@@ -99,19 +100,36 @@ def compute_lr(task: Task, step: int) -> float:
 def train_step(rt: Runtime, state: TrainState) -> float:
     """Take one optimizer step in place; returns the step's loss."""
     task = rt.task
+    rec = trace.get_recorder()  # set only while a dispute asks for this step's operator trace
     x, y = rt.dataset.get_batch(rt.keyed_task, state.step)
+    if rec is not None:
+        rec.record("batch", [], [], [x, y])
     names = sorted(state.params)
     leaves = {k: state.params[k].detach().requires_grad_(True) for k in names}
     loss = rt.forward(leaves, x, y, state.step)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(state.step, float(loss.detach()))
-    loss.backward()  # type: ignore[no-untyped-call]
+    grad_refs: dict[str, list[Any]] = {}
+    if rec is not None:
+        # A parameter's gradient is copied into .grad; the hook sees the backward's own output,
+        # so the optimizer's input names the entry that produced it rather than an equal value.
+        for k in names:
+            leaves[k].register_hook(lambda g, k=k: grad_refs.__setitem__(k, rec.ref(g)))  # type: ignore[no-untyped-call]
+        seed = torch.ones_like(loss)  # what backward() uses implicitly, made a traced input
+        rec.record("grad_seed", [], [], [seed])
+        loss.backward(seed)  # type: ignore[no-untyped-call]
+    else:
+        loss.backward()  # type: ignore[no-untyped-call]
     grads = []
     for k in names:
         g = leaves[k].grad
         grads.append(torch.zeros_like(state.params[k]) if g is None else g)
-    if task.optim.grad_clip > 0.0:
+    clipped = task.optim.grad_clip > 0.0
+    if clipped:
+        before = [grad_refs.get(k) or rec.ref(g) for k, g in zip(names, grads)] if rec is not None else []
         optim.clip_grad_norm(grads, task.optim.grad_clip)
+        if rec is not None:
+            rec.record("clip_grad_norm", [task.optim.grad_clip], before, grads)
     lr = compute_lr(task, state.step)
     o = task.optim
     with torch.no_grad():
@@ -119,12 +137,27 @@ def train_step(rt: Runtime, state: TrainState) -> float:
             p = state.params[k]
             if o.name == "sgd":
                 buf = state.slots["momentum"][k] if "momentum" in state.slots else None
+                ins = [rec.ref(p), _grad_ref(rec, grad_refs, k, g, clipped)] + (
+                    [rec.ref(buf)] if buf is not None else []) if rec is not None else []
                 optim.sgd_step(p, g, buf, lr, o.momentum, o.weight_decay)
+                if rec is not None:
+                    rec.record("sgd_step", [k], ins, [p] + ([buf] if buf is not None else []))
             else:
-                optim.adamw_step(p, g, state.slots["exp_avg"][k], state.slots["exp_avg_sq"][k], state.step + 1, lr,
-                                 o.beta1, o.beta2, o.eps, o.weight_decay)
+                m, v = state.slots["exp_avg"][k], state.slots["exp_avg_sq"][k]
+                ins = [rec.ref(p), _grad_ref(rec, grad_refs, k, g, clipped), rec.ref(m), rec.ref(v)
+                       ] if rec is not None else []
+                optim.adamw_step(p, g, m, v, state.step + 1, lr, o.beta1, o.beta2, o.eps, o.weight_decay)
+                if rec is not None:
+                    rec.record("adamw_step", [k], ins, [p, m, v])
     state.step += 1
     return float(loss.detach())
+
+
+def _grad_ref(rec: trace.Recorder, grad_refs: dict[str, list[Any]], k: str, g: torch.Tensor,
+              clipped: bool) -> list[Any]:
+    if not clipped and k in grad_refs:
+        return grad_refs[k]
+    return rec.ref(g)  # after clipping, g is the clip op's own output
 
 
 def get_state_leaves(state: TrainState) -> list[TensorLeaf]:

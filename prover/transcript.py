@@ -16,8 +16,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pol.files import read_regular_file, read_regular_text
+from protocol.bounded import decode_json, get_int
 from protocol.claim import Claim, decode_claim, encode_claim
-from protocol.errors import InvalidCheckpoint, InvalidClaim, InvalidTask
+from protocol.constants import HASH_LEN, MAX_CLAIM_BYTES, MAX_TASK_BYTES
+from protocol.errors import DecodeError, InvalidCheckpoint, InvalidClaim, InvalidTask
 from protocol.task import Task, parse_task_toml
 
 from .checkpoint import get_checkpoint_name, write_atomic
@@ -28,6 +31,7 @@ TRANSCRIPT_FILE = "transcript.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 STEPS_DIR = "steps"
 MAX_TRANSCRIPT_BYTES = 64 << 20
+MAX_TRANSCRIPT_LINE = 1024  # an honest line is about 150 bytes
 
 
 @dataclass(frozen=True)
@@ -72,20 +76,12 @@ class ProofDir:
         return self.steps_dir / f"seg-{segment:06d}.roots"
 
     def read_task(self) -> Task:
-        try:
-            text = self.task_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InvalidTask(f"{self.task_file} is missing") from None
-        except UnicodeDecodeError:
-            raise InvalidTask(f"{self.task_file} is not UTF-8") from None
-        return parse_task_toml(text)
+        return parse_task_toml(read_regular_text(self.task_file, MAX_TASK_BYTES, InvalidTask, str(self.task_file)))
 
     def read_claim(self) -> Claim:
-        try:
-            data = self.claim_file.read_bytes()
-        except FileNotFoundError:
-            raise InvalidClaim(f"{self.claim_file} is missing: the proof was never completed") from None
-        return decode_claim(data)
+        if not self.claim_file.exists() and not self.claim_file.is_symlink():
+            raise InvalidClaim(f"{self.claim_file} is missing: the proof was never completed")
+        return decode_claim(read_regular_file(self.claim_file, MAX_CLAIM_BYTES, InvalidClaim, str(self.claim_file)))
 
     def write_claim(self, claim: Claim) -> None:
         write_atomic(self.claim_file, encode_claim(claim))
@@ -105,10 +101,18 @@ def parse_transcript(data: bytes, task: Task, *, allow_torn_tail: bool) -> tuple
                 raise InvalidCheckpoint("transcript's last line is incomplete (no newline)")
             break
         try:
-            obj = json.loads(line)
-            entry = TranscriptEntry(int(obj["index"]), int(obj["step"]), bytes.fromhex(obj["root"]),
-                                    None if obj.get("loss") is None else float(obj["loss"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            if len(line) > MAX_TRANSCRIPT_LINE:
+                raise ValueError(f"longer than {MAX_TRANSCRIPT_LINE} bytes")
+            obj = decode_json(line, MAX_TRANSCRIPT_LINE, max_depth=1)
+            if not isinstance(obj, dict) or not isinstance(obj.get("root"), str) or len(obj["root"]) != 2 * HASH_LEN:
+                raise ValueError("not an object with a 64-digit root")
+            loss = obj.get("loss")
+            if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)):
+                raise ValueError("loss is not a number")
+            entry = TranscriptEntry(get_int(obj.get("index"), "index", 0, task.num_checkpoints),
+                                    get_int(obj.get("step"), "step", 0, task.total_steps),
+                                    bytes.fromhex(obj["root"]), None if loss is None else float(loss))
+        except (ValueError, KeyError, TypeError, DecodeError) as exc:
             raise InvalidCheckpoint(f"transcript line {n + 1} is malformed: {exc}") from None
         j = len(entries)
         if entry.index != j or entry.step != j * task.checkpoint_interval or len(entry.root) != 32:
@@ -124,12 +128,9 @@ def parse_transcript(data: bytes, task: Task, *, allow_torn_tail: bool) -> tuple
 
 
 def read_transcript(pdir: ProofDir, task: Task, *, allow_torn_tail: bool = False) -> list[TranscriptEntry]:
-    try:
-        data = pdir.transcript_file.read_bytes()
-    except FileNotFoundError:
-        if allow_torn_tail:
-            return []
-        raise InvalidCheckpoint(f"{pdir.transcript_file} is missing") from None
+    if allow_torn_tail and not pdir.transcript_file.exists() and not pdir.transcript_file.is_symlink():
+        return []
+    data = read_regular_file(pdir.transcript_file, MAX_TRANSCRIPT_BYTES, InvalidCheckpoint, str(pdir.transcript_file))
     entries, valid = parse_transcript(data, task, allow_torn_tail=allow_torn_tail)
     if allow_torn_tail and valid != len(data):
         with open(pdir.transcript_file, "r+b") as fh:  # drop the torn record before appending again

@@ -5,18 +5,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prover.checkpoint import read_checkpoint
+from prover.checkpoint import Layout, get_layout, read_checkpoint
 from prover.training import (
     NonFiniteLoss,
     Runtime,
     TrainState,
     compute_root,
     get_state_from_leaves,
+    get_state_leaves,
     init_state,
     train_step,
 )
 from prover.transcript import ProofDir
 from protocol.errors import InvalidCheckpoint, InvalidSegment
+from protocol.state import compute_state_root
 
 
 @dataclass(frozen=True)
@@ -33,21 +35,28 @@ class SegmentResult:
         return self.claimed_root == self.replayed_root
 
 
-def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> None:
+def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> Layout:
     """The first checkpoint must be exactly the initial state of the run seed (SPEC.md §9: task id, prover
-    key and posting), so work copied from another prover, task or posting fails here."""
-    expected = compute_root(init_state(rt))
+    key and posting), so work copied from another prover, task or posting fails here.
+
+    Returns the layout (names, dtypes, shapes) every checkpoint of the task must have.
+    """
+    leaves = get_state_leaves(init_state(rt))
+    layout = get_layout(leaves)
+    expected = compute_state_root(leaves)
     if committed_root != expected:
         raise InvalidCheckpoint(
             f"checkpoint 0 root {committed_root.hex()} is not the initial state of this task's seed "
             f"({expected.hex()}) for this prover and posting: the weights were not initialised from this run's "
             "seed (work of another task, prover or posting?)"
         )
-    read_checkpoint(pdir.checkpoint(0), expected_root=committed_root)
+    read_checkpoint(pdir.checkpoint(0), expected_root=committed_root, layout=layout)
+    return layout
 
 
-def load_state(rt: Runtime, pdir: ProofDir, index: int, committed_root: bytes) -> TrainState:
-    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root)
+def load_state(rt: Runtime, pdir: ProofDir, index: int, committed_root: bytes,
+               layout: Layout | None = None) -> TrainState:
+    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root, layout=layout)
     state = get_state_from_leaves(rt, leaves)
     if state.step != index * rt.task.checkpoint_interval:
         raise InvalidCheckpoint(f"checkpoint {index} holds step {state.step}, expected "

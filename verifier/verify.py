@@ -29,6 +29,8 @@ from protocol import bls
 from protocol.claim import Claim, compute_claim_id, compute_claim_training_seed, validate_claim_against_task
 from protocol.claim import validate_claim_signature
 from protocol.claim import validate_transcript_roots
+from protocol.budget import validate_task_cost
+from protocol.constants import MAX_SEGMENT_FLOPS, MAX_STATE_BYTES
 from protocol.detection import compute_escape_probability
 from protocol.errors import InvalidClaim, InvalidInput, InvalidSegment, InvalidTask
 from protocol.sampling import SampleProof, compute_sample_proof, compute_segment_sample
@@ -64,7 +66,8 @@ class VerifyReport:
         s = self.num_segments
         esc = {}
         if s and self.sample:
-            for label, c in (("one_segment_faked", 1), ("ten_percent_faked", max(1, s // 10))):
+            # 10% of S segments rounds up to whole segments (at least one), as `pol verify` states.
+            for label, c in (("one_segment_faked", 1), ("ten_percent_faked", min(s, max(1, -(-s // 10))))):
                 esc[label] = float(compute_escape_probability(s, c, len(self.sample)))
         return {
             "verdict": self.verdict,
@@ -97,7 +100,8 @@ SegmentCallback = Callable[[SegmentResult], None]
 
 def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
                on_segment: SegmentCallback | None = None, expected_task_id: bytes | None = None,
-               expected_posting_id: bytes | None = None) -> VerifyReport:
+               expected_posting_id: bytes | None = None, max_state_bytes: int = MAX_STATE_BYTES,
+               max_segment_flops: int = MAX_SEGMENT_FLOPS) -> VerifyReport:
     """Verify the proof in ``path``. ``segments=None`` replays every segment.
 
     ``expected_task_id`` is the task the caller asked about: a proof of any other task (another
@@ -105,7 +109,8 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
     ``expected_posting_id`` likewise pins the posting the claim must answer.
 
     Returns a report with verdict accept or reject. Raises ``ReplayError`` (or OSError) when
-    the verifier itself cannot proceed.
+    the verifier itself cannot proceed; ``OverBudget`` (a ``ReplayError``) when the task's state or
+    segment compute exceeds the given budget, checked before anything is allocated.
     """
     report = VerifyReport()
     pdir = ProofDir(path)
@@ -122,6 +127,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
             raise InvalidTask(
                 f"the proof is of task {report.task_id.hex()} ({task.name}, {task.total_steps} steps, interval "
                 f"{task.checkpoint_interval}), not of the task asked for, {expected_task_id.hex()}")
+        validate_task_cost(task, max_state_bytes, max_segment_flops)  # before the dataset or any tensor
         rt = Runtime.for_task(task)  # checks the dataset hash
         report.timings["load_task"] = clock() - t0
 
@@ -145,7 +151,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
 
         check = "init"
         t0 = clock()
-        check_init(rt, pdir, roots[0])
+        layout = check_init(rt, pdir, roots[0])
         report.timings["init"] = clock() - t0
 
         check = "final"
@@ -164,7 +170,7 @@ def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
         check = "segment"
         t0 = clock()
         for j in report.sample:
-            state = load_state(rt, pdir, j, roots[j])
+            state = load_state(rt, pdir, j, roots[j], layout)
             result = replay_segment(rt, state, j, roots[j + 1])
             report.segments.append(result)
             if on_segment is not None:

@@ -17,8 +17,10 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import BLSPubkey, BLSSignature
+from eth_utils.abi import event_abi_to_log_topic
 from py_ecc.bls.g2_primitives import pubkey_to_G1, signature_to_G2
-from py_ecc.optimized_bls12_381 import normalize
+from py_ecc.optimized_bls12_381.optimized_curve import normalize
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
@@ -78,7 +80,7 @@ def compute_g1_point(pubkey: bytes) -> bytes:
     """128-byte uncompressed G1 point of a 48-byte compressed BLS public key."""
     if len(pubkey) != 48:
         raise InvalidInput(f"public key is {len(pubkey)} bytes, expected 48")
-    x, y = normalize(pubkey_to_G1(pubkey))
+    x, y = normalize(pubkey_to_G1(BLSPubkey(pubkey)))
     return _fp(int(x)) + _fp(int(y))
 
 
@@ -86,7 +88,7 @@ def compute_g2_point(signature: bytes) -> bytes:
     """256-byte uncompressed G2 point (x.c0, x.c1, y.c0, y.c1) of a 96-byte compressed signature."""
     if len(signature) != 96:
         raise InvalidInput(f"signature is {len(signature)} bytes, expected 96")
-    x, y = normalize(signature_to_G2(signature))
+    x, y = normalize(signature_to_G2(BLSSignature(signature)))
     return b"".join(_fp(int(c)) for c in (*x.coeffs, *y.coeffs))
 
 
@@ -126,7 +128,8 @@ class SettlementParams:
     slash_double_vote_bps: int = 5000
     slash_failed_challenge_bps: int = 1000
     challenger_reward_bps: int = 5000
-    slash_unavailable_bps: int = 0
+    slash_unavailable_bps: int = 1000
+    bond_reward_bps: int = 40000  # a claim's bond is max(prover_bond, reward * bond_reward_bps / BPS)
 
     @classmethod
     def from_params(cls, p: Params, min_stake: int = 1, unbonding_delay: int | None = None) -> SettlementParams:
@@ -134,7 +137,8 @@ class SettlementParams:
         return cls(p.challenge_window_s, p.availability_window_s, p.dispute_window_s,
                    life if unbonding_delay is None else unbonding_delay, p.quorum_numerator,
                    p.quorum_denominator, p.prover_bond, min_stake, p.slash_double_vote_bps,
-                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps)
+                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps,
+                   p.bond_reward_bps)
 
     def as_args(self) -> list[int]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -247,6 +251,9 @@ class SettlementClient:
         self.account = account
         self.contract = w3.eth.contract(address=self.address, abi=(artifact or load_artifact())["abi"])
         self._chain_id: int | None = None
+        abi: list[dict[str, Any]] = list(self.contract.abi)  # type: ignore[arg-type]
+        self._event_by_topic = {bytes(event_abi_to_log_topic(e)): str(e["name"]) for e in abi  # type: ignore[arg-type]
+                                if e.get("type") == "event"}
 
     @property
     def chain_id(self) -> int:
@@ -312,9 +319,20 @@ class SettlementClient:
         return self._transact("post_task", task_id, reward, expires_at, num_checkpoints,
                               value=reward if value is None else value)
 
+    def get_claim_bond(self, task_id: bytes) -> int:
+        """The bond a claim on this task locks: ``max(prover_bond, reward * bond_reward_bps / BPS)``."""
+        reward = self.get_task(task_id).reward
+        f = self.contract.functions
+        return max(int(f.prover_bond().call()), reward * int(f.bond_reward_bps().call()) // 10_000)
+
     def claim_task(self, task_id: bytes, claim_id: bytes, commitment: bytes, num_checkpoints: int,
                    prover_pubkey: bytes, binding_signature: bytes, value: int = 0,
-                   prover_point: bytes | None = None, binding_point: bytes | None = None) -> TxResult:
+                   prover_point: bytes | None = None, binding_point: bytes | None = None,
+                   top_up: bool = True) -> TxResult:
+        """Sends ``value``; with ``top_up``, more if the bond exceeds it plus the sender's balance."""
+        if top_up and self.account is not None:
+            missing = self.get_claim_bond(task_id) - self.get_balance(self.account.address)
+            value = max(value, missing)
         return self._transact(
             "claim_task", task_id, claim_id, commitment, num_checkpoints, prover_pubkey,
             prover_point if prover_point is not None else compute_g1_point(prover_pubkey),
@@ -414,21 +432,18 @@ class SettlementClient:
         return tuple(found)
 
     def _decode_log(self, entry: Any) -> ContractEvent | None:
-        for abi in self.contract.abi:
-            if abi.get("type") != "event":
-                continue
-            event_cls = getattr(self.contract.events, abi["name"])
-            try:
-                decoded = event_cls().process_log(entry)
-            except Exception:  # not this event's topic
-                continue
-            return ContractEvent(decoded["event"], dict(decoded["args"]), decoded["blockNumber"],
-                                 bytes(decoded["blockHash"]), bytes(decoded["transactionHash"]), decoded["logIndex"])
-        return None
+        topics = entry.get("topics") or []
+        name = self._event_by_topic.get(bytes(topics[0])) if topics else None
+        if name is None:
+            return None
+        decoded = getattr(self.contract.events, name)().process_log(entry)
+        return ContractEvent(decoded["event"], dict(decoded["args"]), decoded["blockNumber"],
+                             bytes(decoded["blockHash"]), bytes(decoded["transactionHash"]), decoded["logIndex"])
 
     def get_events(self, from_block: int, to_block: int | str = "latest") -> list[ContractEvent]:
         """Every event of the contract in the block range, in chain order."""
-        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": to_block})
+        query: Any = {"address": self.address, "fromBlock": from_block, "toBlock": to_block}
+        logs = self.w3.eth.get_logs(query)
         events = [self._decode_log(entry) for entry in logs]
         return [e for e in events if e is not None]
 
@@ -454,7 +469,10 @@ def deploy_settlement(w3: Web3, account: LocalAccount, params: SettlementParams 
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
     if receipt["status"] != 1:
         raise ChainError("contract deployment reverted when mined")
-    client = SettlementClient(w3, receipt["contractAddress"], account, artifact)
+    address = receipt["contractAddress"]
+    if address is None:
+        raise ChainError("deployment receipt names no contract address")
+    client = SettlementClient(w3, address, account, artifact)
     return client, TxResult(bytes(tx_hash), receipt["blockNumber"], receipt["gasUsed"], ())
 
 

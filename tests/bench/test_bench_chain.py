@@ -21,7 +21,8 @@ from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, compute_subject_messag
 from tests.chain.conftest import get_test_account
 from tests.chain.helpers import make_claim, open_dispute, post_and_claim, sign_certificate
 
-PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500, unbonding_delay=1600)
+PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500, unbonding_delay=1600,
+                          bond_reward_bps=2000)
 MAX_SIGNERS = 100
 GAS: dict[str, int] = {}
 
@@ -117,7 +118,7 @@ def test_bench_certificate_gas(benchmark, anvil: AnvilProcess, keys: list[bytes]
     client = _deploy(anvil, keys, signers)
     requester, prover = client.with_account(get_test_account(signers + 1)), client.with_account(
         get_test_account(signers + 2))
-    claims = [make_claim(f"bench-cert-{signers}-{i}") for i in range(3)]
+    claims = [make_claim(f"bench-cert-{signers}-{i}") for i in range(4)]
     for c in claims:
         post_and_claim(requester, prover, c, 1000, _time(anvil) + 10_000, PARAMS.prover_bond)
     registry = client.get_registry()
@@ -137,3 +138,9 @@ def test_bench_certificate_gas(benchmark, anvil: AnvilProcess, keys: list[bytes]
     assert max(gas) - min(gas) < 1_000  # the same work each time; only calldata zero bytes differ
     GAS[f"submit_certificate ({signers} of {signers} sign)"] = max(gas)
     benchmark.extra_info["gas"] = max(gas)
+    # the smallest quorum: every non-signer's key is subtracted from the stored aggregate
+    quorum = -(-2 * signers // 3)
+    last = next(pending)
+    sig = sign_certificate(keys[:quorum], SUBJECT_CLAIM, last.claim_id, VERDICT_ACCEPT)
+    GAS[f"submit_certificate ({quorum} of {signers} sign)"] = client.submit_certificate(
+        SUBJECT_CLAIM, last.claim_id, VERDICT_ACCEPT, list(range(quorum)), sig, registry=registry).gas_used

@@ -23,7 +23,7 @@ Account.enable_unaudited_hdwallet_features()
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's default accounts
 STAKES = (100, 100, 100, 100)
 PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500,
-                          unbonding_delay=1600, prover_bond=1000, min_stake=1)
+                          unbonding_delay=1600, prover_bond=1000, min_stake=1, bond_reward_bps=2000)
 
 
 def get_test_account(index: int) -> LocalAccount:
@@ -70,9 +70,10 @@ def chain_session() -> Iterator[Chain]:
         accounts = [get_test_account(i) for i in range(20)]
         client, _ = deploy_settlement(w3, accounts[0], PARAMS)
         keys = [get_bls_key(f"verifier-{i}") for i in range(len(STAKES))]
-        for i, (sk, stake) in enumerate(zip(keys, STAKES)):
-            client.with_account(accounts[1 + i]).register(bls.compute_public_key(sk), bls.compute_pop(sk), stake)
-        yield Chain(anvil, client, accounts, keys, int(w3.eth.block_number))
+        pops = [bls.compute_pop(sk) for sk in keys]  # py-ecc: slow, so computed once per session
+        for i, (sk, pop, stake) in enumerate(zip(keys, pops, STAKES)):
+            client.with_account(accounts[1 + i]).register(bls.compute_public_key(sk), pop, stake)
+        yield Chain(anvil, client, accounts, keys, int(w3.eth.block_number), {"pops": pops})
 
 
 @pytest.fixture

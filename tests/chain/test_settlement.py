@@ -7,7 +7,7 @@ import json
 import pytest
 
 from node.evm.anvil import has_eip2537
-from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, load_artifact
+from node.evm.contract import ARTIFACT_PATH, ContractRevert, compile_settlement, compute_g1_point, load_artifact
 from protocol import bls
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, compute_subject_message
@@ -29,11 +29,11 @@ def test_committed_artifact_is_the_compiled_source() -> None:
     committed = load_artifact()
     assert fresh["bytecode"] == committed["bytecode"], f"stale {ARTIFACT_PATH.name}: run python -m node.evm.compile"
     assert json.dumps(fresh["abi"], sort_keys=True) == json.dumps(committed["abi"], sort_keys=True)
-    immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function" and entry["name"] in {
-        "challenge_window", "availability_window", "dispute_window", "unbonding_delay", "quorum_numerator",
-        "quorum_denominator", "prover_bond", "min_stake", "slash_double_vote_bps", "slash_failed_challenge_bps",
-        "challenger_reward_bps", "slash_unavailable_bps"})
-    assert immutables == 12 * 32
+    from node.evm.compile import IMMUTABLES
+
+    immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function"
+                          and entry["name"] in IMMUTABLES)
+    assert immutables == len(IMMUTABLES) * 32
     # EIP-170: runtime code plus the immutables appended at deployment fit mainnet-like chains
     assert len(bytes.fromhex(fresh["bytecode_runtime"][2:])) + immutables <= 24576
 
@@ -50,6 +50,24 @@ def test_registry_views(chain: Chain) -> None:
         assert v.pubkey == bls.compute_public_key(sk) and v.account == chain.accounts[1 + i].address
     registry = c.get_registry()
     assert len(registry.keys) == 3 * len(STAKES) and registry.stakes == STAKES
+    # SPEC.md §16.7 registry hash, computed here from the keys alone (not from the contract's words)
+    from eth_utils import keccak
+    from py_ecc.optimized_bls12_381 import Z1, add
+    from py_ecc.optimized_bls12_381.optimized_curve import normalize
+    from py_ecc.bls.g2_primitives import pubkey_to_G1
+
+    h = b"\x00" * 32
+    apk = Z1
+    for sk, stake in zip(chain.verifier_keys, STAKES):
+        point = compute_g1_point(bls.compute_public_key(sk))
+        x, y = point[16:64], point[80:128]
+        words = (int.from_bytes(x[:16], "big") << 128 | int.from_bytes(y[:16], "big"), int.from_bytes(x[16:], "big"),
+                 int.from_bytes(y[16:], "big"), stake)
+        h = keccak(h + keccak(b"".join(w.to_bytes(32, "big") for w in words)))
+        apk = add(apk, pubkey_to_G1(bls.compute_public_key(sk)))
+    assert bytes(c.contract.functions.registry_hash().call()) == h
+    ax, ay = normalize(apk)
+    assert bytes(c.contract.functions.apk_all().call()) == int(ax).to_bytes(64, "big") + int(ay).to_bytes(64, "big")
     assert_conserved(chain)
 
 
@@ -131,8 +149,11 @@ def test_expired_dispute_voids_claim(chain: Chain) -> None:
     chain.client.expire_dispute(dispute_id)
     assert chain.client.get_dispute(dispute_id).status == "expired"
     assert chain.client.get_claim(claim.claim_id).status == "void"
-    assert requester.get_balance(requester.account.address) == REWARD  # type: ignore[union-attr]
-    assert prover.get_balance(prover.account.address) == BOND  # type: ignore[union-attr]
+    task = chain.client.get_task(claim.task_id)  # reopens with its escrow for another prover
+    assert (task.status, task.escrow, task.claim_id) == ("open", REWARD, None)
+    slash = BOND * PARAMS.slash_unavailable_bps // 10_000
+    assert prover.get_balance(prover.account.address) == BOND - slash  # type: ignore[union-attr]
+    assert chain.client.get_burned() == slash
     assert_conserved(chain)
 
 
@@ -150,6 +171,10 @@ def test_unclaimed_task_refund_and_pending_claim_void(chain: Chain) -> None:
     chain.set_next_time(registered + PARAMS.availability_window)
     chain.client.settle_claim(unserved.claim_id)
     assert chain.client.get_claim(unserved.claim_id).status == "void"
+    assert chain.client.get_task(unserved.task_id).status == "open"  # another prover may take it
+    assert requester.get_balance(requester.account.address) == REWARD  # type: ignore[union-attr]
+    chain.set_next_time(t0 + 5000)
+    chain.client.refund_task(unserved.task_id)
     assert requester.get_balance(requester.account.address) == 2 * REWARD  # type: ignore[union-attr]
     assert_conserved(chain)
 
@@ -190,3 +215,31 @@ def test_unbonding_then_withdrawal(chain: Chain) -> None:
     post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
     accept_claim(chain.client, chain.verifier_keys, [0, 1], claim.claim_id)
     assert_conserved(chain)
+
+
+def test_certificate_from_protocol_votes_verifies_on_chain(chain: Chain) -> None:
+    """Votes and their aggregate made by protocol/vote.py and protocol/certificate.py, unchanged."""
+    from protocol.certificate import compute_certificate
+    from protocol.genesis import VerifierEntry
+    from protocol.vote import ClaimContext, compute_vote
+
+    claim = make_claim("protocol-votes")
+    post_and_claim(chain.as_account(10), chain.as_account(11), claim, REWARD, chain.now() + 5000, BOND)
+    ctx = ClaimContext(claim.claim_id, claim.commitment, claim.num_checkpoints, 1)
+    entries = [VerifierEntry(bls.compute_public_key(sk), b"", stake, f"p{i}")
+               for i, (sk, stake) in enumerate(zip(chain.verifier_keys, STAKES))]
+    cert = compute_certificate([compute_vote(chain.verifier_keys[i], ctx) for i in (3, 0, 2)], entries)
+    assert cert.signers == (0, 2, 3)
+    chain.client.submit_certificate(cert.kind, cert.subject, cert.verdict, cert.signers, cert.signature)
+    assert chain.client.get_claim(claim.claim_id).status == "accepted"
+
+
+def test_chain_without_bls_precompiles_is_refused() -> None:
+    from node.evm.anvil import MissingPrecompiles, check_eip2537, find_anvil, start_anvil
+
+    if find_anvil() is None:
+        pytest.skip("anvil is not installed (run `make anvil`)")
+    with start_anvil(extra_args=("--hardfork", "cancun")) as old_chain:
+        assert not has_eip2537(old_chain.url)
+        with pytest.raises(MissingPrecompiles, match="no EIP-2537"):
+            check_eip2537(old_chain.url)

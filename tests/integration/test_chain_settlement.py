@@ -88,9 +88,18 @@ def test_certificate_submitted_once_duplicate_quiet_and_payout_by_deadline(tmp_p
                 await asyncio.sleep(0.3)
                 await v0.settlement.poll(notify=False)
             assert chain.client.get_registry().stakes[1] == expected
+            await asyncio.sleep(1.5)  # let the last block confirm, then take the view
+            await v0.settlement.poll(notify=False)
+            before = v0.chain.get_ledger_report()
             for node in (v0, v1):
                 node.settlement.close()
                 node.store.close()
+            # A restart rebuilds the same view from the events it stored (and any new ones: none here).
+            again = Node(load_config(tmp_path / "net" / "v0.toml"))
+            await again.settlement_start()
+            assert again.chain.get_ledger_report() == before
+            again.settlement.close()
+            again.store.close()
 
         asyncio.run(scenario())
     finally:

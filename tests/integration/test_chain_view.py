@@ -83,7 +83,7 @@ def test_view_follows_the_contract_and_undoes_a_reorg(tmp_path: Path) -> None:
         follower.poll_once()
         view.set_events(list(store.events()), time.time())
         claim = view.state.claims[claim_id]
-        assert claim.status == "pending" and claim.prover == prover_key.public_key and claim.samples_required >= 1
+        assert claim.status == "pending" and claim.prover == prover_key.public_key and claim.sample_milli > 0
         assert view.state.tasks[task_id].status == "claimed"
         _agrees(view, client)
 

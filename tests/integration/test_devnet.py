@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_devnet_pays_honest_and_slashes_cheat(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pol.cli", "devnet", "--verifiers", "4", "--provers", "2", "--cheaters", "1",
-         "--json", "--dir", str(tmp_path / "net"), "--timeout", "240"],
-        cwd=REPO, capture_output=True, timeout=300)
+         "--json", "--dir", str(tmp_path / "net"), "--timeout", "300"],
+        cwd=REPO, capture_output=True, timeout=360)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = json.loads(proc.stdout)
     rows = {r["prover"]: r for r in report["claims"]}

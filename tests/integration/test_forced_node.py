@@ -1,4 +1,4 @@
-"""A node catches a lazy verifier with a forced error (SPEC.md §16.7): the forced claim, the lazy accept vote and
+"""A node catches a lazy verifier with a forced error (SPEC.md §16.9): the forced claim, the lazy accept vote and
 the reveal travel as gossip into a real node (SQLite log, restart replay), which slashes the lazy verifier."""
 
 from __future__ import annotations

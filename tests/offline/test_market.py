@@ -227,3 +227,21 @@ def test_thief_front_running_in_the_ledger_loses_and_the_prover_is_paid(tmp_path
     assert state.claims[ctx.claim_id].status == CLAIM_PAID
     assert state.balances[bls.compute_public_key(honest)] == 100_000 + 1000
     assert get_total_money(state) == get_total_money(get_initial_state(genesis))
+
+
+def test_posting_file_forms(tmp_path: Path, tiny_task) -> None:  # type: ignore[no-untyped-def]
+    from pol.cli import CliError, _read_posting_id
+    from protocol import bls
+    from protocol.ledger import compute_posting_id, compute_task_posted
+    from protocol.messages import encode_message
+    from protocol.task import encode_task
+
+    posting = compute_task_posted(bls.compute_secret_key(b"r" * 32), encode_task(tiny_task), 10, 10**9)
+    data = encode_message(posting)
+    (tmp_path / "p.bin").write_bytes(data)
+    (tmp_path / "p.hex").write_text(data.hex() + "\n")
+    (tmp_path / "p.id").write_text(compute_posting_id(posting).hex() + "\n")
+    for name in ("p.bin", "p.hex", "p.id"):
+        assert _read_posting_id(str(tmp_path / name), tiny_task) == compute_posting_id(posting)
+    with pytest.raises(CliError, match="another task"):
+        _read_posting_id(str(tmp_path / "p.bin"), parse_task_toml(tiny_task_toml(seed=77)))

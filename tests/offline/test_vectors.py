@@ -188,3 +188,20 @@ def test_binding_vectors_posting_id_run_seed_and_claim_id() -> None:
     signed = compute_task_posted_message(compute_task_id(parse_task_toml((EXAMPLES / "digits-mlp.toml").read_text())),
                                          posting.requester, 5, 10**9)
     assert compute_posting_id(posting) == hashlib.sha256(signed).digest()
+
+
+def test_binding_vectors_sample_count_rate_and_forced_roots() -> None:
+    """Sample counts, the ledger's sample rate and forced-error roots (SPEC.md §16.2, §16.9), against
+    tests/vectors/make_binding.py, which implements them from the SPEC text with hashlib and integers."""
+    from protocol.economics import compute_sample_milli, get_sample_count
+    from protocol.forced import compute_forced_root
+    from protocol.genesis import Params
+
+    v = load("binding.json")
+    for case in v["sample_count"]:
+        assert get_sample_count(bytes.fromhex(case["signature"]), case["sample_milli"]) == case["count"]
+    for case in v["sample_rate"]:
+        params = Params(deterrence_bps=case["deterrence_bps"])
+        assert compute_sample_milli(case["reward"], case["bond"], case["honest"], params) == case["sample_milli"]
+    for case in v["forced_root"]:
+        assert compute_forced_root(bytes.fromhex(case["secret"]), case["index"]).hex() == case["root"]

@@ -1,4 +1,4 @@
-"""Forced errors catch lazy verifiers (SPEC.md §16.7): ledger rules with real signatures, and a seeded
+"""Forced errors catch lazy verifiers (SPEC.md §16.9): ledger rules with real signatures, and a seeded
 simulation of a verifier that never replays, against the stated number of claims."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _claims_until_caught(rng: random.Random, forced_fraction: float, segments: i
 
 @pytest.mark.parametrize(("fetches", "milli"), [(False, 41), (True, 368)])
 def test_never_replaying_verifier_is_caught_within_the_stated_claims(fetches: bool, milli: int) -> None:
-    """Stated bound (SPEC §16.7): with forced fraction f and per-forced-claim catch chance q, a never-replaying
+    """Stated bound (SPEC §16.9): with forced fraction f and per-forced-claim catch chance q, a never-replaying
     verifier is caught within ceil(ln 0.01 / ln(1 - f q)) claims with probability >= 99%. q = 1 for one that
     does not fetch; q >= min(1, mu) / 2 for one that fetches its sample and the final state (alternating roots)."""
     f = 0.05

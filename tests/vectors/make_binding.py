@@ -65,7 +65,40 @@ def main() -> None:
                    "commitment": mp_bin(commitment), "final_root": mp_bin(final_root),
                    "num_checkpoints": mp_uint(17), "total_steps": mp_uint(400), "checkpoint_interval": mp_uint(25),
                    "posting_id": mp_bin(posting_id)})
+    # Per-verifier sample counts (SPEC.md §16.2) for a few signatures and rates.
+    counts = []
+    for i, milli in enumerate((0, 41, 368, 999, 1000, 2300)):
+        sig = hashlib.sha256(b"signature %d" % i).digest() * 3  # 96 bytes standing in for a BLS signature
+        u = struct.unpack("<Q", hashlib.sha256(b"pol/v1/sample-count" + sig).digest()[:8])[0] % 1000
+        counts.append({"signature": sig.hex(), "sample_milli": milli,
+                       "count": milli // 1000 + (1 if u < milli % 1000 else 0)})
+    # The ledger's rate rule, written from the SPEC text: smallest x in [0, 1000] with
+    # Z(x, k) (R + B) BPS <= 10^18 ((R + B) BPS - D_bps R).
+    one = 10**18
+
+    def z(x: int, k: int) -> int:
+        if x >= 1000:
+            return 0
+        b, acc = (1000 - x) * 10**15, one
+        for bit in bin(k)[2:]:
+            acc = -(-acc * acc // one)
+            if bit == "1":
+                acc = -(-acc * b // one)
+        return acc
+
+    rates = []
+    for r, b, k in ((1000, 4000, 2), (1000, 4000, 6), (1000, 4000, 22), (100, 1000, 2), (7, 10**6, 341)):
+        total = (r + b) * 10_000
+        x = next(x for x in range(1001) if z(x, k) * total <= one * (total - 30_000 * r))
+        rates.append({"reward": r, "bond": b, "honest": k, "deterrence_bps": 30_000, "sample_milli": x})
+    secret = bytes(range(32))
+    forced = [{"secret": secret.hex(), "index": j,
+               "root": hashlib.sha256(b"pol/v1/forced-root" + secret + struct.pack("<Q", j)).hexdigest()}
+              for j in (1, 3, 16)]
     doc = {
+        "sample_count": counts,
+        "sample_rate": rates,
+        "forced_root": forced,
         "posting": {"task_id": task_id.hex(), "requester": requester.hex(), "reward": reward,
                     "expires_at": expires_at, "message": posting_message.hex(), "posting_id": posting_id.hex()},
         "training_seed": cases,

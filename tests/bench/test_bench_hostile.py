@@ -1,0 +1,113 @@
+"""Honest claim latency while an unfunded key floods the network, next to the same claim on a quiet one.
+
+Two devnets (2 verifiers, 1 prover) run one after the other in one test; in the second, an attacker peer
+publishes 2000 correctly signed postings from an unfunded key (plus garbage) while the honest task is
+posted, trained, verified and paid. Figures: seconds from claim to certificate at v0 (the node's own
+``seconds_to_certificate``) and from posting to payment.
+
+Run: .venv/bin/pytest tests/bench/test_bench_hostile.py --benchmark-enable -s   (docs/security.md)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node import devnet as dn
+from tests.integration.node_helpers import claims, running_devnet, wait_for
+from tests.integration.test_hostile_network import _flood, make_flood
+
+
+def _run(directory: Path, flood: bool) -> dict[str, float]:
+    with running_devnet(directory, verifiers=2, provers=1, cheaters=0) as net:
+        v0 = net.verifiers[0]
+        messages = make_flood(net) if flood else []
+        started = time.monotonic()
+
+        async def scenario() -> None:
+            attack = asyncio.create_task(_flood(net, v0, messages)) if flood else None
+            if attack is not None:
+                await asyncio.sleep(2.0)
+            await asyncio.to_thread(dn.post_tasks, net, v0)
+            if attack is not None:
+                await attack
+
+        asyncio.run(asyncio.wait_for(scenario(), 300))
+        paid = wait_for(lambda: [c for c in claims(v0) if c["status"] == "paid"], 300, "claim paid")
+        return {"to_certificate_s": float(paid[0]["seconds_to_certificate"]),
+                "post_to_paid_s": round(time.monotonic() - started, 1)}
+
+
+def test_claim_latency_quiet_vs_flood(benchmark: Any, tmp_path: Path) -> None:
+    if benchmark.disabled:
+        pytest.skip("a benchmark: make bench, or --benchmark-enable")
+    results: dict[str, dict[str, float]] = {}
+
+    def both() -> None:
+        results["quiet"] = _run(tmp_path / "quiet", flood=False)
+        results["flood"] = _run(tmp_path / "flood", flood=True)
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    ratio = results["flood"]["to_certificate_s"] / max(results["quiet"]["to_certificate_s"], 1e-3)
+    print(f"claim latency quiet {results['quiet']} flood {results['flood']} ratio {ratio:.2f}")
+
+
+def test_peak_memory_fetching_from_a_lying_holder(benchmark: Any, tmp_path: Path) -> None:
+    """Python heap peak (tracemalloc, fetcher and in-process server together) of a fetch where the first
+    holder states a 16x larger tensor than the task's."""
+    if benchmark.disabled:
+        pytest.skip("a benchmark: make bench, or --benchmark-enable")
+    import hashlib
+    import tracemalloc
+
+    import numpy as np
+
+    from node.chunks import CHUNK_BYTES, ChunkFetcher, ChunkServer, compute_root_path
+    from prover.checkpoint import write_checkpoint
+    from protocol.claim import compute_commitment
+    from protocol.messages import ChunkRequest, ChunkResponse, decode_message, encode_message
+    from protocol.state import TensorLeaf, compute_state_root, get_sorted_leaves
+
+    claim = hashlib.sha256(b"claim").digest()
+    elements = 1 << 20  # a 4 MiB tensor; the liar states 16x that
+    leaves = get_sorted_leaves([TensorLeaf("meta/step", "i64", (), np.int64(5).tobytes()),
+                                TensorLeaf("param/a", "f32", (elements,), np.ones(elements, "<f4").tobytes())])
+    root = compute_state_root(leaves)
+    roots = [hashlib.sha256(b"r0").digest(), root]
+    path = tmp_path / "ckpt.safetensors"
+    write_checkpoint(path, leaves, root, b"\x00" * 32)
+    server = ChunkServer(lambda c, i: (str(path), root, compute_root_path(roots, 1)))
+
+    async def request(peer: str, addr: Any, protocol: str, payload: bytes, limit: int) -> bytes:
+        req = decode_message(payload)
+        assert isinstance(req, ChunkRequest)
+        if peer != "liar" or req.tensor != "param/a":
+            return server.answer(payload)
+        honest = decode_message(server.answer(encode_message(ChunkRequest(**{**req.__dict__, "offset": 0}))))
+        assert isinstance(honest, ChunkResponse)
+        big = 16 * elements * 4
+        return encode_message(ChunkResponse(**{**honest.__dict__, "offset": req.offset, "shape": (16 * elements,),
+                                               "data": bytes(max(0, min(req.length, big - req.offset)))}))
+
+    names = [leaf.name for leaf in leaves]
+    layout = {leaf.name: (leaf.dtype, leaf.shape) for leaf in leaves}
+    peaks: dict[str, float] = {}
+
+    def measure() -> None:
+        for label, lay in (("shapes from the task", layout), ("shapes from the holder (before)", None)):
+            tracemalloc.start()
+            fetched = asyncio.run(ChunkFetcher(request, CHUNK_BYTES).fetch(
+                claim, 1, root, compute_commitment(roots), 2, names, [("liar", None), ("honest", None)], lay))
+            peaks[label] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            assert fetched == leaves
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    print(f"state 4 MiB, liar states 64 MiB: peak Python heap (MiB) {peaks}")
+    # Both include the in-process server's copies (8 chunk requests in flight, each ~1 MiB encoded,
+    # decoded and sliced); what differs is the liar's 64 MiB the fetcher buffered before.
+    assert peaks["shapes from the task"] < peaks["shapes from the holder (before)"] / 4
