@@ -34,9 +34,10 @@ def test_honest_directory_conforms_cli(proof_dir: Path) -> None:
 def test_cli_exit_codes_in_process(proof_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["conformance", str(proof_dir / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
-    ProofDir(proof_dir).step_roots(0).unlink()  # steps/ is optional: a missing file is no failure
+    ProofDir(proof_dir).step_roots(0).unlink(missing_ok=True)  # steps/ is optional: no file is no failure
     assert main(["conformance", str(proof_dir)]) == 0
     assert "conforms to SPEC.md" in capsys.readouterr().out
+    ProofDir(proof_dir).steps_dir.mkdir(exist_ok=True)
     ProofDir(proof_dir).step_roots(99).write_bytes(b"\x00" * 32)  # but not a segment the task lacks
     assert main(["conformance", str(proof_dir)]) == 1
     out = capsys.readouterr().out
@@ -72,8 +73,8 @@ def test_checkpoint_metadata_and_step_roots(proof_dir: Path) -> None:
     at = data.index(b'"pol_root":"') + len(b'"pol_root":"')
     data[at] = ord("0") if data[at] != ord("0") else ord("1")  # metadata names another root; tensors intact
     pdir.checkpoint(2).write_bytes(bytes(data))
-    seg = pdir.step_roots(1)
-    seg.write_bytes(seg.read_bytes()[:-32])
+    pdir.steps_dir.mkdir(exist_ok=True)
+    pdir.step_roots(1).write_bytes(b"\x00" * 31)  # a step-roots file present must be k roots long
     bad = failed(proof_dir)
     assert bad == {"checkpoints", "step_roots"}, bad
 
@@ -94,6 +95,7 @@ def test_garbage_anywhere_is_a_failed_check_never_a_crash(proof_dir: Path) -> No
     pdir = ProofDir(proof_dir)
     pdir.checkpoint(0).write_bytes(b"\x10" + b"\x00" * 7)  # header length beyond the file
     pdir.checkpoint(3).write_bytes(b"\x07\x00\x00\x00\x00\x00\x00\x00[1,2,3]")  # header not an object
+    pdir.steps_dir.mkdir(exist_ok=True)
     pdir.step_roots(2).write_bytes(b"")
     assert failed(proof_dir) == {"checkpoints", "step_roots"}
     pdir.claim_file.write_bytes(b"\xc1\xff")
