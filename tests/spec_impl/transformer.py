@@ -146,7 +146,7 @@ def train_step(task: dict[str, Any], state: MLPState, tokens: np.ndarray
                 probs[b, hd] = _softmax(np.where(tri, (scores[b, hd] * scale).astype(f32), f32(-np.inf)))
                 o_all[b, hd] = ops.matmul(probs[b, hd], v)
                 att[b, :, hd * hdim:(hd + 1) * hdim] = o_all[b, hd]
-        outs += [scores, probs, o_all, att]
+        outs += [probs, o_all, att]  # the scores feed softmax directly (not a recorded layer call)
         c.update(qkv3=qkv3, probs=probs, a_in=a_in, att=att.reshape(rows, d))
         proj = _linear(c["att"], P[pre + "attn.proj.weight"], P[pre + "attn.proj.bias"])
         outs.append(proj)

@@ -470,7 +470,7 @@ def gen_datasets() -> dict[str, Any]:
 # --- §10.5, §10.6, §13: one recorded step per family -------------------------------------------------
 
 _RECORDED = ("linear", "relu", "tanh", "gelu", "layer_norm", "softmax", "matmul", "dropout", "conv2d", "embedding",
-             "add_broadcast", "causal_attention", "cross_entropy")
+             "add_broadcast", "causal_attention", "cross_entropy", "matmul_nt")
 
 
 def record_step(task: Task) -> dict[str, Any]:
@@ -479,7 +479,7 @@ def record_step(task: Task) -> dict[str, Any]:
     grads: dict[int, str] = {}
     raw_grads: dict[str, str] = {}
     update_grads: list[str] = []
-    saved = {name: getattr(F, name) for name in _RECORDED}
+    saved = {name: getattr(F, name) for name in _RECORDED if hasattr(F, name)}
     saved_acts = dict(F.ACTIVATIONS)
     saved_clip, saved_sgd, saved_adamw = optim.clip_grad_norm, optim.sgd_step, optim.adamw_step
     names: list[str] = []
