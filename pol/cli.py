@@ -375,6 +375,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.segment_ok and report.first_bad_step is None else EXIT_REJECT
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from verifier.conformance import check_conformance
+
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise CliError(f"{path} is not a directory")
+    report = check_conformance(path)
+    lines = [f"{'ok  ' if r.ok else 'FAIL'} {r.check:20} {r.detail}" for r in report.results]
+    lines.append("conforms to SPEC.md" if report.ok else "does NOT conform to SPEC.md")
+    _emit(args, report.to_json(), "\n".join(lines))
+    return EXIT_OK if report.ok else EXIT_REJECT
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
     from prover.steps import publish_answers
     from prover.transcript import ProofDir
@@ -523,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", metavar="FILE.png", help="write the loss/accuracy curve over checkpoints (implies --eval)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("conformance", help="check a proof directory of any implementation against SPEC.md "
+                       "(layout, encodings, roots, commitment, signature, initial state; no replay)")
+    c.add_argument("dir")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_conformance)
 
     d = sub.add_parser("demo", help="prove and verify the default task, then show a cheat being rejected")
     d.add_argument("--workdir", default=None, help="where to put the demo files (default: a temp dir)")
