@@ -41,6 +41,11 @@ bench: $(STAMP)
 soak: $(STAMP)
 	POL_CHAIN_EXAMPLES=200 POL_CHAIN_STEPS=16 $(PY) -m pytest -q tests/chain/test_differential.py
 
+.PHONY: vectors
+# Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.
+vectors: $(STAMP)
+	$(PY) tests/vectors/generate.py
+
 lint: $(STAMP)
 	.venv/bin/ruff check .
 	.venv/bin/mypy protocol gpu_ops

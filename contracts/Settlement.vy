@@ -122,6 +122,7 @@ slash_double_vote_bps: public(immutable(uint256))
 slash_failed_challenge_bps: public(immutable(uint256))
 challenger_reward_bps: public(immutable(uint256))
 slash_unavailable_bps: public(immutable(uint256))
+bond_reward_bps: public(immutable(uint256))  # a claim's bond is max(prover_bond, reward * this / BPS)
 
 verifiers: public(HashMap[uint256, Verifier])
 verifier_key: HashMap[uint256, Bytes[128]]  # uncompressed G1 point (EIP-2537 encoding)
@@ -253,6 +254,7 @@ def __init__(
     _slash_failed_challenge_bps: uint256,
     _challenger_reward_bps: uint256,
     _slash_unavailable_bps: uint256,
+    _bond_reward_bps: uint256,
 ):
     assert _quorum_denominator > 0 and _quorum_numerator <= _quorum_denominator, "bad quorum"
     assert 2 * _quorum_numerator > _quorum_denominator, "quorum must exceed one half"
@@ -275,6 +277,7 @@ def __init__(
     slash_failed_challenge_bps = _slash_failed_challenge_bps
     challenger_reward_bps = _challenger_reward_bps
     slash_unavailable_bps = _slash_unavailable_bps
+    bond_reward_bps = _bond_reward_bps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,15 +630,16 @@ def claim_task(task_id: bytes32, claim_id: bytes32, commitment: bytes32, num_che
     assert self._verify(slice(prover_point, 0, 128), self._binding_message(claim_id, msg.sender),
                         self._g2(binding_signature), DST_SIG), \
         "claim binding signature does not verify"
-    self._take(msg.sender, prover_bond, msg.value)
+    bond: uint256 = max(prover_bond, task.reward * bond_reward_bps // BPS)
+    self._take(msg.sender, bond, msg.value)
     self.tasks[task_id].status = TASK_CLAIMED
     self.tasks[task_id].claim_id = claim_id
     self.claims[claim_id] = Claim(task_id=task_id, prover=msg.sender, commitment=commitment,
-                                  num_checkpoints=num_checkpoints, bond=prover_bond,
+                                  num_checkpoints=num_checkpoints, bond=bond,
                                   registered_at=block.timestamp, certified_at=0, status=CLAIM_PENDING,
                                   open_disputes=0)
     log ClaimRegistered(claim_id=claim_id, task_id=task_id, prover=msg.sender, prover_pubkey=key,
-                        commitment=commitment, num_checkpoints=num_checkpoints, bond=prover_bond)
+                        commitment=commitment, num_checkpoints=num_checkpoints, bond=bond)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,11 +671,18 @@ def _settle(claim_id: bytes32, status: uint8, escrow_to: address, bond_to: addre
 
 @internal
 def _void(claim_id: bytes32):
+    # No fraud proven, no acceptance either: the bond goes back less the unavailability slash, and the
+    # task reopens with its escrow, so a prover that claims and never serves cannot take the task from
+    # the others (refund_task returns the escrow once the task expires).
     claim: Claim = self.claims[claim_id]
-    task: Task = self.tasks[claim.task_id]
     kept: uint256 = claim.bond - claim.bond * slash_unavailable_bps // BPS
-    log ClaimVoided(claim_id=claim_id, refund=task.escrow, bond_returned=kept, bond_burned=claim.bond - kept)
-    self._settle(claim_id, CLAIM_VOID, task.requester, claim.prover, kept)
+    log ClaimVoided(claim_id=claim_id, refund=0, bond_returned=kept, bond_burned=claim.bond - kept)
+    self.balances[claim.prover] += kept
+    self.burned += claim.bond - kept
+    self.tasks[claim.task_id].status = TASK_OPEN
+    self.tasks[claim.task_id].claim_id = empty(bytes32)
+    self.claims[claim_id].bond = 0
+    self.claims[claim_id].status = CLAIM_VOID
 
 
 @external

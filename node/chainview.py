@@ -167,12 +167,18 @@ def fold_events(genesis: Genesis, events: list[ChainEvent], tasks: dict[bytes, T
             credit(_b(a["prover"]), int(a["reward"]) + int(a["bond"]))
             settle(claim_id, CLAIM_PAID, paid=True)
         elif name == "ClaimVoided":
+            # No fraud proven: the bond goes back less the unavailability slash and the task reopens with
+            # its escrow (refund is 0; refund_task returns the escrow once the task expires).
             subject = claim_id = _b(a["claim_id"])
             claim = claims[claim_id]
-            credit(task_records[claim.task_id].requester, int(a["refund"]))
+            task = task_records[claim.task_id]
+            credit(task.requester, int(a["refund"]))
             credit(extras.claim_accounts[claim_id], int(a["bond_returned"]))
             burned += int(a["bond_burned"])
-            settle(claim_id, CLAIM_VOID, paid=False)
+            task_records[claim.task_id] = replace(task, escrow=task.escrow - int(a["refund"]), status=TASK_OPEN,
+                                                  claim_id=None)
+            claims[claim_id] = replace(claim, bond=0, status=CLAIM_VOID)
+            moot_others(claim_id)
         elif name == "DisputeOpened":
             subject = dispute_id = _b(a["dispute_id"])
             disputes[dispute_id] = DisputeRecord(_b(a["claim_id"]), int(a["segment"]), int(a["challenger"]),

@@ -49,14 +49,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     setup_node_logging(config, getattr(args, "verbose", 0), args.log_format)
     if args.check:
         return _check_node(config)
-    from .onchain import ChainError
-
-    try:
-        return asyncio.run(_run_node(config))
-    except ChainError as exc:  # the node refuses an unusable settlement chain: one line, exit 2
-        logging.getLogger(__name__).error("refusing to start: %s", exc)
-        print(f"pol node: {exc}", file=sys.stderr)
-        return 2
+    # An unusable settlement chain raises node.onchain.ChainError (a PolError): one line, exit 2.
+    return asyncio.run(_run_node(config))
 
 
 def _check_node(config: Any) -> int:

@@ -70,11 +70,11 @@ def start_chain(net: Devnet) -> DevChain:
         client, receipt = deploy_settlement(w3, chain.accounts["requester"], SettlementParams.from_params(net.params))
         chain.client = client
         chain.deploy_tx, chain.deploy_gas = "0x" + receipt.transaction_hash.hex(), int(receipt.gas_used)
-        for n in net.nodes:
-            with open(net.directory / f"{n.name}.toml", "a") as fh:
-                fh.write(f'rpc_url = "{chain.url}"\nchain_id = {CHAIN_ID}\ncontract = "{chain.contract}"\n'
-                         f'eth_key = "keys/{n.name}.eth.json"\nconfirmations = {CONFIRMATIONS}\nchain_poll_s = 0.5\n'
-                         f'chain_start_block = {receipt.block_number}\n')
+        for n in net.nodes:  # top-level keys go before any [table] of the file
+            path = net.directory / f"{n.name}.toml"
+            path.write_text(f'rpc_url = "{chain.url}"\nchain_id = {CHAIN_ID}\ncontract = "{chain.contract}"\n'
+                            f'eth_key = "keys/{n.name}.eth.json"\nconfirmations = {CONFIRMATIONS}\n'
+                            f'chain_poll_s = 0.5\nchain_start_block = {receipt.block_number}\n' + path.read_text())
         return chain
     except BaseException:
         stop_chain(chain)

@@ -160,12 +160,15 @@ class EventWatcher:
         self._say(event, text, **fields)
 
     async def run(self) -> None:
+        failed_at = 0.0
         while True:
             self.node.loop_alive_at = time.time()
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - reporting must never stop the node
-                logging.getLogger(__name__).exception("event report failed")
+                if time.time() - failed_at > 60:  # once a minute at most: a bug here must not flood the log
+                    failed_at = time.time()
+                    logging.getLogger(__name__).exception("event report failed")
             await asyncio.sleep(POLL_S)
 
 

@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import PolError
+
 log = logging.getLogger(__name__)
 
 # EIP-2537 as activated in Prague: 0x0b G1ADD, 0x0c G1MSM, 0x0d G2ADD, 0x0e G2MSM, 0x0f PAIRING_CHECK,
@@ -28,7 +30,7 @@ BLS12_PAIRING_CHECK = "0x000000000000000000000000000000000000000f"
 RPC_TIMEOUT_S = 10.0
 
 
-class ChainError(Exception):
+class ChainError(PolError):
     """The settlement chain or the contract is unusable (the operator's problem; one line)."""
 
 

@@ -149,7 +149,8 @@ class Settlement:
                     "quorum_denominator": p.quorum_denominator, "prover_bond": p.prover_bond,
                     "slash_double_vote_bps": p.slash_double_vote_bps,
                     "slash_failed_challenge_bps": p.slash_failed_challenge_bps,
-                    "challenger_reward_bps": p.challenger_reward_bps, "slash_unavailable_bps": p.slash_unavailable_bps}
+                    "challenger_reward_bps": p.challenger_reward_bps, "slash_unavailable_bps": p.slash_unavailable_bps,
+                    "bond_reward_bps": p.bond_reward_bps}
         functions = self.client.contract.functions
         try:
             actual = {name: int(getattr(functions, name)().call()) for name in expected}
@@ -364,6 +365,7 @@ class Settlement:
                 continue
             last = self._tried.get(("claim_task", claim_id))
             if last is None or time.monotonic() - last >= RESUBMIT_S:
+                self._tried[("claim_task", claim_id)] = time.monotonic()
                 self.node.spawn(self.submit_claim(info.claim))
 
     async def submit_claim(self, claim: Any) -> TxRecord | None:

@@ -128,7 +128,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
-    _refuse_resign(Path(args.out), key.public_key, args.force_resign)
     posting_id = _read_posting_id(args.posting, task)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
@@ -147,22 +146,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
     }
     _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
     return EXIT_OK
-
-
-def _refuse_resign(out: Path, public_key: bytes, force: bool) -> None:
-    """A finished proof signed by another key is not silently re-signed (it would change the claim id)."""
-    from prover.transcript import ProofDir
-
-    pdir = ProofDir(out)
-    if force or not pdir.claim_file.exists():
-        return
-    try:
-        signer = pdir.read_claim().body.prover
-    except (PolError, OSError, ValueError):
-        return  # an unreadable claim is rewritten by prove() anyway
-    if signer != public_key:
-        raise CliError(f"{out} already holds a finished proof signed by {signer.hex()[:16]}…, not by this key "
-                       f"({public_key.hex()[:16]}…); pass --force-resign to sign it again with this key")
 
 
 def _require_proof_dir(path: Path) -> None:
@@ -392,6 +375,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.segment_ok and report.first_bad_step is None else EXIT_REJECT
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from verifier.conformance import check_conformance
+
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise CliError(f"{path} is not a directory")
+    report = check_conformance(path)
+    lines = [f"{'ok  ' if r.ok else 'FAIL'} {r.check:20} {r.detail}" for r in report.results]
+    lines.append("conforms to SPEC.md" if report.ok else "does NOT conform to SPEC.md")
+    _emit(args, report.to_json(), "\n".join(lines))
+    return EXIT_OK if report.ok else EXIT_REJECT
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
     from prover.steps import publish_answers
     from prover.transcript import ProofDir
@@ -482,9 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--keep-step-roots", action="store_true",
                     help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
-
-    pr.add_argument("--force-resign", action="store_true",
-                    help="sign a finished proof again although another key signed it (changes its claim id)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
@@ -543,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", metavar="FILE.png", help="write the loss/accuracy curve over checkpoints (implies --eval)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("conformance", help="check a proof directory of any implementation against SPEC.md "
+                       "(layout, encodings, roots, commitment, signature, initial state; no replay)")
+    c.add_argument("dir")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_conformance)
 
     d = sub.add_parser("demo", help="prove and verify the default task, then show a cheat being rejected")
     d.add_argument("--workdir", default=None, help="where to put the demo files (default: a temp dir)")

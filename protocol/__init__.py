@@ -1,4 +1,4 @@
-"""pol protocol: the normative spec as pure code (see SPEC.md).
+"""pol protocol: the rules of SPEC.md as pure code (SPEC.md is normative; this follows it).
 
 Nothing in this package performs I/O, reads the clock or logs: every input, including the
 current time, is an argument. Other implementations and auditors read this package

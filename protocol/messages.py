@@ -372,8 +372,9 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
     if (body.num_checkpoints, body.total_steps, body.checkpoint_interval) != (
             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
         raise GossipReject("claim's lengths disagree with its task")
-    # [REJECT] the claim answers the task's posting (SPEC.md §16.3): a run keyed to another is no work for it
-    if body.posting_id != task.posting_id:
+    # [REJECT] the claim answers the task's posting (SPEC.md §16.3): a run keyed to another is no work for it.
+    # A view that does not track posting ids (a chain view folds contract events) leaves it to the contract.
+    if task.posting_id and body.posting_id != task.posting_id:
         raise GossipReject("claim answers another posting than the task's")
     # [IGNORE] the prover can post the bond (before the signature: an unfunded flood costs no pairing)
     if state.balances.get(body.prover, 0) < compute_claim_bond(task.reward, state.params):

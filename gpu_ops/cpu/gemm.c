@@ -196,9 +196,10 @@ typedef struct {
 } lines;
 
 static int lines_get(wscratch *w, i64 M, i64 N, i64 npan, lines *l) {
-    i64 mx = M > N ? M : N;
+    /* tmp holds the rows' scratch at [0, M) and the columns' at [M, M + N): the two are prepared
+     * by different threads at once, so they must not share (a race here changed result bits). */
     size_t nd = (size_t)(2 * (M + MR) + 2 * npan * NR);
-    char *p = (char *)gb_get(&w->lines, nd * sizeof(double) + (size_t)(M + N + mx) * 4 + 64);
+    char *p = (char *)gb_get(&w->lines, nd * sizeof(double) + (size_t)(M + N + M + N) * 4 + 64);
     if (!p) return -1;
     l->sa = (double *)p; l->fa = l->sa + M + MR; l->sb = l->fa + M + MR; l->fb = l->sb + npan * NR;
     l->ea = (int32_t *)(l->fb + npan * NR); l->eb = l->ea + M; l->tmp = (uint32_t *)(l->eb + N);
@@ -278,7 +279,7 @@ static void prep_rows(const mmjob *j, const float *Ab, const lines *l, i64 r0, i
 static void prep_panel_scales(const mmjob *j, const float *Bb, const lines *l, i64 p0, i64 p1) {
     if (p1 <= p0) return;
     i64 n0 = p0 * NR, n1 = p1 * NR < j->N ? p1 * NR : j->N;
-    line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + n0);
+    line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + j->M + n0);
     for (i64 n = n0; n < n1; n++) { l->sb[n] = g_pow2d(j->t - l->eb[n]); l->fb[n] = g_pow2d(l->eb[n] - j->t); }
     for (i64 n = n1; n < p1 * NR; n++) { l->sb[n] = 0.0; l->fb[n] = 0.0; }
 }

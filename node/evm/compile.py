@@ -10,12 +10,19 @@ import sys
 
 from .contract import ARTIFACT_PATH, compile_settlement
 
+IMMUTABLES = ("challenge_window", "availability_window", "dispute_window", "unbonding_delay", "quorum_numerator",
+              "quorum_denominator", "prover_bond", "min_stake", "slash_double_vote_bps", "slash_failed_challenge_bps",
+              "challenger_reward_bps", "slash_unavailable_bps", "bond_reward_bps")
+
 
 def main() -> int:
     artifact = compile_settlement()
     ARTIFACT_PATH.write_text(json.dumps(artifact, indent=1, sort_keys=True) + "\n")
     size = len(bytes.fromhex(artifact["bytecode_runtime"][2:]))
-    print(f"wrote {ARTIFACT_PATH.name}: runtime {size} bytes (+ 384 bytes of immutables; EIP-170 limit 24576)")
+    immutables = 32 * sum(1 for e in artifact["abi"] if e.get("type") == "function" and e.get("stateMutability") == "view"
+                          and not e.get("inputs") and e["name"] in IMMUTABLES)
+    print(f"wrote {ARTIFACT_PATH.name}: runtime {size} bytes + {immutables} bytes of immutables "
+          f"(EIP-170 limit 24576)")
     return 0
 
 

@@ -128,7 +128,8 @@ class SettlementParams:
     slash_double_vote_bps: int = 5000
     slash_failed_challenge_bps: int = 1000
     challenger_reward_bps: int = 5000
-    slash_unavailable_bps: int = 0
+    slash_unavailable_bps: int = 1000
+    bond_reward_bps: int = 40000  # a claim's bond is max(prover_bond, reward * bond_reward_bps / BPS)
 
     @classmethod
     def from_params(cls, p: Params, min_stake: int = 1, unbonding_delay: int | None = None) -> SettlementParams:
@@ -136,7 +137,8 @@ class SettlementParams:
         return cls(p.challenge_window_s, p.availability_window_s, p.dispute_window_s,
                    life if unbonding_delay is None else unbonding_delay, p.quorum_numerator,
                    p.quorum_denominator, p.prover_bond, min_stake, p.slash_double_vote_bps,
-                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps)
+                   p.slash_failed_challenge_bps, p.challenger_reward_bps, p.slash_unavailable_bps,
+                   p.bond_reward_bps)
 
     def as_args(self) -> list[int]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -317,9 +319,20 @@ class SettlementClient:
         return self._transact("post_task", task_id, reward, expires_at, num_checkpoints,
                               value=reward if value is None else value)
 
+    def get_claim_bond(self, task_id: bytes) -> int:
+        """The bond a claim on this task locks: ``max(prover_bond, reward * bond_reward_bps / BPS)``."""
+        reward = self.get_task(task_id).reward
+        f = self.contract.functions
+        return max(int(f.prover_bond().call()), reward * int(f.bond_reward_bps().call()) // 10_000)
+
     def claim_task(self, task_id: bytes, claim_id: bytes, commitment: bytes, num_checkpoints: int,
                    prover_pubkey: bytes, binding_signature: bytes, value: int = 0,
-                   prover_point: bytes | None = None, binding_point: bytes | None = None) -> TxResult:
+                   prover_point: bytes | None = None, binding_point: bytes | None = None,
+                   top_up: bool = True) -> TxResult:
+        """Sends ``value``; with ``top_up``, more if the bond exceeds it plus the sender's balance."""
+        if top_up and self.account is not None:
+            missing = self.get_claim_bond(task_id) - self.get_balance(self.account.address)
+            value = max(value, missing)
         return self._transact(
             "claim_task", task_id, claim_id, commitment, num_checkpoints, prover_pubkey,
             prover_point if prover_point is not None else compute_g1_point(prover_pubkey),

@@ -21,7 +21,8 @@ from protocol.vote import SUBJECT_CLAIM, SUBJECT_DISPUTE, compute_subject_messag
 from tests.chain.conftest import get_test_account
 from tests.chain.helpers import make_claim, open_dispute, post_and_claim, sign_certificate
 
-PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500, unbonding_delay=1600)
+PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500, unbonding_delay=1600,
+                          bond_reward_bps=2000)
 MAX_SIGNERS = 100
 GAS: dict[str, int] = {}
 

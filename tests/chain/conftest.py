@@ -23,7 +23,7 @@ Account.enable_unaudited_hdwallet_features()
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's default accounts
 STAKES = (100, 100, 100, 100)
 PARAMS = SettlementParams(challenge_window=100, availability_window=1000, dispute_window=500,
-                          unbonding_delay=1600, prover_bond=1000, min_stake=1)
+                          unbonding_delay=1600, prover_bond=1000, min_stake=1, bond_reward_bps=2000)
 
 
 def get_test_account(index: int) -> LocalAccount:

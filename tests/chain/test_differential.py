@@ -24,7 +24,7 @@ from node.evm.contract import ContractRevert
 from protocol import bls
 from protocol.certificate import Certificate
 from protocol.claim import ClaimBody, compute_claim_id, compute_commitment, compute_signed_claim
-from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
+from protocol.constants import OFFLINE_POSTING_ID, VERDICT_ACCEPT, VERDICT_REJECT
 from protocol.errors import InvalidInput
 from protocol.genesis import Account, Genesis, Params, VerifierEntry
 from protocol.ledger import (
@@ -53,13 +53,15 @@ from protocol.vote import (
 
 from .conftest import PARAMS, STAKES, Chain, get_bls_key
 
-EXAMPLES = int(os.environ.get("POL_CHAIN_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("POL_CHAIN_EXAMPLES", "3"))
 MODEL_PARAMS = Params(challenge_window_s=PARAMS.challenge_window, availability_window_s=PARAMS.availability_window,
                       dispute_window_s=PARAMS.dispute_window, prover_bond=PARAMS.prover_bond,
                       slash_double_vote_bps=PARAMS.slash_double_vote_bps,
                       slash_failed_challenge_bps=PARAMS.slash_failed_challenge_bps,
                       challenger_reward_bps=PARAMS.challenger_reward_bps,
-                      slash_unavailable_bps=PARAMS.slash_unavailable_bps, target_escape_denominator=10)
+                      slash_unavailable_bps=PARAMS.slash_unavailable_bps, bond_reward_bps=PARAMS.bond_reward_bps,
+                      deterrence_bps=10_000 + PARAMS.bond_reward_bps,
+                      min_sample_milli=4_000)  # every verifier samples all 4 segments: a reject always has one
 TASK_TOML = """
 [task]
 name = "chain-diff"
@@ -114,8 +116,10 @@ def _claim_of(world: World, task_slot: int, prover_slot: int) -> tuple[ClaimBody
     num = task.num_checkpoints
     roots = tuple(hashlib.sha256(f"{task_slot}/{prover_slot}/{i}".encode()).digest() for i in range(num))
     key = world.provers[prover_slot]
+    record = world.state.tasks.get(compute_task_id(task))
+    posting_id = record.posting_id if record else OFFLINE_POSTING_ID  # the posting this run answers (§16.3)
     body = ClaimBody(compute_task_id(task), bls.compute_public_key(key), compute_commitment(roots), roots[-1], num,
-                     task.total_steps, task.checkpoint_interval)
+                     task.total_steps, task.checkpoint_interval, posting_id)
     return body, roots, key
 
 
@@ -162,7 +166,7 @@ def act_claim(world: World, task_slot: int, prover_slot: int, forged: bool) -> N
     binding = bls.sign(signer, client.get_claim_binding_message(claim_id, client.account.address))  # type: ignore[union-attr]
     _both(world, lambda s: process_claim(s, claim, now),
           lambda: client.claim_task(body.task_id, claim_id, body.commitment, body.num_checkpoints,
-                                    bls.compute_public_key(key), binding))
+                                    bls.compute_public_key(key), binding, top_up=False))
 
 
 def _certificate(world: World, kind: int, subject: bytes, verdict: int, signers: tuple[int, ...],
@@ -182,17 +186,18 @@ def act_accept(world: World, claim_slot: int, signers: tuple[int, ...], forged: 
           lambda: world.chain.client.submit_certificate(SUBJECT_CLAIM, claim_id, VERDICT_ACCEPT, signers, cert.signature))
 
 
-def act_dispute(world: World, claim_slot: int, verifier: int, forged: bool) -> None:
+def act_dispute(world: World, claim_slot: int, verifier: int, forged: bool, pick: int = 0) -> None:
     if not world.claims:
         return
     now = _next_time(world)
     body, roots, _ = world.claims[claim_slot % len(world.claims)]
     claim_id = compute_claim_id(body)
     record = world.state.claims.get(claim_id)
-    samples = record.samples_required if record else 1
+    samples = record.sample_milli if record else MODEL_PARAMS.min_sample_milli
     ctx = ClaimContext(claim_id, body.commitment, body.num_checkpoints, samples)
     sk = world.chain.verifier_keys[verifier]
-    segment = compute_vote(sk, ctx).segments[0]
+    sample = compute_vote(sk, ctx).segments
+    segment = sample[pick % len(sample)]
     path = compute_merkle_proof(list(roots), segment + 1).path
     evidence = compute_evidence(get_bls_key("forger") if forged else sk, claim_id, segment, roots[segment + 1], path,
                                 b"\xee" * 32)
@@ -240,7 +245,7 @@ def act_time(world: World, dt: int) -> None:
         if before.claims[claim_id].status != after.claims[claim_id].status:
             pokes.append((client.settle_claim, claim_id))
     for task_id in sorted(after.tasks):
-        if before.tasks[task_id].status == "open" and after.tasks[task_id].status == "refunded":
+        if before.tasks[task_id].status != "refunded" and after.tasks[task_id].status == "refunded":
             pokes.append((client.refund_task, task_id))
     t = now
     for poke, key in pokes:
@@ -283,7 +288,7 @@ action_st = st.one_of(
     st.tuples(st.just("post"), st.integers(0, 2), st.sampled_from([500, 2_000, 12_000]), st.sampled_from([200, 3_000])),
     st.tuples(st.just("claim"), st.integers(0, 2), st.integers(0, 1), st.booleans()),
     st.tuples(st.just("accept"), st.integers(0, 3), signers_st, st.booleans()),
-    st.tuples(st.just("dispute"), st.integers(0, 3), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("dispute"), st.integers(0, 3), st.integers(0, 3), st.booleans(), st.integers(0, 3)),
     st.tuples(st.just("resolve"), st.integers(0, 3), st.sampled_from([VERDICT_ACCEPT, VERDICT_REJECT]), signers_st,
               st.booleans()),
     st.tuples(st.just("double"), st.integers(0, 3), st.integers(0, 3), st.booleans()),
@@ -318,9 +323,9 @@ def test_scripted_life_of_claims(chain: Chain) -> None:
         ("post", 0, 2_000, 3_000), ("post", 1, 2_000, 3_000), ("post", 2, 500, 200),
         ("claim", 0, 0, False), ("claim", 0, 1, False), ("claim", 1, 1, True), ("claim", 1, 1, False),
         ("accept", 0, (0, 1, 2), False), ("accept", 1, (0, 1), False), ("dispute", 2, 3, False),
-        ("dispute", 2, 2, False), ("resolve", 0, VERDICT_REJECT, (0, 1, 2), False),
+        ("dispute", 2, 2, False, 1), ("resolve", 0, VERDICT_REJECT, (0, 1, 2), False),
         ("double", 1, 0, False), ("double", 1, 0, False), ("double", 2, 0, True),
-        ("time", 120), ("time", 600), ("time", 1_100),
+        ("time", 120), ("time", 600), ("time", 1_100), ("time", 1_500),  # the void claim's task reopens, expires
     ])
     assert sorted(t.status for t in final.tasks.values()) == ["paid", "refunded", "refunded"]
     assert sorted(c.status for c in final.claims.values()) == ["paid", "void"]

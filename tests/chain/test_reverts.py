@@ -119,7 +119,7 @@ def test_claim_reverts_and_mempool_copy_is_refused(chain: Chain) -> None:
     expect_revert("unknown task", prover.claim_task, b"\x07" * 32, claim.claim_id, claim.commitment,
                   claim.num_checkpoints, pk, signed_for_prover, value=BOND)
     expect_revert("balance too low", prover.claim_task, claim.task_id, claim.claim_id, claim.commitment,
-                  claim.num_checkpoints, pk, signed_for_prover, value=BOND - 1)
+                  claim.num_checkpoints, pk, signed_for_prover, value=BOND - 1, top_up=False)
     infinity = b"\x00" * 256
     expect_revert("point at infinity", prover.claim_task, claim.task_id, claim.claim_id, claim.commitment,
                   claim.num_checkpoints, pk, signed_for_prover, value=BOND, binding_point=infinity)

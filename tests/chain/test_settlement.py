@@ -29,11 +29,11 @@ def test_committed_artifact_is_the_compiled_source() -> None:
     committed = load_artifact()
     assert fresh["bytecode"] == committed["bytecode"], f"stale {ARTIFACT_PATH.name}: run python -m node.evm.compile"
     assert json.dumps(fresh["abi"], sort_keys=True) == json.dumps(committed["abi"], sort_keys=True)
-    immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function" and entry["name"] in {
-        "challenge_window", "availability_window", "dispute_window", "unbonding_delay", "quorum_numerator",
-        "quorum_denominator", "prover_bond", "min_stake", "slash_double_vote_bps", "slash_failed_challenge_bps",
-        "challenger_reward_bps", "slash_unavailable_bps"})
-    assert immutables == 12 * 32
+    from node.evm.compile import IMMUTABLES
+
+    immutables = 32 * sum(1 for entry in fresh["abi"] if entry.get("type") == "function"
+                          and entry["name"] in IMMUTABLES)
+    assert immutables == len(IMMUTABLES) * 32
     # EIP-170: runtime code plus the immutables appended at deployment fit mainnet-like chains
     assert len(bytes.fromhex(fresh["bytecode_runtime"][2:])) + immutables <= 24576
 
@@ -149,8 +149,11 @@ def test_expired_dispute_voids_claim(chain: Chain) -> None:
     chain.client.expire_dispute(dispute_id)
     assert chain.client.get_dispute(dispute_id).status == "expired"
     assert chain.client.get_claim(claim.claim_id).status == "void"
-    assert requester.get_balance(requester.account.address) == REWARD  # type: ignore[union-attr]
-    assert prover.get_balance(prover.account.address) == BOND  # type: ignore[union-attr]
+    task = chain.client.get_task(claim.task_id)  # reopens with its escrow for another prover
+    assert (task.status, task.escrow, task.claim_id) == ("open", REWARD, None)
+    slash = BOND * PARAMS.slash_unavailable_bps // 10_000
+    assert prover.get_balance(prover.account.address) == BOND - slash  # type: ignore[union-attr]
+    assert chain.client.get_burned() == slash
     assert_conserved(chain)
 
 
@@ -168,6 +171,10 @@ def test_unclaimed_task_refund_and_pending_claim_void(chain: Chain) -> None:
     chain.set_next_time(registered + PARAMS.availability_window)
     chain.client.settle_claim(unserved.claim_id)
     assert chain.client.get_claim(unserved.claim_id).status == "void"
+    assert chain.client.get_task(unserved.task_id).status == "open"  # another prover may take it
+    assert requester.get_balance(requester.account.address) == REWARD  # type: ignore[union-attr]
+    chain.set_next_time(t0 + 5000)
+    chain.client.refund_task(unserved.task_id)
     assert requester.get_balance(requester.account.address) == 2 * REWARD  # type: ignore[union-attr]
     assert_conserved(chain)
 

@@ -72,9 +72,8 @@ def test_node_process_refuses_a_chain_without_bls_with_one_line(tmp_path: Path) 
         config = tmp_path / "net" / "v0.toml"
         # One process (each costs seconds of imports); the other refusals are the same path, tested above.
         for rpc, chain_id, expect in ((old.url, 31337, b"lacks the EIP-2537"),):
-            text = config.read_text().split("rpc_url")[0]
-            config.write_text(text + f'rpc_url = "{rpc}"\nchain_id = {chain_id}\ncontract = "{ping.address}"\n'
-                              'eth_key = "v0.eth"\n')
+            config.write_text(f'rpc_url = "{rpc}"\nchain_id = {chain_id}\ncontract = "{ping.address}"\n'
+                              'eth_key = "v0.eth"\n' + config.read_text())  # before any [table]
             proc = subprocess.run([sys.executable, "-m", "pol.cli", "node", "--config", str(config)], cwd=REPO,
                                   capture_output=True, timeout=60)
             assert proc.returncode == 2, proc.stderr.decode()[-2000:]

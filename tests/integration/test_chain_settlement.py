@@ -130,3 +130,48 @@ def test_node_refuses_a_contract_with_other_rules_than_its_genesis(tmp_path: Pat
         node.store.close()
     finally:
         dc.stop_chain(chain)
+
+
+def test_prover_claim_missing_on_chain_is_sent_again(tmp_path: Path) -> None:
+    import os
+
+    from node import devnet_chain as dc
+    from node.app import Node
+    from node.evm.anvil import find_anvil
+    from protocol.claim import compute_claim_body, compute_claim_id, compute_signed_claim
+    from protocol.messages import compute_claim_announced
+
+    if find_anvil() is None:
+        pytest.skip("anvil is not installed (make installs it)")
+    net = dn.create(tmp_path / "net", 1, 1, 0)
+    chain = dc.start_chain(net)
+    try:
+        dc.register_verifiers(chain, net)
+        dc.post_tasks_on_chain(chain, net, dn.REWARD, int(time.time()) + 3600)
+        task, prover = net.tasks[0], net.provers[0]
+        task_id = compute_task_id(task)
+
+        async def scenario() -> None:
+            p0 = Node(load_config(tmp_path / "net" / "p0.toml"))
+            await p0.settlement_start()
+            roots = [os.urandom(32) for _ in range(task.num_checkpoints)]
+            claim = compute_signed_claim(prover.key.bls_secret_key,
+                                         compute_claim_body(task, task_id, prover.key.public_key, roots))
+            claim_id = compute_claim_id(claim.body)
+            # Announced, but its transaction never went out (say the endpoint was down): only the record.
+            p0.chain.apply(compute_claim_announced(claim, ()), int(time.time()), time.time())
+            deadline = time.monotonic() + 30
+            while claim_id not in p0.chain.state.claims:
+                assert time.monotonic() < deadline, "claim never registered on chain"
+                p0.settlement._retry_own_claims()
+                await asyncio.sleep(0.5)
+                await p0.settlement.poll(notify=False)
+            assert [r.what for r in p0.settlement.txs] == ["claim_task"]  # sent once, not per round
+            assert chain.client.get_claim(claim_id).status == "pending"
+            assert p0.chain.state.claims[claim_id].prover == prover.key.public_key
+            p0.settlement.close()
+            p0.store.close()
+
+        asyncio.run(scenario())
+    finally:
+        dc.stop_chain(chain)

@@ -45,7 +45,7 @@ def test_view_follows_the_contract_and_undoes_a_reorg(tmp_path: Path) -> None:
 
     if find_anvil() is None:
         pytest.skip("anvil is not installed (make installs it)")
-    net = dn.create(tmp_path / "net", 2, 1, 0)  # keys, genesis and one task spec, no processes
+    net = dn.create(tmp_path / "net", 2, 1, 0, availability_window_s=4)  # keys, genesis, a task spec; no processes
     genesis = decode_genesis((tmp_path / "net" / "genesis.msgpack").read_bytes())
     with start_anvil() as anvil:
         w3 = connect(anvil.url)
@@ -78,8 +78,12 @@ def test_view_follows_the_contract_and_undoes_a_reorg(tmp_path: Path) -> None:
         claim_id = bytes(range(32))
         binding = bls.sign(prover_key.bls_secret_key,
                            client.get_claim_binding_message(claim_id, prover_account.address))
-        client.with_account(prover_account).claim_task(task_id, claim_id, b"\x11" * 32, task.num_checkpoints,
-                                                       prover_key.public_key, binding, value=net.params.prover_bond)
+
+        def claim_task() -> None:
+            client.with_account(prover_account).claim_task(task_id, claim_id, b"\x11" * 32, task.num_checkpoints,
+                                                           prover_key.public_key, binding, value=net.params.prover_bond)
+
+        claim_task()
         follower.poll_once()
         view.set_events(list(store.events()), time.time())
         claim = view.state.claims[claim_id]
@@ -95,5 +99,18 @@ def test_view_follows_the_contract_and_undoes_a_reorg(tmp_path: Path) -> None:
         assert client.get_claim(claim_id).status == "none"  # anvil_reorg with no transactions drops them
         assert claim_id not in view.state.claims and view.state.tasks[task_id].status == "open"
         assert view.state.balances.get(bytes.fromhex(prover_account.address[2:]), 0) == 0  # bond deposit undone
+        _agrees(view, client)
+
+        # Claimed again, never certified: after the availability window anyone voids it; the bond comes
+        # back less the unavailability slash and the task reopens with its escrow.
+        claim_task()
+        time.sleep(net.params.availability_window_s + 1)
+        client.with_account(owner).settle_claim(claim_id)
+        follower.poll_once()
+        view.set_events(list(store.events()), time.time())
+        assert view.state.claims[claim_id].status == "void"
+        assert view.state.tasks[task_id].status == "open" and view.state.tasks[task_id].escrow == 100
+        kept = net.params.prover_bond - net.params.prover_bond * net.params.slash_unavailable_bps // 10000
+        assert view.state.balances[bytes.fromhex(prover_account.address[2:])] == kept
         _agrees(view, client)
         store.close()

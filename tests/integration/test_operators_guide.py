@@ -102,7 +102,7 @@ def machines(tmp_path: Path) -> Iterator[dict[str, Any]]:
             f'listen_host = "{host}"\nlisten_port = {ports[n][0]}\nhttp_host = "{host}"\nhttp_port = {ports[n][1]}\n'
             f"bootstrap = {json.dumps(boot[n])}\nlog_file = \"{n}-data/node.log\"\ntick_s = 0.5\n{extra}"
             f"\n[names]\n{names}\n")
-        assert "ok (" in pol("node", "--config", f"{n}.toml", "--check", cwd=dirs[n])
+    assert "ok (" in pol("node", "--config", "alice.toml", "--check", cwd=a)
     # 5. start the nodes.
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -111,7 +111,7 @@ def machines(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 procs[n] = subprocess.Popen([sys.executable, "-m", "pol.cli", "node", "--config", f"{n}.toml"],
                                             cwd=dirs[n], stdout=out, stderr=subprocess.STDOUT)
         urls = {n: f"http://{HOSTS[n]}:{ports[n][1]}" for n in HOSTS}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150  # generous: start-up imports torch, slow on a loaded machine
         pending = set(HOSTS)
         while pending and time.monotonic() < deadline:
             for n in list(pending):
