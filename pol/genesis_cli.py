@@ -200,8 +200,13 @@ def cmd_post_task(args: argparse.Namespace) -> int:
     posting = compute_task_posted(key.bls_secret_key, encode_task(task), reward, expires_at)
     url = args.node.rstrip("/") + "/tasks"
     headers = {"Content-Type": "application/json"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
+    token = args.token
+    if args.token_file:
+        from pol.files import read_regular_text
+
+        token = read_regular_text(Path(args.token_file), 256, GenesisCliError, f"token file {args.token_file}").strip()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     body = json.dumps({"message": encode_message(posting).hex()}).encode()
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
@@ -271,6 +276,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--node", default="http://127.0.0.1:42000", help="node HTTP API (default %(default)s)")
     p.add_argument("--token", default=os.environ.get("POL_API_TOKEN"),
                    help="bearer token for the node's mutating endpoints (default: $POL_API_TOKEN)")
+    p.add_argument("--token-file", help="read the bearer token from this file (the node's <data_dir>/api_token)")
     p.add_argument("--expires-in", type=int, default=3600, help="seconds the offer stays open (default 3600)")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     p.add_argument("--json", action="store_true")

@@ -138,7 +138,7 @@ def test_three_machines_to_a_paid_claim(machines: dict[str, Any]) -> None:
     dirs, urls = machines["dirs"], machines["urls"]
     (dirs["alice"] / "task.toml").write_text(TASK)
     out = pol("submit-task", "task.toml", "--reward", "100", "--key", "requester.json", "--node", urls["alice"],
-              cwd=dirs["alice"])
+              "--token-file", "alice-data/api_token", cwd=dirs["alice"])
     assert "accept" in out
     deadline, claims = time.monotonic() + 150, []
     while time.monotonic() < deadline:
