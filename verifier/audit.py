@@ -78,6 +78,12 @@ class AuditReport:
                     f"state {op['step']} to {op['step'] + 1} gives {op['verdict']}")
         if self.first_bad_step is not None:
             reason = self.game["reason"] if self.game else ""
+            if self.claimed_step_root == self.replayed_step_root:
+                # The published step root is honest but the committed end root is not: the commitment
+                # was altered after training, and the prover cannot defend it.
+                return (f"step {self.first_bad_step} is disputed: the prover's published root after it equals the "
+                        f"honest replay ({self.replayed_step_root}) but its committed segment end root "
+                        f"({self.claimed_end_root}) does not; {reason}")
             return (f"step {self.first_bad_step} was faked: the prover's root after it is {self.claimed_step_root}, "
                     f"honest replay gives {self.replayed_step_root}; {reason}")
         if self.step_roots_available:
