@@ -424,12 +424,26 @@ class Node:
             for item in self.guard.take_ready():
                 await self.handle_message(item.data, item.source, item.peer, parked_at=item.at)
 
+    async def _redial_bootstrap(self) -> None:
+        """Dial the bootstrap peers we are not connected to: libp2p gives up on one after three early
+        failures (a peer still starting), and a node must not stay alone because it started first."""
+        connected = set(self.net.connected_peers())
+        for addr in self.config.bootstrap:
+            if addr.rsplit("/p2p/", 1)[-1] in connected:
+                continue
+            try:
+                await asyncio.wait_for(self.net.connect(addr), timeout=self.config.fetch_timeout_s)
+                log.info("connected to bootstrap peer %s", addr)
+            except Exception as exc:  # noqa: BLE001 - unreachable now; the next sync round tries again
+                log.debug("bootstrap peer %s not reachable yet: %s", addr, exc)
+
     async def _sync_loop(self) -> None:
         from .p2p import ProtocolNotSupported
 
         while True:
             await asyncio.sleep(self.config.sync_interval_s * (0.5 + random.random()))
             now = time.monotonic()
+            await self._redial_bootstrap()
             for peer in self.net.connected_peers():
                 if self._no_sync.get(peer, 0.0) > now:
                     continue

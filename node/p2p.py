@@ -522,6 +522,11 @@ class P2PNetwork:
         await self._pubsub.publish(topic, data)
 
     async def _connect_trio(self, info: PeerInfo) -> None:
+        # An explicit dial is not refused by libp2p's 60 s "recently failed" cache: a bootstrap peer that was
+        # still starting when we first dialed it must be reachable as soon as it listens.
+        unblock = getattr(self._host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             with trio.fail_after(self.config.request_timeout_s):
                 await self._host.connect(info)
