@@ -29,7 +29,6 @@ from protocol.certificate import Certificate
 from protocol.claim import compute_claim_id, decode_claim, validate_claim_signature
 from protocol.constants import MAX_GOSSIP_BYTES, VERDICT_ACCEPT
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput
-from protocol.forced import ForcedErrorReveal
 from protocol.ledger import (
     CLAIM_ACCEPTED,
     CLAIM_PENDING,
@@ -43,14 +42,10 @@ from protocol.messages import (
     ClaimAnnounced,
     Message,
     decode_message,
-    validate_gossip_certificate,
-    validate_gossip_dispute_vote,
-    validate_gossip_double_vote,
-    validate_gossip_forced_reveal,
-    validate_gossip_vote,
+    validate_gossip_verdict_message,
 )
 from protocol.task import decode_task
-from protocol.vote import SUBJECT_CLAIM, DisputeVote, DoubleVoteProof, Vote
+from protocol.vote import SUBJECT_CLAIM, DoubleVoteProof, Vote
 
 from .chainview import ChainBackedState
 from .evm.contract import ContractRevert
@@ -266,18 +261,8 @@ class Settlement:
                     if (claim.body.num_checkpoints, claim.body.total_steps, claim.body.checkpoint_interval) != (
                             task.num_checkpoints, task.total_steps, task.checkpoint_interval):
                         raise GossipReject("claim's lengths disagree with its task")
-            elif isinstance(msg, Vote):
-                validate_gossip_vote(msg, state, now)
-            elif isinstance(msg, DisputeVote):
-                validate_gossip_dispute_vote(msg, state, now)
-            elif isinstance(msg, Certificate):
-                validate_gossip_certificate(msg, state, now)
-            elif isinstance(msg, DoubleVoteProof):
-                validate_gossip_double_vote(msg, state, now)
-            elif isinstance(msg, ForcedErrorReveal):
-                validate_gossip_forced_reveal(msg, state, now)  # relayed; settles nothing on this contract
-            else:
-                raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
+            else:  # a forced-error reveal is relayed; it settles nothing on this contract
+                validate_gossip_verdict_message(msg, state, now)
         except InvalidInput as exc:
             raise GossipReject(f"{type(exc).__name__}: {exc}") from None
         return msg

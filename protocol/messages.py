@@ -454,7 +454,15 @@ def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: Abs
         validate_gossip_task_posted(msg, state, now)
     elif isinstance(msg, ClaimAnnounced):
         validate_gossip_claim(msg, state, now)
-    elif isinstance(msg, Vote):
+    else:
+        validate_gossip_verdict_message(msg, state, now)
+    return msg
+
+
+def validate_gossip_verdict_message(msg: Message, state: LedgerState, now: int) -> None:
+    """The gossip checks of every message but postings and claims (votes, certificates, proofs,
+    reveals): the same whether the ledger is this model or the settlement contract's view."""
+    if isinstance(msg, Vote):
         validate_gossip_vote(msg, state, now)
     elif isinstance(msg, DisputeVote):
         validate_gossip_dispute_vote(msg, state, now)
@@ -467,7 +475,6 @@ def validate_gossip_message(data: bytes, state: LedgerState, now: int, seen: Abs
     else:
         # [REJECT] stream messages never travel on gossip
         raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
-    return msg
 
 
 def compute_claim_announced(claim: Claim, fetch: tuple[str, ...]) -> ClaimAnnounced:
