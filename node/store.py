@@ -47,15 +47,22 @@ class LogEntry:
     source: str
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """A durable SQLite database (WAL, fsync on commit) with ``schema`` applied, in autocommit mode;
+    usable from several threads under the caller's lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # One connection used from the asyncio thread; a lock guards the rare use from workers.
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
