@@ -57,12 +57,12 @@ def load_eth_key(path: Path) -> Any:
     file holding only the private key as 64 hex digits (0x optional)."""
     from eth_account import Account
 
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise ChainError(f"eth_key file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChainError(f"eth_key file {path} is unreadable: {exc}") from None
+    from pol.files import read_regular_text
+    from pol.keyfile import MAX_KEYFILE_BYTES
+
+    if not path.exists():
+        raise ChainError(f"eth_key file {path} does not exist")
+    text = read_regular_text(path, MAX_KEYFILE_BYTES, ChainError, f"eth_key file {path}").strip()
     if text.startswith("{"):
         from .evm.ethkey import EthKeyFileError, load_eth_keyfile
 

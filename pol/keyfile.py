@@ -38,12 +38,16 @@ def generate_keyfile() -> KeyFile:
     return KeyFile(bls.compute_secret_key(secrets.token_bytes(32)), secrets.token_bytes(32))
 
 
-def save_keyfile(path: Path, key: KeyFile) -> None:
-    doc = {"version": 1, "bls_secret_key": key.bls_secret_key.hex(), "node_seed": key.node_seed.hex()}
+MAX_KEYFILE_BYTES = 4096
+
+
+def write_new_secret_json(path: Path, doc: dict[str, object], error: type[Exception]) -> None:
+    """Write ``doc`` as JSON to a new file of mode 0600, synced to disk; an existing file is never
+    overwritten (``error``): a key file replaced by mistake is a key lost."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+        raise error(f"{path} already exists; refusing to overwrite a key") from None
     with os.fdopen(fd, "w") as fh:
         json.dump(doc, fh)
         fh.write("\n")
@@ -51,11 +55,17 @@ def save_keyfile(path: Path, key: KeyFile) -> None:
         os.fsync(fh.fileno())
 
 
+def save_keyfile(path: Path, key: KeyFile) -> None:
+    doc: dict[str, object] = {"version": 1, "bls_secret_key": key.bls_secret_key.hex(), "node_seed": key.node_seed.hex()}
+    write_new_secret_json(path, doc, KeyFileError)
+
+
 def load_keyfile(path: Path) -> KeyFile:
     try:
         if not Path(path).exists():
             raise FileNotFoundError(path)
-        doc = decode_json(read_regular_file(path, 4096, KeyFileError, f"key file {path}"), 4096, max_depth=1)
+        doc = decode_json(read_regular_file(path, MAX_KEYFILE_BYTES, KeyFileError, f"key file {path}"), MAX_KEYFILE_BYTES,
+                          max_depth=1)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         if doc.get("version") != 1:

@@ -10,8 +10,6 @@ signs anything.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import stat
 from pathlib import Path
@@ -19,7 +17,10 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from protocol.errors import PolError
+from pol.files import read_regular_file
+from pol.keyfile import MAX_KEYFILE_BYTES, write_new_secret_json
+from protocol.bounded import decode_json
+from protocol.errors import DecodeError, PolError
 
 
 class EthKeyFileError(PolError):
@@ -32,27 +33,21 @@ def generate_eth_key() -> LocalAccount:
 
 
 def save_eth_keyfile(path: Path, account: LocalAccount) -> None:
-    doc = {"version": 1, "eth_private_key": bytes(account.key).hex(), "address": account.address}
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise EthKeyFileError(f"{path} already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    doc: dict[str, object] = {"version": 1, "eth_private_key": bytes(account.key).hex(), "address": account.address}
+    write_new_secret_json(path, doc, EthKeyFileError)
 
 
 def load_eth_keyfile(path: Path) -> LocalAccount:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        doc = json.loads(path.read_text())
+        # Bounded like every file we read: a FIFO or /dev/zero named here must not hang or exhaust the node.
+        doc = decode_json(read_regular_file(path, MAX_KEYFILE_BYTES, EthKeyFileError, f"Ethereum key file {path}"),
+                          MAX_KEYFILE_BYTES, max_depth=1)
     except FileNotFoundError:
         raise EthKeyFileError(f"Ethereum key file {path} does not exist "
                               f"(create one with `pol chain key-new --out {path}`)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DecodeError) as exc:
         raise EthKeyFileError(f"Ethereum key file {path} is unreadable: {exc}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise EthKeyFileError(f"Ethereum key file {path} is accessible by other users (mode {oct(mode & 0o777)}); "

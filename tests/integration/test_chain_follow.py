@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 import sys
 import time
@@ -62,6 +64,34 @@ def test_eth_key_file_formats(tmp_path: Path) -> None:
         load_eth_key(tmp_path / "bad")
     with pytest.raises(ChainError, match="does not exist"):
         load_eth_key(tmp_path / "missing")
+
+
+def test_eth_key_file_that_is_not_a_small_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    """A FIFO named as eth_key must not hang start-up, nor a huge or deeply nested file exhaust it."""
+    from node.evm.ethkey import EthKeyFileError, load_eth_keyfile
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"{" + b" " * (1 << 20) + b"}")
+    nested = tmp_path / "nested"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    for path in (huge, nested):
+        path.chmod(0o600)
+    with pytest.raises(ChainError, match="not a regular file"):
+        load_eth_key(fifo)
+    for path in (huge, nested):
+        with pytest.raises(ChainError, match="limit"):
+            load_eth_key(path)
+    with pytest.raises(EthKeyFileError, match="not a regular file"):
+        load_eth_keyfile(fifo)
+    with pytest.raises(EthKeyFileError, match="limit"):
+        load_eth_keyfile(huge)
+    small_nested = tmp_path / "small_nested"
+    small_nested.write_text('{"a": ' * 40 + "1" + "}" * 40)
+    small_nested.chmod(0o600)
+    with pytest.raises(EthKeyFileError, match="unreadable"):
+        load_eth_keyfile(small_nested)
 
 
 def test_node_process_refuses_a_chain_without_bls_with_one_line(tmp_path: Path) -> None:
