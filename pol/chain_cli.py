@@ -13,18 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli import _emit
+
 EXIT_OK = 0
 
 
 class ChainCliError(Exception):
     """An operator error in a chain command (bad flag value, missing file)."""
-
-
-def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        print(text)
 
 
 def _address(value: str) -> str:

@@ -108,10 +108,9 @@ def describe(genesis: Genesis) -> dict[str, Any]:
 
 
 def _emit(args: argparse.Namespace, genesis: Genesis, text: str) -> None:
-    if args.json:
-        print(json.dumps(describe(genesis), indent=2, sort_keys=True))
-    else:
-        print(text)
+    from .cli import _emit as emit
+
+    emit(args, describe(genesis), text)
 
 
 def cmd_genesis_new(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from protocol.datapack import (
     validate_record,
 )
 from protocol.errors import InvalidInput, ReplayError
+from prover.checkpoint import write_atomic
 from protocol.merkle import (
     MerkleProof,
     compute_leaf_hash,
@@ -172,15 +172,6 @@ def _source(fmt: str, files: list[Path]) -> _Source:
     raise InvalidInput(f"unknown dataset format {fmt!r}; known: {sorted(FORMATS)}")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def pack(files: list[Path], fmt: str, out: Path, record_bytes: int = DEFAULT_RECORD_BYTES,
          records_per_shard: int = DEFAULT_RECORDS_PER_SHARD) -> Manifest:
     """Pack ``files`` as ``fmt`` into directory ``out``; returns the manifest written there.
@@ -204,7 +195,7 @@ def pack(files: list[Path], fmt: str, out: Path, record_bytes: int = DEFAULT_REC
     pending = bytearray()
 
     def flush_shard() -> None:
-        _write_atomic(out / shard_name(len(shard_hashes)), bytes(shard_buf))
+        write_atomic(out / shard_name(len(shard_hashes)), bytes(shard_buf))
         shard_hashes.append(hashlib.sha256(shard_buf).digest())
         shard_buf.clear()
 
@@ -227,8 +218,8 @@ def pack(files: list[Path], fmt: str, out: Path, record_bytes: int = DEFAULT_REC
                         items_per_record=per_record, records_root=compute_root_from_leaf_hashes(leaves),
                         records_per_shard=records_per_shard, shards=tuple(shard_hashes))
     validate_manifest(manifest)
-    _write_atomic(out / LEAVES_NAME, b"".join(leaves))
-    _write_atomic(out / MANIFEST_NAME, encode_manifest(manifest))
+    write_atomic(out / LEAVES_NAME, b"".join(leaves))
+    write_atomic(out / MANIFEST_NAME, encode_manifest(manifest))
     log.info("packed %d items into %d records / %d shards; dataset hash %s", manifest.num_items,
              manifest.num_records, len(shard_hashes), compute_packed_dataset_hash(manifest).hex())
     return manifest
