@@ -174,10 +174,12 @@ class Node:
                                         bootstrap=self.config.bootstrap, topics=TOPICS,
                                         max_gossip_bytes=MAX_GOSSIP_BYTES,
                                         request_timeout_s=self.config.fetch_timeout_s,
-                                        # relayed per author: twice what this node processes, so the node's
-                                        # own budget still sees (and scores) a flooder before libp2p cuts it
-                                        origin_rate_per_s=2 * self.limits.gossip_per_s,
-                                        origin_burst=2 * self.limits.gossip_burst),
+                                        # per author and per forwarder, before signatures are checked; what
+                                        # libp2p drops there is scored by the tick loop (over_budget)
+                                        origin_rate_per_s=self.limits.gossip_per_s,
+                                        origin_burst=self.limits.gossip_burst,
+                                        forwarder_rate_per_s=self.limits.forward_per_s,
+                                        forwarder_burst=self.limits.forward_burst),
                               validators=validators)
         self.net.set_request_handler(PROTO_SYNC, self.guard.serving(self._serve_sync))
         self.net.set_request_handler(PROTO_PROOF, self.guard.serving(self.worker.serve_proof))
@@ -401,6 +403,12 @@ class Node:
                 self.stats["throttled"] = self.stats.get("throttled", 0) + count
                 if self.guard.peers.penalize(peer, count * self.limits.throttle_penalty, time.monotonic()):
                     self.guard.to_disconnect.append(peer)
+            # Peers that relayed gossip with a bad signature or one the topic validators refuse.
+            invalid, self.net.rejected = self.net.rejected, {}
+            for peer, count in invalid.items():
+                self.stats["rejected"] = self.stats.get("rejected", 0) + count
+                for _ in range(min(count, 100)):
+                    self.guard.judge(peer, "reject")
             await self._disconnect_banned()
             now = self.now()
             if self.chain.would_tick(now):

@@ -75,7 +75,7 @@ def build_app(node: "Node", token: str | None = None) -> web.Application:
                        "resumes": node.worker.fetcher.stats.resumes, "by_peer": node.worker.fetcher.stats.by_peer,
                        "served": node.worker.chunk_server.served, "served_bytes": node.worker.chunk_server.served_bytes,
                        "fetching": node.worker.fetcher.current},
-            "guard": node.guard.report(),
+            "guard": {**node.guard.report(), "libp2p": node.net.gossip_counts()},
         })
 
     async def peers(_: web.Request) -> web.Response:

@@ -31,6 +31,8 @@ class NodeLimits:
     max_segment_flops: int = 10**12  # nor one whose segment replay needs more (minutes on a CPU core)
     gossip_per_s: float = 20.0  # messages per originating peer, sustained (a node publishes a few per claim)
     gossip_burst: float = 200.0
+    forward_per_s: float = 200.0  # new gossip relayed to us by one connected peer, whatever its authors
+    forward_burst: float = 2000.0
     sync_pages_per_s: float = 2.0  # sync pages requested from one peer (each <= 256 items, 900 KiB)
     sync_pages_burst: float = 20.0
     serve_per_s: float = 400.0  # chunk/proof/sync requests served to one peer

@@ -19,6 +19,10 @@ Interface (all methods are called from the asyncio loop that ran ``start()``)::
     await net.request(peer_id, protocol, payload, timeout=None, max_response_bytes=None) -> bytes
     await net.connect(multiaddr); net.connected_peers(); await net.disconnect(peer_id); await net.stop()
     net.ban(peer_id, seconds)                                    # its gossip is dropped and not relayed
+    net.over_budget, net.rejected                                # peer -> count, drained by the node
+
+Gossip admission (budgets per author and per forwarder, bans, the order of the checks) is in
+``node._p2p_gossip``: over-budget and banned gossip is dropped before its signature is checked.
 
 Errors: ``PeerUnavailable`` (no connection could be made), ``RequestFailed(reason)`` (timeout, transport
 failure after one redial, remote handler error, integrity failure) and its subclasses ``ResponseTooLarge``
@@ -34,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,7 +54,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
 from libp2p.pubsub.gossipsub import GossipSub
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -58,6 +61,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from node import _p2p_framing as framing
+from node._p2p_gossip import BanNotifee, GossipGate, GuardedPubsub
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +127,13 @@ class P2PConfig:
     max_response_bytes: int = 256 * 1024 * 1024
     publish_rate_per_s: float = 100.0
     incoming_queue_size: int = 10_000
-    # Gossip accepted (and relayed) per originating peer, checked in the libp2p validator before decoding;
-    # 0 disables. Excess is neither delivered nor relayed, so one flooder cannot fill every peer's links.
+    # Gossip accepted (and relayed) per originating peer, checked before its signature; 0 disables. Excess
+    # is neither delivered nor relayed, so one flooder cannot fill every peer's links.
     origin_rate_per_s: float = 0.0
     origin_burst: float = 0.0
+    # New (not yet seen) gossip accepted per forwarding peer, whoever the authors; 0 disables.
+    forwarder_rate_per_s: float = 0.0
+    forwarder_burst: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.identity_seed) != 32:
@@ -212,15 +219,18 @@ class P2PNetwork:
         self._nursery: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._host: Any = None
-        self._pubsub: Pubsub | None = None
+        self._pubsub: GuardedPubsub | None = None
         self._running = False
         self._dropped = 0
         self._inbound: trio.Semaphore | None = None
-        self._banned: dict[bytes, float] = {}  # originator peer id bytes -> monotonic time the ban ends
-        self._origins: OrderedDict[bytes, list[float]] = OrderedDict()  # originator -> [tokens, at]
-        self.origin_dropped = 0
-        self.over_budget: dict[str, int] = {}  # author -> messages dropped over its budget (drained by the node)
-        self._my_id = b""
+        self.gate = GossipGate(config.origin_rate_per_s, config.origin_burst, config.forwarder_rate_per_s,
+                               config.forwarder_burst)
+        # Gossip crosses to asyncio in batches: one wake-up of the loop per batch, not per message. Each
+        # wake-up is a syscall that hands the GIL over, and under a flood the libp2p thread then waited for
+        # it behind the node's CPU-bound threads message after message.
+        self._inbox: deque[GossipMessage] = deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_wake = False
 
     # ---------------------------------------------------------------- asyncio-facing API
 
@@ -285,33 +295,37 @@ class P2PNetwork:
         await self._call(self._connect_trio, info)
 
     def ban(self, peer_id: str, seconds: float) -> None:
-        """Drop (and never relay) gossip authored by ``peer_id`` for ``seconds``; thread-safe (one dict write)."""
-        banned = dict(self._banned)
-        now = time.monotonic()
-        banned = {k: v for k, v in banned.items() if v > now}
-        banned[ID.from_base58(peer_id).to_bytes()] = now + seconds
-        self._banned = banned
+        """For ``seconds``: drop (never relay) gossip authored or forwarded by ``peer_id`` before anything is
+        decoded, and close any new connection from it; thread-safe (one dict swap)."""
+        self.gate.ban(ID.from_base58(peer_id).to_bytes(), seconds)
 
-    def _origin_allowed(self, origin: bytes) -> bool:
-        until = self._banned.get(origin)
-        now = time.monotonic()
-        if until is not None and until > now:
-            return False
-        rate, burst = self.config.origin_rate_per_s, self.config.origin_burst
-        if rate <= 0 or origin == self._my_id:  # our own publishes are paced already
-            return True
-        bucket = self._origins.get(origin)
-        if bucket is None:
-            bucket = self._origins[origin] = [burst, now]
-            if len(self._origins) > 4096:
-                self._origins.popitem(last=False)
-        self._origins.move_to_end(origin)
-        bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if bucket[0] < 1:
-            return False
-        bucket[0] -= 1
-        return True
+    @property
+    def origin_dropped(self) -> int:
+        """Gossip dropped unread: banned peer, or author/forwarder over budget."""
+        c = self.gate.counts
+        return c["banned"] + c["author_over_budget"] + c["forwarder_over_budget"]
+
+    @property
+    def over_budget(self) -> dict[str, int]:
+        """Peer -> gossip dropped over its budget since the node last drained this (assign ``{}`` to drain)."""
+        return self.gate.over_budget
+
+    @over_budget.setter
+    def over_budget(self, value: dict[str, int]) -> None:
+        self.gate.over_budget = value
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Forwarder -> gossip with a bad signature or refused by a validator (assign ``{}`` to drain)."""
+        return self.gate.rejected
+
+    @rejected.setter
+    def rejected(self, value: dict[str, int]) -> None:
+        self.gate.rejected = value
+
+    def gossip_counts(self) -> dict[str, int]:
+        """What libp2p's thread did with received gossip, by outcome (for /status)."""
+        return dict(self.gate.counts)
 
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (a peer that exhausted its budget or its score)."""
@@ -446,8 +460,9 @@ class P2PNetwork:
             self._remember(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
         router = GossipSub(protocols=list(GOSSIP_PROTOCOLS), degree=6, degree_low=4, degree_high=12,
                            heartbeat_interval=1, spam_protection_enabled=False)  # P11, P2
-        pubsub = Pubsub(host, router, strict_signing=True,
-                        max_inbound_rpc_size=max(1 << 20, 2 * cfg.max_gossip_bytes))
+        pubsub = GuardedPubsub(host, router, strict_signing=True, gate=self.gate,
+                               max_inbound_rpc_size=max(1 << 20, 2 * cfg.max_gossip_bytes))
+        host.get_network().register_notifee(BanNotifee(self.gate))
         for topic in set(cfg.topics) | set(self._validators):
             pubsub.set_topic_validator(topic, self._gossip_validator(topic), False)
         for protocol in self._handlers:
@@ -463,7 +478,7 @@ class P2PNetwork:
                 for topic in cfg.topics:
                     nursery.start_soon(self._pump, topic, await pubsub.subscribe(topic))
                 self.peer_id = host.get_id().to_base58()
-                self._my_id = host.get_id().to_bytes()
+                self.gate.my_id = host.get_id().to_bytes()
                 self.listen_addrs = [f"{addr}/p2p/{self.peer_id}" for addr in host.get_transport_addrs()]
                 self._loop.call_soon_threadsafe(_resolve, ready)
                 await self._stop_event.wait()
@@ -479,30 +494,37 @@ class P2PNetwork:
             if msg.from_id == my_id:
                 continue
             item = GossipMessage(topic, bytes(msg.data), ID(msg.from_id).to_base58(), time.time())
+            with self._inbox_lock:
+                if len(self._inbox) >= self.config.incoming_queue_size:
+                    self._dropped += 1
+                    continue
+                self._inbox.append(item)
+                if self._inbox_wake:  # a wake-up is already on its way: the batch grows
+                    continue
+                self._inbox_wake = True
             try:
-                self._loop.call_soon_threadsafe(self._deliver, item)
+                self._loop.call_soon_threadsafe(self._deliver)
             except RuntimeError:
                 return
 
-    def _deliver(self, item: GossipMessage) -> None:
-        try:
-            self.incoming.put_nowait(item)
-        except asyncio.QueueFull:
-            self._dropped += 1
-            log.warning("incoming gossip queue full: dropped message on %s (%d dropped so far)",
-                        item.topic, self._dropped)
+    def _deliver(self) -> None:
+        with self._inbox_lock:
+            items, self._inbox_wake = list(self._inbox), False
+            self._inbox.clear()
+        for item in items:
+            try:
+                self.incoming.put_nowait(item)
+            except asyncio.QueueFull:
+                self._dropped += 1
+                log.warning("incoming gossip queue full: dropped message on %s (%d dropped so far)",
+                            item.topic, self._dropped)
 
     def _gossip_validator(self, topic: str) -> Callable[[ID, Any], bool]:
         user = self._validators.get(topic)
         limit = self.config.max_gossip_bytes
 
         def validate(forwarder: ID, msg: Any) -> bool:
-            if not self._origin_allowed(bytes(msg.from_id)):  # banned or over budget: not delivered, not relayed
-                self.origin_dropped += 1
-                author = ID(msg.from_id).to_base58()
-                if author in self.over_budget or len(self.over_budget) < 1024:
-                    self.over_budget[author] = self.over_budget.get(author, 0) + 1
-                return False
+            # Bans and budgets were applied before the signature check (GuardedPubsub.push_msg).
             if len(msg.data) > limit:
                 log.debug("rejected gossip on %s from %s: %d bytes > %d", topic, forwarder, len(msg.data), limit)
                 return False
