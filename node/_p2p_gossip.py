@@ -84,7 +84,7 @@ class GossipGate:
         self.over_budget: dict[str, int] = {}  # peer -> messages dropped over its budget (drained by the node)
         self.rejected: dict[str, int] = {}  # forwarder -> invalid messages it sent us (drained by the node)
         self.counts = {"banned": 0, "duplicate": 0, "forwarder_over_budget": 0, "author_over_budget": 0,
-                       "bad_signature": 0, "invalid": 0, "accepted": 0}
+                       "bad_signature": 0, "invalid": 0, "accepted": 0, "refused_connections": 0}
 
     def ban(self, peer: bytes, seconds: float) -> None:
         """Thread-safe: the dict is replaced, never mutated in place."""
@@ -171,12 +171,11 @@ class BanNotifee(INotifee):
 
     def __init__(self, gate: GossipGate) -> None:
         self.gate = gate
-        self.refused = 0
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
         if self.gate.is_banned(peer.to_bytes()):
-            self.refused += 1
+            self.gate.counts["refused_connections"] += 1
             log.debug("refusing a connection from banned peer %s", peer)
             try:
                 await network.close_peer(peer)
