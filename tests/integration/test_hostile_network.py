@@ -79,7 +79,8 @@ def make_flood(net: dn.Devnet) -> list[bytes]:
     return out
 
 
-async def _flood(net: dn.Devnet, target: dn.NodeSpec, messages: list[bytes] | None = None) -> int:
+async def _flood(net: dn.Devnet, target: dn.NodeSpec, messages: list[bytes] | None = None,
+                 garbage: bool = True) -> int:
     from node.app import TOPIC_TASKS, TOPICS
     from node.p2p import P2PConfig, P2PNetwork
 
@@ -96,7 +97,7 @@ async def _flood(net: dn.Devnet, target: dn.NodeSpec, messages: list[bytes] | No
         for i, data in enumerate(messages if messages is not None else make_flood(net)):
             await attacker.publish(TOPIC_TASKS, data)
             sent += 1
-            if i % 100 == 0:
+            if garbage and i % 100 == 0:
                 for topic in TOPICS:  # garbage: dropped by the topic validators, never relayed
                     try:
                         await attacker.publish(topic, os.urandom(64))
