@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -135,9 +134,6 @@ class P2PConfig:
     # New (not yet seen) gossip accepted per forwarding peer, whoever the authors; 0 disables.
     forwarder_rate_per_s: float = 0.0
     forwarder_burst: float = 0.0
-    # The interpreter's GIL switch interval is lowered to this (seconds; 0 leaves it) when the host starts:
-    # see ``start``.
-    gil_switch_interval_s: float = 0.0005
 
     def __post_init__(self) -> None:
         if len(self.identity_seed) != 32:
@@ -247,12 +243,6 @@ class P2PNetwork:
         if self._thread is not None:
             raise RuntimeError("P2PNetwork can only be started once")
         self._loop = asyncio.get_running_loop()
-        if 0 < self.config.gil_switch_interval_s < sys.getswitchinterval():
-            # The libp2p thread makes a syscall or two per frame it reads or writes, and every syscall lets
-            # the GIL go; while another thread computes (a replay, an import), taking it back waits out the
-            # switch interval (5 ms by default). Under a gossip flood that is thousands of waits, and chunk
-            # requests queued behind them timed out. A shorter interval bounds each wait.
-            sys.setswitchinterval(self.config.gil_switch_interval_s)
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="p2p-trio", daemon=True)
         self._thread.start()
