@@ -380,7 +380,8 @@ class Node:
             if not self.guard.admit(item.from_peer):  # over its budget (or banned): dropped unread
                 self.stats["throttled"] = self.stats.get("throttled", 0) + 1
             else:
-                self.guard.judge(item.from_peer, await self.handle_message(item.data, "gossip", item.from_peer))
+                self.guard.judge(item.from_peer, await self.handle_message(item.data, "gossip", item.from_peer),
+                                 gossip=True)
             await self._disconnect_banned()
 
     async def _disconnect_banned(self) -> None:

@@ -32,6 +32,9 @@ from .limits import NodeLimits, PeerBook, PendingIndex, PendingItem
 
 log = logging.getLogger(__name__)
 
+# Ignore reasons (protocol/messages.py) of gossip nobody can pay for: a flood of these is valid, signed and
+# useless, and stays under any rate budget a node must allow honest peers, so its author pays in score.
+_UNFUNDED = ("requester's balance does not cover", "prover's balance does not cover")
 _WAITS = ("vote on a claim we have not seen", "claim names a task we have not seen",
           "dispute unknown or already resolved", "certificate on a subject we have not seen")
 
@@ -60,10 +63,18 @@ class Guard:
             self.to_disconnect.append(peer)
         return False
 
-    def judge(self, peer: str, result: str) -> None:
-        """Score the peer by what its message turned out to be."""
-        if peer and result.startswith("reject") and self.peers.reject(peer, time.monotonic()):
-            self.to_disconnect.append(peer)
+    def judge(self, peer: str, result: str, gossip: bool = False) -> None:
+        """Score the peer by what its message turned out to be (``gossip``: ``peer`` is its signed author)."""
+        if not peer:
+            return
+        now = time.monotonic()
+        if result.startswith("reject"):
+            if self.peers.reject(peer, now):
+                self.to_disconnect.append(peer)
+        elif gossip and result.startswith("ignore: ") and result[8:].startswith(_UNFUNDED):
+            # Only gossip: a sync page is what the serving peer accepted, possibly on a ledger ahead of ours.
+            if self.peers.penalize(peer, self.limits.unfunded_penalty, now):
+                self.to_disconnect.append(peer)
 
     def park(self, data: bytes, source: str, peer: str, reason: str, at: float | None = None) -> bool:
         """Keep an early message under the key it waits for; False if it waits for nothing we know."""

@@ -38,6 +38,7 @@ class NodeLimits:
     serve_per_s: float = 400.0  # chunk/proof/sync requests served to one peer
     serve_burst: float = 800.0
     reject_penalty: float = 10.0
+    unfunded_penalty: float = 1.0  # gossip of a posting or claim its signer cannot pay for (useless, cheap to make)
     throttle_penalty: float = 1.0
     ban_score: float = -100.0
     score_recovery_per_s: float = 1.0

@@ -67,6 +67,13 @@ def test_unfunded_flood_costs_no_signature_checks_and_parks_nothing(tmp_path: Pa
         results = [await node.handle_message(data, "gossip", "flooder") for data in flood]
         elapsed = time.perf_counter() - started
         assert all(r == "ignore: requester's balance does not cover the reward" for r in results)
+        # Each costs its gossip author a point (scores recover 1/s): the flooder is banned, not just ignored.
+        for r in results[:150]:
+            node.guard.judge("flooder", r, gossip=True)
+        assert node.guard.peers.is_banned("flooder", time.monotonic())
+        assert node.guard.to_disconnect == ["flooder"]
+        node.guard.judge("syncing peer", results[0])  # a sync page is not held against the peer serving it
+        assert node.guard.peers.score("syncing peer", time.monotonic()) == 0
         assert counter.calls == 0  # before: one pairing per posting, then again on every accepted message
         assert len(node.guard.pending) == 0  # before: all 2000 queued and re-validated
         assert node.store.last_seq() == 0 and node.chain.get_ledger_report()["total_money"] == money
