@@ -50,9 +50,13 @@ def build_forward(graph: GraphConfig, seed: int, dropout_mask: MaskFn) -> Forwar
 
     def forward(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {INPUT: x, TARGETS: y}
-        second: dict[str, torch.Tensor] = {}  # the fork copy kept for a value's second consumer
+        # the fork copy kept for a value's (a parameter's) second consumer; the two name spaces
+        # are separate (an embedding node and its table share a name)
+        second_value: dict[str, torch.Tensor] = {}
+        second_param: dict[str, torch.Tensor] = {}
 
-        def take(store: dict[str, torch.Tensor], uses: dict[str, int], name: str) -> torch.Tensor:
+        def take(store: dict[str, torch.Tensor], uses: dict[str, int], second: dict[str, torch.Tensor],
+                 name: str) -> torch.Tensor:
             if name in second:
                 return second.pop(name)
             if uses[name] == 2 and name != TARGETS:
@@ -62,8 +66,8 @@ def build_forward(graph: GraphConfig, seed: int, dropout_mask: MaskFn) -> Forwar
             return store[name]
 
         for node, pnames in zip(nodes, node_params):
-            args = [take(values, value_uses, src) for src in node.inputs]
-            weights = [take(p, param_uses, name) for name in pnames]
+            args = [take(values, value_uses, second_value, src) for src in node.inputs]
+            weights = [take(p, param_uses, second_param, name) for name in pnames]
             values[node.name] = _run(node, args, weights, seed, step, sites, dropout_mask)
         return values[nodes[-1].name]
 
