@@ -5,6 +5,7 @@ presets run bit-identically on the reference and the fast backend."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,25 @@ def test_vocab_smaller_than_the_data_is_refused() -> None:
     with torch.no_grad():  # the data set's real token count is checked again at run time
         task = preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, vocab=256)
         assert Runtime.for_task(task).specs
+
+
+def test_graph_task_proves_and_verifies_and_a_forgery_is_caught(tmp_path: Path) -> None:
+    """End to end: a prover trains a tied GPT-2 graph task, a verifier replays every segment and
+    accepts; altered weights, recommitted and re-signed, are caught by the replay."""
+    from pol.keyfile import generate_keyfile
+    from prover.prove import prove
+    from prover.recommit import perturb_checkpoint, recommit
+    from prover.transcript import ProofDir
+    from verifier.verify import ACCEPT, REJECT, verify_dir
+
+    task = preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, dropout=0.1,
+                       **{"task.total_steps": 4, "task.checkpoint_interval": 2})
+    key = generate_keyfile().bls_secret_key
+    prove(task, tmp_path, key)
+    report = verify_dir(tmp_path, segments=None, secret_key=None)
+    assert report.verdict == ACCEPT, report.reason
+    assert [r.index for r in report.segments] == [0, 1]
+    perturb_checkpoint(ProofDir(tmp_path), 2)
+    recommit(ProofDir(tmp_path), key)
+    report = verify_dir(tmp_path, segments=None, secret_key=None)
+    assert report.verdict == REJECT and report.failed_check == "segment"
