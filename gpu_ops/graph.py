@@ -18,6 +18,7 @@ import torch
 from protocol.graph import INPUT, TARGETS, GraphConfig, Node, get_graph_dropout_sites
 
 from . import functional as F
+from . import layers
 
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int], torch.Tensor]
 MaskFn = Callable[[int, int, int, float, tuple[int, ...]], torch.Tensor]  # (seed, step, site, p, shape)
@@ -28,6 +29,8 @@ def _node_params(node: Node) -> list[str]:
     if node.op == "linear":
         names = [node.get("weight") or f"{node.name}.weight"]
         return names + ([f"{node.name}.bias"] if node.get("bias") else [])
+    if node.op == "rms_norm":
+        return [f"{node.name}.weight"]
     if node.op in ("conv2d", "layer_norm"):
         return [f"{node.name}.weight", f"{node.name}.bias"]
     if node.op in ("embedding", "pos_embedding"):
@@ -93,6 +96,16 @@ def _run(node: Node, args: list[torch.Tensor], w: list[torch.Tensor], seed: int,
         return F.add_broadcast(x, w[0][: x.shape[1]])
     if op == "causal_attention":
         return F.causal_attention(x, int(node.get("heads")))
+    if op == "attention":
+        return layers.attention(x, int(node.get("heads")))
+    if op == "rms_norm":
+        return layers.rms_norm(x, w[0])
+    if op == "swiglu":
+        return layers.swiglu(x)
+    if op == "mean_pool":
+        return layers.mean_pool(x, int(node.get("axis")) + 1)  # + 1: the batch axis leads
+    if op == "patches":
+        return layers.patches(x, int(node.get("size")))
     if op == "dropout":
         prob = float(node.get("p"))
         if prob == 0.0:  # no words drawn, no multiplication (§10.5)

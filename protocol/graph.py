@@ -37,6 +37,11 @@ _ATTRS: dict[str, dict[str, tuple[str, Any]]] = {
     "embedding": {"vocab": ("dim", None), "dim": ("int", None), "bound": ("float", 0.1)},
     "pos_embedding": {"bound": ("float", 0.1)},
     "causal_attention": {"heads": ("int", None)},
+    "attention": {"heads": ("int", None)},
+    "rms_norm": {},
+    "swiglu": {},
+    "mean_pool": {"axis": ("index", None)},
+    "patches": {"size": ("int", None)},
     "dropout": {"p": ("float", 0.0)},
     "add": {},
     "reshape": {"shape": ("shape", None)},
@@ -114,6 +119,10 @@ def _parse_attr(node: str, key: str, kind: str, value: Any) -> Any:
         if not isinstance(value, (int, float)):
             raise _fail(node, f"{key} must be a number, got {value!r}")
         return float(value)
+    if kind == "index":
+        if not isinstance(value, int) or not 0 <= value < MAX_RESHAPE_RANK:
+            raise _fail(node, f"{key} must be an axis in [0, {MAX_RESHAPE_RANK}), got {value!r}")
+        return value
     if kind == "int" or (kind == "dim" and not isinstance(value, str)):
         if not isinstance(value, int) or not 1 <= value <= MAX_GRAPH_DIM:
             raise _fail(node, f"{key} must be an integer in [1, {MAX_GRAPH_DIM}], got {value!r}")
@@ -337,13 +346,33 @@ def _infer(node: Node, ins: list[tuple[str, tuple[int, ...]]], data: GraphInput,
             raise _fail(name, f"pos_embedding needs a [T, d] input per example, got {list(shape)}")
         new.append(ParamInfo(name, shape, "uniform", _check_bound(node, positive=True), 0))
         return "f32", shape, count
-    if op == "causal_attention":
+    if op in ("causal_attention", "attention"):
         heads = node.get("heads")
         if len(shape) != 2 or shape[1] % 3 != 0 or (shape[1] // 3) % heads != 0:
-            raise _fail(name, f"causal_attention needs a [T, 3d] input with d divisible by heads={heads}, "
-                              f"got {list(shape)}")
+            raise _fail(name, f"{op} needs a [T, 3d] input with d divisible by heads={heads}, got {list(shape)}")
         t, d = shape[0], shape[1] // 3
         return "f32", (t, d), 2 * t * t * d + heads * t * t
+    if op == "rms_norm":
+        if len(shape) < 1:
+            raise _fail(name, "rms_norm needs an input with a feature axis")
+        new.append(ParamInfo(f"{name}.weight", (shape[-1],), "ones", 0.0, 0))
+        return "f32", shape, 3 * count
+    if op == "swiglu":
+        if len(shape) < 1 or shape[-1] % 2:
+            raise _fail(name, f"swiglu needs an even last axis (gate and value halves), got {list(shape)}")
+        return "f32", shape[:-1] + (shape[-1] // 2,), 4 * count
+    if op == "mean_pool":
+        axis = node.get("axis")
+        if axis >= len(shape):
+            raise _fail(name, f"axis {axis} is not an axis of {list(shape)}")
+        return "f32", shape[:axis] + shape[axis + 1:], count
+    if op == "patches":
+        size = node.get("size")
+        if len(shape) != 3 or shape[1] % size or shape[2] % size:
+            raise _fail(name, f"patches of size {size} need a [C, H, W] input with H and W multiples of it, "
+                              f"got {list(shape)}")
+        c, h, w = shape
+        return "f32", ((h // size) * (w // size), c * size * size), 0
     if op == "dropout":
         p = float(node.get("p"))
         if not 0.0 <= p < 1.0:

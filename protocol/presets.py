@@ -35,31 +35,57 @@ class _Builder:
 def build_gpt2(p: Mapping[str, Any]) -> GraphConfig:
     """GPT-2: learned token and position embeddings, pre-LN blocks (causal attention, GELU MLP
     of width ``d_ff``, 4·d_model when 0), a final layer norm, and a head tied to the token
-    embedding (``tied``) or a separate bias-free ``head`` linear."""
-    d, heads = int(p["d_model"]), int(p["n_heads"])
-    d_ff = int(p["d_ff"]) or 4 * d
-    drop = float(p["dropout"])
+    embedding (``tied``) or a separate bias-free ``head`` linear. ``norm = "rms_norm"`` and
+    ``mlp = "swiglu"`` give the Llama-style variant of the same decoder."""
+    d, drop = int(p["d_model"]), float(p["dropout"])
     add = _Builder()
     h = add("embedding", "tok_emb", [INPUT], vocab=p["vocab"], dim=d, bound=float(p["emb_bound"]))
     h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = add("dropout", "emb.drop", [h], p=drop)
-    for i in range(int(p["n_layers"])):
-        pre = f"h{i}."
-        a = add("layer_norm", pre + "ln1", [h])
-        a = add("causal_attention", pre + "attn", [add("linear", pre + "attn.qkv", [a], out=3 * d)], heads=heads)
-        a = add("dropout", pre + "attn.drop", [add("linear", pre + "attn.proj", [a], out=d)], p=drop)
-        h = add("add", pre + "res1", [h, a])
-        f = add("layer_norm", pre + "ln2", [h])
-        f = add("gelu", pre + "mlp.act", [add("linear", pre + "mlp.fc", [f], out=d_ff)])
-        f = add("dropout", pre + "mlp.drop", [add("linear", pre + "mlp.proj", [f], out=d)], p=drop)
-        h = add("add", pre + "res2", [h, f])
-    h = add("layer_norm", "ln_f", [h])
+    h = _blocks(add, h, p, "causal_attention")
+    h = add(p["norm"], "ln_f", [h])
     if p["tied"]:
         h = add("linear", "head", [h], out=p["vocab"], bias=False, weight="tok_emb")
     else:
         h = add("linear", "head", [h], out=p["vocab"], bias=False)
     add("cross_entropy", "loss", [h, TARGETS])
     return GraphConfig(int(p["context"]), tuple(add.nodes))
+
+
+def _blocks(add: _Builder, h: str, p: Mapping[str, Any], attention: str) -> str:
+    """Pre-norm transformer blocks ``h{i}.``: norm, qkv, attention, proj, residual; norm, MLP
+    (GELU of width d_ff, or SwiGLU: a 2·d_ff projection gated down to d_ff), residual."""
+    d, heads, drop, norm = int(p["d_model"]), int(p["n_heads"]), float(p["dropout"]), str(p["norm"])
+    d_ff = int(p["d_ff"]) or 4 * d
+    for i in range(int(p["n_layers"])):
+        pre = f"h{i}."
+        a = add(norm, pre + "ln1", [h])
+        a = add(attention, pre + "attn", [add("linear", pre + "attn.qkv", [a], out=3 * d)], heads=heads)
+        a = add("dropout", pre + "attn.drop", [add("linear", pre + "attn.proj", [a], out=d)], p=drop)
+        h = add("add", pre + "res1", [h, a])
+        f = add(norm, pre + "ln2", [h])
+        if p["mlp"] == "swiglu":
+            f = add("swiglu", pre + "mlp.act", [add("linear", pre + "mlp.fc", [f], out=2 * d_ff)])
+        else:
+            f = add("gelu", pre + "mlp.act", [add("linear", pre + "mlp.fc", [f], out=d_ff)])
+        f = add("dropout", pre + "mlp.drop", [add("linear", pre + "mlp.proj", [f], out=d)], p=drop)
+        h = add("add", pre + "res2", [h, f])
+    return h
+
+
+def build_vit(p: Mapping[str, Any]) -> GraphConfig:
+    """A ViT-style encoder on square images of ``channels``·``side``² features: patches of
+    ``patch``² pixels, a linear patch embedding, learned positions, pre-norm blocks with
+    non-causal attention, a final norm, the mean over the patch tokens, a linear classifier."""
+    side, patch, ch = int(p["side"]), int(p["patch"]), int(p["channels"])
+    add = _Builder()
+    h = add("reshape", "image", [INPUT], shape=[ch, side, side])
+    h = add("linear", "patch_emb", [add("patches", "patches", [h], size=patch)], out=int(p["d_model"]))
+    h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
+    h = _blocks(add, h, p, "attention")
+    h = add("mean_pool", "pool", [add(p["norm"], "ln_f", [h])], axis=0)
+    add("cross_entropy", "loss", [add("linear", "head", [h], out=CLASSES), TARGETS])
+    return GraphConfig(0, tuple(add.nodes))
 
 
 def build_resnet(p: Mapping[str, Any]) -> GraphConfig:
@@ -75,21 +101,30 @@ def build_resnet(p: Mapping[str, Any]) -> GraphConfig:
         r = add("relu", pre + "act1", [add("conv2d", pre + "conv1", [h], out=c, kernel=k)])
         r = add("conv2d", pre + "conv2", [r], out=c, kernel=k)
         h = add("relu", pre + "act2", [add("add", pre + "res", [h, r])])
-    h = add("flatten", "flat", [h])
+    if p["pool"]:  # global average pooling: the mean of each channel over its side² pixels
+        h = add("mean_pool", "pool", [add("reshape", "pixels", [h], shape=[c, side * side])], axis=1)
+    else:
+        h = add("flatten", "flat", [h])
     add("cross_entropy", "loss", [add("linear", "head", [h], out=CLASSES), TARGETS])
     return GraphConfig(0, tuple(add.nodes))
 
 
 _GPT2 = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 0, "context": 64, "vocab": CLASSES, "tied": True,
-         "dropout": 0.0, "emb_bound": 0.1}
+         "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu"}
+_VIT = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 0, "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm",
+        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2}
+_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu")}
 PRESETS: dict[str, Preset] = {
     "gpt2": Preset(build_gpt2, _GPT2, "pydoc-topics",
                    "GPT-2-style decoder of any width/depth/context/vocab (tied head by default)"),
     "gpt2-small": Preset(build_gpt2, {**_GPT2, "d_model": 768, "n_layers": 12, "n_heads": 12, "context": 1024,
                                       "vocab": 50257}, "pydoc-topics",
                          "GPT-2 small: 124,439,808 parameters with the tied head"),
-    "resnet": Preset(build_resnet, {"channels": 16, "blocks": 2, "kernel": 3, "side": 8}, "sklearn-digits",
-                     "ResNet-style CNN: stem conv, residual conv blocks, linear classifier"),
+    "resnet": Preset(build_resnet, {"channels": 16, "blocks": 2, "kernel": 3, "side": 8, "pool": True},
+                     "sklearn-digits", "ResNet-style CNN: stem conv, residual conv blocks, global average pool "
+                     "(or flatten), linear classifier"),
+    "vit": Preset(build_vit, _VIT, "sklearn-digits",
+                  "ViT-style encoder: patch embedding, non-causal attention blocks, mean pool, classifier"),
 }
 
 
@@ -106,6 +141,9 @@ def get_preset_graph(name: str, overrides: Mapping[str, Any] | None = None) -> G
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise InvalidTask(f"preset parameter {key} must be true or false, got {value!r}")
+        elif key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise InvalidTask(f"preset parameter {key} must be one of {list(_CHOICES[key])}, got {value!r}")
         elif key == "vocab":
             if value != CLASSES and (not isinstance(value, int) or isinstance(value, bool)):
                 raise InvalidTask(f"preset parameter vocab must be an integer or {CLASSES!r}, got {value!r}")

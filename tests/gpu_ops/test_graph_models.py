@@ -98,6 +98,10 @@ PRESET_TASKS = {
     "gpt2-tied": lambda: preset_task("gpt2", d_model=16, n_layers=2, n_heads=2, context=8, dropout=0.1),
     "gpt2-untied": lambda: preset_task("gpt2", d_model=16, n_layers=1, n_heads=4, context=8, tied=False, vocab=300),
     "resnet": lambda: preset_task("resnet", channels=4, blocks=2),
+    "resnet-flatten": lambda: preset_task("resnet", channels=3, blocks=1, kernel=5, pool=False),
+    "vit": lambda: preset_task("vit", d_model=16, n_layers=1, n_heads=2, dropout=0.1),
+    "llama-style": lambda: preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, norm="rms_norm",
+                                       mlp="swiglu", tied=False),
 }
 
 
@@ -110,13 +114,18 @@ def test_preset_is_bit_identical_on_reference_and_fast_backends(name: str) -> No
     assert len(set(fast)) == 3
 
 
-def test_tied_head_trace_names_every_input() -> None:
-    """The tied embedding feeds two nodes through one fork: the dispute trace still names the
-    producer of every input, and is the same on both backends."""
-    rt = Runtime.for_task(PRESET_TASKS["gpt2-tied"](), seed=SEED)
+@pytest.mark.parametrize("name", ["gpt2-tied", "vit", "llama-style"])
+def test_graph_trace_names_every_input(name: str) -> None:
+    """The dispute trace of a graph step (a tied embedding feeding two nodes through one fork;
+    patches, non-causal attention, mean pool, RMS norm, SwiGLU) names the producer of every
+    input, and is the same on both backends."""
+    rt = Runtime.for_task(PRESET_TASKS[name](), seed=SEED)
     tr = compute_step_trace(rt, init_state(rt))
     ops = [e["op"] for e in tr.entries]
-    assert ops.index("fork.forward") < ops.index("embedding.forward")  # the table forks before its first use
+    if name == "gpt2-tied":
+        assert ops.index("fork.forward") < ops.index("embedding.forward")  # the table forks before its first use
+    if name == "vit":
+        assert {"patches.forward", "scale.backward", "mean_pool.backward"} <= set(ops)
     for e in tr.entries:
         assert all(ref[3] is not None for ref in e["in"]), f"entry {e['i']} {e['op']} has an input of unknown origin"
     with use_backend("ref"):
