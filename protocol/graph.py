@@ -102,8 +102,14 @@ class GraphInfo:
         return sum(math.prod(p.shape) for p in self.params)
 
 
+def _short(value: Any) -> str:
+    """repr of a value from the task, cut so that a hostile 60 kB string stays out of logs."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _fail(node: str, msg: str) -> InvalidTask:
-    return InvalidTask(f"model graph node {node!r}: {msg}")
+    return InvalidTask(f"model graph node {_short(node)}: {msg}")
 
 
 # --- parsing and canonical form ---------------------------------------------------------------
@@ -111,34 +117,34 @@ def _fail(node: str, msg: str) -> InvalidTask:
 def _parse_attr(node: str, key: str, kind: str, value: Any) -> Any:
     if kind == "bool":
         if not isinstance(value, bool):
-            raise _fail(node, f"{key} must be a boolean, got {value!r}")
+            raise _fail(node, f"{key} must be a boolean, got {_short(value)}")
         return value
     if isinstance(value, bool):
         raise _fail(node, f"{key} must not be a boolean")
     if kind == "float":
         if not isinstance(value, (int, float)):
-            raise _fail(node, f"{key} must be a number, got {value!r}")
+            raise _fail(node, f"{key} must be a number, got {_short(value)}")
         return float(value)
     if kind == "index":
         if not isinstance(value, int) or not 0 <= value < MAX_RESHAPE_RANK:
-            raise _fail(node, f"{key} must be an axis in [0, {MAX_RESHAPE_RANK}), got {value!r}")
+            raise _fail(node, f"{key} must be an axis in [0, {MAX_RESHAPE_RANK}), got {_short(value)}")
         return value
     if kind == "int" or (kind == "dim" and not isinstance(value, str)):
         if not isinstance(value, int) or not 1 <= value <= MAX_GRAPH_DIM:
-            raise _fail(node, f"{key} must be an integer in [1, {MAX_GRAPH_DIM}], got {value!r}")
+            raise _fail(node, f"{key} must be an integer in [1, {MAX_GRAPH_DIM}], got {_short(value)}")
         return value
     if kind == "dim":
         if value != CLASSES:
-            raise _fail(node, f"{key} must be an integer or {CLASSES!r}, got {value!r}")
+            raise _fail(node, f"{key} must be an integer or {CLASSES!r}, got {_short(value)}")
         return value
     if kind == "str":
         if not isinstance(value, str) or (value and not _NAME_RE.fullmatch(value)):
-            raise _fail(node, f"{key} must be a name matching {_NAME_RE.pattern}, got {value!r}")
+            raise _fail(node, f"{key} must be a name matching {_NAME_RE.pattern}, got {_short(value)}")
         return value
     # shape
     if (not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_RESHAPE_RANK
             or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_GRAPH_DIM for v in value)):
-        raise _fail(node, f"{key} must list 1 to {MAX_RESHAPE_RANK} integers in [1, {MAX_GRAPH_DIM}], got {value!r}")
+        raise _fail(node, f"{key} must list 1 to {MAX_RESHAPE_RANK} integers in [1, {MAX_GRAPH_DIM}], got {_short(value)}")
     return tuple(value)
 
 
@@ -148,20 +154,20 @@ def parse_node(raw: Any, position: int) -> Node:
         raise InvalidTask(f"model graph node #{position} must be a table")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidTask(f"model graph node #{position}: name must match {_NAME_RE.pattern} in full, got {name!r}")
+        raise InvalidTask(f"model graph node #{position}: name must match {_NAME_RE.pattern} in full, got {_short(name)}")
     if name in (INPUT, TARGETS):
         raise _fail(name, f"{INPUT!r} and {TARGETS!r} name the batch, not a node")
     op = raw.get("op")
     if not isinstance(op, str) or op not in _ATTRS:
-        raise _fail(name, f"unknown op {op!r}; ops: {list(GRAPH_OPS)}")
+        raise _fail(name, f"unknown op {_short(op)}; ops: {list(GRAPH_OPS)}")
     schema = _ATTRS[op]
     unknown = sorted(set(raw) - {"op", "name", "in"} - set(schema))
     if unknown:
-        raise _fail(name, f"unknown key(s) {unknown} for op {op}; known: {sorted(schema)}")
+        raise _fail(name, f"unknown key(s) {_short(unknown)} for op {op}; known: {sorted(schema)}")
     inputs = raw.get("in")
     if (not isinstance(inputs, (list, tuple)) or len(inputs) != _ARITY[op]
             or not all(isinstance(v, str) and len(v) <= 64 for v in inputs)):
-        raise _fail(name, f"in must list {_ARITY[op]} value name(s), got {inputs!r}")
+        raise _fail(name, f"in must list {_ARITY[op]} value name(s), got {_short(inputs)}")
     attrs = []
     for key, (kind, default) in sorted(schema.items()):
         if key in raw:
@@ -177,7 +183,7 @@ def parse_graph(raw: Mapping[str, Any]) -> GraphConfig:
     """The ``[model]`` table of the ``graph`` family (``family`` already checked)."""
     unknown = sorted(set(raw) - {"family", "context", "nodes"})
     if unknown:
-        raise InvalidTask(f"[model] has unknown key(s) {unknown}; known for family graph: ['context', 'nodes']")
+        raise InvalidTask(f"[model] has unknown key(s) {_short(unknown)}; known for family graph: ['context', 'nodes']")
     context = raw.get("context", 0)
     if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context <= MAX_GRAPH_CONTEXT:
         raise InvalidTask(f"[model] context must be an integer in [0, {MAX_GRAPH_CONTEXT}]")

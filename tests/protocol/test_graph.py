@@ -230,6 +230,11 @@ def test_malformed_graphs_are_refused_naming_the_node() -> None:
     d["model"]["nodes"] = [d["model"]["nodes"][0]] * (MAX_GRAPH_NODES + 1)
     refused(d, "nodes must list 1 to 1024 nodes")
     d = doc()
+    node(d, "fc1")["op"] = "x" * 60000  # a hostile task's strings stay out of the message
+    with pytest.raises(InvalidTask) as info:
+        parse_task(d)
+    assert "unknown op 'xxx" in str(info.value) and len(str(info.value)) < 400
+    d = doc()
     d["model"]["depth"] = 3
     refused(d, r"\[model\] has unknown key\(s\) \['depth'\]")
     d = doc()
