@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from protocol.graph import INPUT, TARGETS, GraphConfig, Node, get_graph_dropout_sites
+from protocol.graph import INPUT, TARGETS, GraphConfig, Node, get_conv_padding, get_graph_dropout_sites
 
 from . import functional as F
 from . import layers
@@ -84,7 +84,10 @@ def _run(node: Node, args: list[torch.Tensor], w: list[torch.Tensor], seed: int,
     if op == "linear":
         return F.linear(x, w[0], w[1] if len(w) > 1 else None)
     if op == "conv2d":
-        return F.conv2d(x, w[0], w[1])
+        stride, pad = int(node.get("stride")), get_conv_padding(node)
+        if stride == 1 and pad == int(node.get("kernel")) // 2:  # the C im2col/col2im path, same bits
+            return F.conv2d(x, w[0], w[1])
+        return layers.conv2d_general(x, w[0], w[1], stride, pad)
     if op in ("relu", "tanh", "gelu"):
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(F, op)
         return fn(x)

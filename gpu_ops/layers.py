@@ -144,3 +144,50 @@ class _Patches(torch.autograd.Function):
 
 def patches(x: torch.Tensor, p: int) -> torch.Tensor:
     return _Patches.apply(x, p)
+
+
+@traced("conv2d_general")
+class _Conv2dGeneral(torch.autograd.Function):
+    """conv2d with any stride s and zero padding p (§10.5): im2col of the strided windows, the
+    exact matmul, and a col2im that adds the k·k offsets in row-major order, one float32 add
+    each. With s = 1 and p = k div 2 it is ``functional.conv2d`` (same bits; tested)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
+        n, c, h, wd = x.shape
+        o, _, k, _ = w.shape
+        ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+        cols = torch.nn.functional.unfold(x, k, padding=pad, stride=stride)  # a pure gather
+        cols_t = cols.transpose(1, 2).reshape(n * ho * wo, c * k * k)
+        ctx.save_for_backward(cols_t, w)
+        ctx.geom = (n, c, h, wd, k, stride, pad, ho, wo)
+        y = _matmul_bias(cols_t, w.reshape(o, -1).t(), b)
+        return y.view(n, ho, wo, o).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        cols_t, w = ctx.saved_tensors
+        n, c, h, wd, k, s, pad, ho, wo = ctx.geom
+        o = w.shape[0]
+        dy2 = dy.permute(0, 2, 3, 1).reshape(n * ho * wo, o)
+        dw = _matmul_bias(dy2.t(), cols_t, None).view_as(w)
+        db = _exact_sum(dy2, dim=0)
+        if not ctx.needs_input_grad[0]:
+            return None, dw, db, None, None
+        dcols = _matmul_bias(dy2, w.reshape(o, -1), None).view(n, ho, wo, c, k, k)
+        buf = torch.zeros(n, c, h + 2 * pad + s, wd + 2 * pad + s, dtype=F32)
+        for i in range(k):
+            for j in range(k):
+                win = buf[:, :, i:i + s * ho:s, j:j + s * wo:s]
+                buf[:, :, i:i + s * ho:s, j:j + s * wo:s] = win + dcols[:, :, :, :, i, j].permute(0, 3, 1, 2)
+        return buf[:, :, pad:pad + h, pad:pad + wd].contiguous(), dw, db, None, None
+
+
+def _matmul_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    from .functional import _matmul
+
+    return _matmul(a, b, bias)
+
+
+def conv2d_general(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
+    return _Conv2dGeneral.apply(x, w, b, stride, pad)

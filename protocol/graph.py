@@ -31,7 +31,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # "float", "bool", "str", "shape" (list of ints). A default of None means required.
 _ATTRS: dict[str, dict[str, tuple[str, Any]]] = {
     "linear": {"out": ("dim", None), "bias": ("bool", True), "weight": ("str", ""), "bound": ("float", 0.0)},
-    "conv2d": {"out": ("int", None), "kernel": ("int", 3), "bound": ("float", 0.0)},
+    "conv2d": {"out": ("int", None), "kernel": ("int", 3), "bound": ("float", 0.0), "stride": ("int", 1),
+               "padding": ("pad", "same")},
     "relu": {}, "tanh": {}, "gelu": {},
     "layer_norm": {},
     "embedding": {"vocab": ("dim", None), "dim": ("int", None), "bound": ("float", 0.1)},
@@ -125,6 +126,10 @@ def _parse_attr(node: str, key: str, kind: str, value: Any) -> Any:
         if not isinstance(value, (int, float)):
             raise _fail(node, f"{key} must be a number, got {_short(value)}")
         return float(value)
+    if kind == "pad":
+        if value != "same" and (not isinstance(value, int) or not 0 <= value <= 7):
+            raise _fail(node, f"{key} must be an integer in [0, 7] or 'same', got {_short(value)}")
+        return value
     if kind == "index":
         if not isinstance(value, int) or not 0 <= value < MAX_RESHAPE_RANK:
             raise _fail(node, f"{key} must be an axis in [0, {MAX_RESHAPE_RANK}), got {_short(value)}")
@@ -323,13 +328,19 @@ def _infer(node: Node, ins: list[tuple[str, tuple[int, ...]]], data: GraphInput,
         if len(shape) != 3:
             raise _fail(name, f"conv2d needs a [C, H, W] input per example, got {list(shape)}")
         c, h, w = shape
-        k, out = node.get("kernel"), node.get("out")
+        k, out, stride = node.get("kernel"), node.get("out"), node.get("stride")
         if k not in (1, 3, 5, 7):
             raise _fail(name, f"kernel must be 1, 3, 5 or 7, got {k}")
+        pad = get_conv_padding(node)
+        if stride > 7 or pad >= k:
+            raise _fail(name, f"stride must be in [1, 7] and padding below the kernel {k}, got {stride} and {pad}")
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        if ho < 1 or wo < 1:
+            raise _fail(name, f"a {k}x{k} kernel does not fit the padded {h}x{w} input")
         bound = _check_bound(node, positive=False)
         new.append(_uniform(f"{name}.weight", (out, c, k, k), bound, c * k * k))
         new.append(ParamInfo(f"{name}.bias", (out,), "zeros", 0.0, 0))
-        return "f32", (out, h, w), h * w * out * c * k * k
+        return "f32", (out, ho, wo), ho * wo * out * c * k * k
     if op in ("relu", "tanh", "gelu"):
         return "f32", shape, count
     if op == "layer_norm":
@@ -404,6 +415,12 @@ def _infer(node: Node, ins: list[tuple[str, tuple[int, ...]]], data: GraphInput,
     if ins[1][1] != shape[:-1]:
         raise _fail(name, f"targets of shape {list(ins[1][1])} do not match logits {list(shape)}")
     return "f32", (), 4 * count
+
+
+def get_conv_padding(node: Node) -> int:
+    """A conv2d node's zero padding: ``"same"`` is kernel div 2."""
+    pad = node.get("padding")
+    return int(node.get("kernel")) // 2 if pad == "same" else int(pad)
 
 
 def get_graph_dropout_sites(graph: GraphConfig) -> dict[str, int]:

@@ -90,17 +90,27 @@ def build_vit(p: Mapping[str, Any]) -> GraphConfig:
 
 def build_resnet(p: Mapping[str, Any]) -> GraphConfig:
     """A ResNet-style CNN on square single-channel images of ``side``² features: a stem conv,
-    ``blocks`` residual blocks (conv, relu, conv, add the block input, relu) at constant width
-    and resolution, then flatten and a linear classifier."""
+    ``stages`` stages of ``blocks`` residual blocks (conv, relu, conv, add the block input,
+    relu); each stage after the first starts with a stride-2 conv at twice the width, its
+    shortcut a stride-2 1x1 conv; then global average pooling (or flatten) and a linear
+    classifier."""
     c, k, side = int(p["channels"]), int(p["kernel"]), int(p["side"])
     add = _Builder()
     h = add("reshape", "image", [INPUT], shape=[1, side, side])
     h = add("relu", "stem.act", [add("conv2d", "stem", [h], out=c, kernel=k)])
-    for i in range(int(p["blocks"])):
-        pre = f"b{i}."
-        r = add("relu", pre + "act1", [add("conv2d", pre + "conv1", [h], out=c, kernel=k)])
-        r = add("conv2d", pre + "conv2", [r], out=c, kernel=k)
-        h = add("relu", pre + "act2", [add("add", pre + "res", [h, r])])
+    for st in range(int(p["stages"])):
+        for i in range(int(p["blocks"])):
+            pre = f"s{st}.b{i}."
+            down = st > 0 and i == 0
+            if down:
+                if side < 2:
+                    raise InvalidTask("resnet: the image is too small for another stride-2 stage")
+                c, side = 2 * c, (side + 1) // 2
+            stride = 2 if down else 1
+            r = add("relu", pre + "act1", [add("conv2d", pre + "conv1", [h], out=c, kernel=k, stride=stride)])
+            r = add("conv2d", pre + "conv2", [r], out=c, kernel=k)
+            skip = add("conv2d", pre + "down", [h], out=c, kernel=1, stride=2) if down else h
+            h = add("relu", pre + "act2", [add("add", pre + "res", [skip, r])])
     if p["pool"]:  # global average pooling: the mean of each channel over its side² pixels
         h = add("mean_pool", "pool", [add("reshape", "pixels", [h], shape=[c, side * side])], axis=1)
     else:
@@ -120,7 +130,7 @@ PRESETS: dict[str, Preset] = {
     "gpt2-small": Preset(build_gpt2, {**_GPT2, "d_model": 768, "n_layers": 12, "n_heads": 12, "context": 1024,
                                       "vocab": 50257}, "pydoc-topics",
                          "GPT-2 small: 124,439,808 parameters with the tied head"),
-    "resnet": Preset(build_resnet, {"channels": 16, "blocks": 2, "kernel": 3, "side": 8, "pool": True},
+    "resnet": Preset(build_resnet, {"channels": 16, "blocks": 2, "stages": 2, "kernel": 3, "side": 8, "pool": True},
                      "sklearn-digits", "ResNet-style CNN: stem conv, residual conv blocks, global average pool "
                      "(or flatten), linear classifier"),
     "vit": Preset(build_vit, _VIT, "sklearn-digits",
@@ -154,7 +164,7 @@ def get_preset_graph(name: str, overrides: Mapping[str, Any] | None = None) -> G
         elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidTask(f"preset parameter {key} must be a non-negative integer, got {value!r}")
         values[key] = value
-    for key in ("n_layers", "blocks"):
+    for key in ("n_layers", "blocks", "stages"):
         if key in values and not 1 <= values[key] <= 200:
             raise InvalidTask(f"preset parameter {key} must be in [1, 200]")
     if "n_heads" in values and (values["n_heads"] < 1 or values["d_model"] % values["n_heads"]):

@@ -58,6 +58,12 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor],
     "rms_norm": (lambda x, g: layers.rms_norm(x, g), naive_rms, [data(5, 9, 33, seed=3), data(33, seed=4)], (5, 9, 33)),
     "swiglu": (layers.swiglu, naive_swiglu, [data(7, 130, seed=5) / 2048], (7, 65)),
     "patches": (lambda x: layers.patches(x, 2), None, [data(3, 2, 8, 6, seed=6)], (3, 12, 8)),  # type: ignore[dict-item]
+    "conv2d_stride2": (lambda x, w, b: layers.conv2d_general(x, w, b, 2, 1),
+                       lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride=2, padding=1),
+                       [data(2, 3, 9, 8, seed=8), data(4, 3, 3, 3, seed=9), data(4, seed=10)], (2, 4, 5, 4)),
+    "conv2d_1x1_stride2": (lambda x, w, b: layers.conv2d_general(x, w, b, 2, 0),
+                           lambda x, w, b: torch.nn.functional.conv2d(x, w, b, stride=2),
+                           [data(2, 5, 8, 8, seed=11), data(6, 5, 1, 1, seed=12), data(6, seed=13)], (2, 6, 4, 4)),
 }
 
 
@@ -98,3 +104,16 @@ def test_non_causal_attention_sees_the_future_and_causal_does_not() -> None:
     # column exponents span all T rows of v (§10.3)
     leak = (F.causal_attention(later, 2)[0, 0] - F.causal_attention(qkv, 2)[0, 0]).abs().max()
     assert leak < 1e-6 * moved
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_general_conv_at_stride_one_is_the_family_conv(k: int) -> None:
+    """With stride 1 and padding k div 2 the general conv is functional.conv2d, bit for bit,
+    forward and every gradient (the graph executor picks either by geometry)."""
+    from gpu_ops import functional as F
+
+    x, w, b = data(2, 3, 6, 7, seed=k), data(4, 3, k, k, seed=k + 1), data(4, seed=k + 2)
+    dy = data(2, 4, 6, 7, seed=k + 3)
+    a = run(F.conv2d, [x, w, b], dy)
+    g = run(lambda x, w, b: layers.conv2d_general(x, w, b, 1, k // 2), [x, w, b], dy)
+    assert all(torch.equal(bits(p), bits(q)) for p, q in zip(a, g))

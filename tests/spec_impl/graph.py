@@ -15,12 +15,41 @@ from typing import Any
 import numpy as np
 
 from . import core, ops
-from .cnn import col2im, im2col
 from .mlp import MLPState, update
 from .ops import f32
 
 EPS = f32(1e-5)
 ONE = f32(1.0)
+
+
+def _pad(n: dict[str, Any]) -> int:
+    return n["kernel"] // 2 if n["padding"] == "same" else n["padding"]
+
+
+def im2col(x: np.ndarray, k: int, s: int, pad: int) -> tuple[np.ndarray, int, int]:
+    """Rows (n, y, x) of the output, columns c·k² + i·k + j: x[n, c, y·s + i - pad, x·s + j - pad] or +0."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=f32)
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    cols = np.zeros((n, ho, wo, c, k, k), dtype=f32)
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, :, :, i, j] = xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s].transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, c * k * k), ho, wo
+
+
+def col2im(dcols: np.ndarray, shape: tuple[int, ...], k: int, s: int, pad: int, ho: int, wo: int) -> np.ndarray:
+    """Offsets (i, j) in row-major order, each adding its column into the padded buffer at
+    [n, c, y·s + i, x·s + j], one binary32 add per element; then the padding is cut off."""
+    n, c, h, w = shape
+    d6 = dcols.reshape(n, ho, wo, c, k, k)
+    buf = np.zeros((n, c, h + 2 * pad + s, w + 2 * pad + s), dtype=f32)
+    for i in range(k):
+        for j in range(k):
+            sl = (slice(None), slice(None), slice(i, i + s * (ho - 1) + 1, s), slice(j, j + s * (wo - 1) + 1, s))
+            buf[sl] = (buf[sl] + d6[:, :, :, :, i, j].transpose(0, 3, 1, 2)).astype(f32)
+    return buf[:, :, pad:pad + h, pad:pad + w]
 
 
 def _attrs(node: dict[str, Any], classes: int) -> dict[str, Any]:
@@ -50,7 +79,8 @@ def param_list(model: dict[str, Any], in_shape: tuple[int, ...], classes: int
             k = n["kernel"]
             uniform(name + ".weight", (n["out"], x[0], k, k), x[0] * k * k)
             out.append((name + ".bias", (n["out"],), "zeros", 0.0))
-            y = (n["out"], x[1], x[2])
+            pad, st = _pad(n), n["stride"]
+            y = (n["out"], (x[1] + 2 * pad - k) // st + 1, (x[2] + 2 * pad - k) // st + 1)
         elif op in ("layer_norm", "rms_norm"):
             out.append((name + ".weight", (x[-1],), "ones", 0.0))
             if op == "layer_norm":
@@ -156,11 +186,11 @@ def _forward(n: dict[str, Any], xs: list[np.ndarray], P: dict[str, np.ndarray], 
             y = (y + P[name + ".bias"]).astype(f32)
         return y.reshape(x.shape[:-1] + (w.shape[0],)), x
     if op == "conv2d":
-        bsz, c, h, wd = x.shape
         w, k = P[name + ".weight"], n["kernel"]
-        cols = im2col(x, k)
+        cols, ho, wo = im2col(x, k, n["stride"], _pad(n))
         y = (ops.matmul(cols, w.reshape(w.shape[0], -1).T) + P[name + ".bias"]).astype(f32)
-        return np.ascontiguousarray(y.reshape(bsz, h, wd, w.shape[0]).transpose(0, 3, 1, 2)), (cols, x.shape)
+        return np.ascontiguousarray(y.reshape(x.shape[0], ho, wo, w.shape[0]).transpose(0, 3, 1, 2)), \
+            (cols, x.shape, ho, wo)
     if op == "relu":
         return ops.relu(x), x
     if op == "tanh":
@@ -245,13 +275,13 @@ def _backward(n: dict[str, Any], dy: np.ndarray, cache: Any, P: dict[str, np.nda
             return [None]
         return [ops.matmul(d2, P[wname]).reshape(x.shape)]
     if op == "conv2d":
-        cols, (bsz, c, h, wd) = cache
+        cols, shape, ho, wo = cache
         w = P[name + ".weight"]
         o = w.shape[0]
         dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, o)
         acc(name + ".weight", ops.matmul(dy2.T, cols).reshape(w.shape))
         acc(name + ".bias", ops.exact_sum(dy2, 0))
-        return [col2im(ops.matmul(dy2, w.reshape(o, -1)), bsz, c, h, wd, n["kernel"])]
+        return [col2im(ops.matmul(dy2, w.reshape(o, -1)), shape, n["kernel"], n["stride"], _pad(n), ho, wo)]
     if op == "relu":
         return [np.where(cache > 0, dy, f32(0.0)).astype(f32)]
     if op == "tanh":

@@ -570,9 +570,9 @@ GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-style": ("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 4, "context": 6, "norm": "rms_norm",
                              "mlp": "swiglu", "tied": False, "vocab": 300, "optim.grad_clip": 0.5}),
     "vit": ("vit", {"d_model": 12, "n_layers": 1, "n_heads": 3, "dropout": 0.2, "patch": 4}),
-    "resnet-pool": ("resnet", {"channels": 3, "blocks": 1}),
-    "resnet-flatten": ("resnet", {"channels": 2, "blocks": 2, "kernel": 5, "pool": False, "optim.name": "sgd",
-                                  "optim.momentum": 0.9, "optim.lr": 0.05}),
+    "resnet-pool": ("resnet", {"channels": 3, "blocks": 1, "stages": 3}),
+    "resnet-flatten": ("resnet", {"channels": 2, "blocks": 2, "stages": 2, "kernel": 5, "pool": False,
+                                  "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.05}),
     "mlp-tanh": ("mlp", {"hidden": (12, 8), "activation": "tanh"}),  # the §11.2 mlp expansion, as a graph task
 }
 GRAPH_STEPS = 2
