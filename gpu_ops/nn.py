@@ -55,7 +55,7 @@ def init_params(specs: list[ParamSpec], seed: int) -> dict[str, torch.Tensor]:
         count = int(np.prod(spec.shape)) if spec.shape else 1
         kind, bound = spec.init
         if kind == "uniform":
-            u = compute_uniform_f64(seed, STREAM_INIT, index, 0, count)
+            u = _uniform_f64(seed, index, count)
             values = ((2.0 * u - 1.0) * bound).astype(np.float32)
         elif kind == "zeros":
             values = np.zeros(count, dtype=np.float32)
@@ -63,6 +63,17 @@ def init_params(specs: list[ParamSpec], seed: int) -> dict[str, torch.Tensor]:
             values = np.ones(count, dtype=np.float32)
         params[spec.name] = torch.from_numpy(values.reshape(spec.shape)).clone()
     return params
+
+
+def _uniform_f64(seed: int, index: int, count: int) -> np.ndarray:
+    """protocol.rng.compute_uniform_f64(seed, INIT, index, 0, count); the Philox words from the C
+    kernel when available (the same words: tests/gpu_ops/test_graph_models.py), since numpy's
+    Philox takes minutes for a 124M-parameter model."""
+    k = backend.kernels()
+    if k is None or not 0 <= seed < 2**64:
+        return compute_uniform_f64(seed, STREAM_INIT, index, 0, count)
+    words = k.philox_u32(seed, STREAM_INIT, index, 0, count).numpy()
+    return (words >> 8).astype(np.float64) * 2.0**-24 + 2.0**-25
 
 
 def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:

@@ -164,6 +164,8 @@ def validate_task_fields(task: Task) -> None:
     _check(1 <= task.batch_size <= 4096, "batch_size must be in [1, 4096]")
     _check(task.model_family in MODEL_FAMILIES,
            f"unknown model family {task.model_family!r}; built-in families: {list(MODEL_FAMILIES)}")
+    _check((task.model_family == "graph") == isinstance(task.model, GraphConfig),
+           f"model family {task.model_family!r} does not match its config")
     _check(task.data.adapter in DATASETS,
            f"unknown dataset adapter {task.data.adapter!r}; built-in adapters: {sorted(DATASETS)}")
     _check(len(task.data.sha256) == 32, "data.sha256 must be 32 bytes (64 hex digits)")

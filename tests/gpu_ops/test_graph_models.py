@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,13 @@ def test_graph_task_proves_and_verifies_and_a_forgery_is_caught(tmp_path: Path) 
     recommit(ProofDir(tmp_path), key)
     report = verify_dir(tmp_path, segments=None, secret_key=None)
     assert report.verdict == REJECT and report.failed_check == "segment"
+
+
+def test_initial_values_from_the_c_philox_equal_the_numpy_definition() -> None:
+    from gpu_ops import backend, nn
+    from protocol.rng import STREAM_INIT, compute_uniform_f64
+
+    if backend._load() is None:
+        pytest.skip("C kernels could not be built")
+    for seed, index, count in ((0, 0, 1), (2**64 - 1, 7, 1001), (SEED, 2**32 - 1, 4099)):
+        assert np.array_equal(nn._uniform_f64(seed, index, count), compute_uniform_f64(seed, STREAM_INIT, index, 0, count))
