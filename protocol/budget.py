@@ -93,7 +93,8 @@ def get_task_cost(task: Task) -> TaskCost:
 
 
 def validate_task_cost(task: Task, max_state_bytes: int = MAX_STATE_BYTES,
-                       max_segment_flops: int = MAX_SEGMENT_FLOPS) -> TaskCost:
+                       max_segment_flops: int = MAX_SEGMENT_FLOPS,
+                       max_activation_bytes: int = MAX_ACTIVATION_BYTES) -> TaskCost:
     """Raise unless the task fits; ``InvalidTask`` past the protocol's limits, else ``OverBudget``."""
     cost = get_task_cost(task)
     if isinstance(task.model, GraphConfig):
@@ -103,6 +104,9 @@ def validate_task_cost(task: Task, max_state_bytes: int = MAX_STATE_BYTES,
         if cost.activation_bytes > MAX_ACTIVATION_BYTES:
             raise InvalidTask(f"task's activations of {cost.activation_bytes:,} bytes per step exceed the protocol "
                               f"limit of {MAX_ACTIVATION_BYTES:,}")
+        if cost.activation_bytes > max_activation_bytes:  # a verifier's memory, checked before any tensor
+            raise OverBudget(f"task's activations of {cost.activation_bytes:,} bytes per step exceed this node's "
+                             f"budget of {max_activation_bytes:,}")
     for value, limit, protocol_limit, what in (
             (cost.state_bytes, max_state_bytes, MAX_STATE_BYTES, "state of"),
             (cost.segment_flops, max_segment_flops, MAX_SEGMENT_FLOPS, "segment compute of")):

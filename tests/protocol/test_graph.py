@@ -157,6 +157,8 @@ def test_graph_cost_plugs_into_the_budgets() -> None:
     assert cost.activation_bytes == 4 * 8 * (32 + 32 + 10 + 1)
     with pytest.raises(OverBudget):
         validate_task_cost(task, max_segment_flops=cost.segment_flops - 1)
+    with pytest.raises(OverBudget, match="activations of 2,400 bytes per step exceed this node's budget"):
+        validate_task_cost(task, max_activation_bytes=2399)
 
 
 def node(d: dict[str, Any], name: str) -> dict[str, Any]:
