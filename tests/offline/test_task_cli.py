@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from pol.cli import main
 from pol.task_cli import describe_task_model, format_task_model
 from protocol.task import compute_task_id, get_task_canonical, parse_task_toml
 
@@ -16,7 +18,7 @@ def pol(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pol.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_task_new_writes_a_valid_preset_task_and_inspect_counts_it(tmp_path: Path) -> None:
+def test_task_new_writes_a_valid_preset_task_and_inspect_counts_it(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "gpt.toml"
     r = pol("task", "new", "--preset", "gpt2", "--set", "d_model=32", "--set", "n_heads=2", "--set", "n_layers=1",
             "--set", "context=16", "--set", "tied=false", "--set", "task.batch_size=4", "--set", "optim.lr=0.01",
@@ -26,9 +28,8 @@ def test_task_new_writes_a_valid_preset_task_and_inspect_counts_it(tmp_path: Pat
     assert json.loads(r.stdout)["task_id"] == compute_task_id(task).hex()
     assert task.batch_size == 4 and task.optim.lr == 0.01 and task.model_family == "graph"
     assert get_task_canonical(task)["model"]["nodes"][-2]["weight"] == ""  # untied head
-    shown = pol("inspect", str(out), "--json")
-    assert shown.returncode == 0, shown.stderr
-    doc = json.loads(shown.stdout)
+    assert main(["inspect", str(out), "--json"]) == 0  # in-process: one interpreter start is enough
+    doc = json.loads(capsys.readouterr().out)
     # V = 256 (the bound), d = 32, T = 16, one block with a 4d MLP, final LN, untied head
     d, v, t = 32, 256, 16
     block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
