@@ -23,6 +23,7 @@ from protocol.claim import compute_claim_id, decode_claim, encode_claim_body
 from protocol.encoding import decode_canonical, encode_canonical
 from protocol.errors import DecodeError, InvalidTask
 from protocol.merkle import compute_merkle_proof, compute_merkle_root
+from protocol.messages import ClaimAnnounced, decode_message, validate_fetch_hints
 from protocol.rng import compute_permutation, compute_random_u32, compute_uniform_f64
 from protocol.sampling import compute_segment_sample
 from protocol.constants import TENSOR_CHUNK_BYTES
@@ -193,6 +194,17 @@ def test_claim_encoding_id_and_signature() -> None:
         sk = int.from_bytes(bytes.fromhex(case["secret_key"]), "big")
         assert G2ProofOfPossession.SkToPk(sk) == body["prover"]
         assert G2ProofOfPossession.Sign(sk, bytes.fromhex(case["signing_message"])).hex() == case["signature"]
+        # §16.6: the claims-topic message, its fetch hints signed by the prover.
+        ann = case["announce"]
+        message = b"pol/v1/fetch-hints" + core.claim_id(body) + core.pack(ann["fetch"])
+        assert message.hex() == ann["fetch_message"]
+        assert G2ProofOfPossession.Sign(sk, message).hex() == ann["fetch_signature"]
+        envelope = core.pack({"type": "claim", "body": {"claim": bytes.fromhex(case["claim_hex"]), "fetch": ann["fetch"],
+                                                        "fetch_signature": bytes.fromhex(ann["fetch_signature"])}})
+        assert envelope.hex() == ann["envelope"]
+        decoded = decode_message(envelope)
+        assert isinstance(decoded, ClaimAnnounced) and list(decoded.fetch) == ann["fetch"]
+        validate_fetch_hints(decoded, claim)
 
 
 def test_segment_sampling() -> None:

@@ -56,6 +56,7 @@ from protocol.state import (  # noqa: E402
     compute_tensor_leaf_hash,
 )
 from protocol.task import Task, compute_task_id, encode_task, get_task_canonical, parse_task_toml  # noqa: E402
+from protocol.messages import compute_claim_announced, compute_fetch_hints_message, encode_message  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
@@ -342,7 +343,13 @@ def gen_claims() -> dict[str, Any]:
                       "signing_message": compute_claim_signing_message(body).hex(),
                       "signature": claim.signature.hex(), "claim_hex": encode_claim(claim).hex(),
                       "run_seed": str(compute_training_seed(compute_task_id(task), body.prover, posting))})
-    return {"section": "SPEC.md §6", "cases": cases}
+        hints = ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",) if posting != \
+            OFFLINE_POSTING_ID else ()
+        announced = compute_claim_announced(claim, hints, sk)
+        cases[-1]["announce"] = {  # the claims-topic message with its signed fetch hints (§16.6)
+            "fetch": list(hints), "fetch_message": compute_fetch_hints_message(compute_claim_id(body), hints).hex(),
+            "fetch_signature": announced.fetch_signature.hex(), "envelope": encode_message(announced).hex()}
+    return {"section": "SPEC.md §6, §16.6", "cases": cases}
 
 
 def gen_sampling() -> dict[str, Any]:
