@@ -164,15 +164,15 @@ def compute_array_leaf_hash(name: str, arr: np.ndarray) -> Digest:
     shape = tuple(int(d) for d in arr.shape)
     validate_tensor_leaf(TensorLeaf(name, dtype, shape, b""), check_data=False)
     flat = arr.reshape(-1)
-    per_chunk = TENSOR_CHUNK_BYTES // arr.itemsize
-    hashes = []
-    for i in range(0, max(flat.size, 1), per_chunk):
-        part = flat[i:i + per_chunk]
-        if dtype == "f32" and not is_all_finite(part):
+    raw = flat.data.cast("B")
+    # Pieces of _CHUNK elements (a multiple of TENSOR_CHUNK_BYTES): one finite check per piece (few numpy
+    # calls), then its chunks are hashed while the piece is still in cache.
+    step = _CHUNK * arr.itemsize
+    hashes: list[Digest] = []
+    for start in range(0, max(len(raw), 1), step):
+        if dtype == "f32" and not is_all_finite(flat[start // 4:(start + step) // 4]):
             raise InvalidCheckpoint(f"tensor {name} holds NaN or Inf; such a state is never valid")
-        h = hashlib.sha256(b"\x00")
-        h.update(part.data)
-        hashes.append(Digest(h.digest()))
+        hashes += compute_chunk_hashes(raw[start:start + step])
     return compute_leaf_hash(compute_leaf_data(name, dtype, shape, compute_root_from_leaf_hashes(hashes)))
 
 
