@@ -238,10 +238,11 @@ class ChunkFetcher:
                         if isinstance(result, (InvalidMessage, InvalidProof, InvalidCheckpoint)):
                             self.stats.refused += 1
                         continue
-                    os.pwrite(fd, result.data, prog.start + prog.offsets[t] + k * TENSOR_CHUNK_BYTES)
-                    prog.hashes[t][k] = compute_leaf_hash(result.data)
+                    resp, chunk_hash = result
+                    os.pwrite(fd, resp.data, prog.start + prog.offsets[t] + k * TENSOR_CHUNK_BYTES)
+                    prog.hashes[t][k] = chunk_hash
                     self.stats.chunks += 1
-                    self.stats.bytes += len(result.data)
+                    self.stats.bytes += len(resp.data)
                     self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
                     trusted.add(peer)
                 if failure is not None:  # vanished, lying or slow holder: continue from the next one
@@ -271,7 +272,7 @@ class ChunkFetcher:
 
     async def _one(self, peer: str, addr: str | None, claim_id: bytes, index: int,
                    tensor: tuple[str, str, tuple[int, ...]], chunk: int, root: bytes, commitment: bytes,
-                   num_checkpoints: int) -> ChunkResponse:
+                   num_checkpoints: int) -> tuple[ChunkResponse, Digest]:
         name, dtype, shape = tensor
         req = ChunkRequest(claim_id, index, name, chunk)
         raw = await self._request(peer, addr, PROTO_CHUNK, encode_message(req), FRAME_BYTES)
@@ -283,8 +284,7 @@ class ChunkFetcher:
                                  f"{dtype}{list(shape)}")
         if resp.state_root != root:
             raise InvalidProof("chunk's state root differs from the committed root")
-        validate_chunk_response(resp, req, commitment, num_checkpoints)
-        return resp
+        return resp, validate_chunk_response(resp, req, commitment, num_checkpoints)
 
 
 def compute_root_path(roots: list[bytes], index: int) -> tuple[bytes, ...]:

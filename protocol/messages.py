@@ -53,7 +53,7 @@ from .ledger import (
     is_claim_settled,
     validate_task_posted,
 )
-from .merkle import MerkleProof, compute_root_from_proof
+from .merkle import MerkleProof, compute_leaf_hash, compute_root_from_proof
 from .task import compute_task_id, decode_task
 from .state import DTYPES, compute_root_from_chunk
 from .vote import (
@@ -301,10 +301,10 @@ def compute_message_id(data: bytes) -> Digest:
 
 
 def validate_chunk_response(resp: ChunkResponse, request: ChunkRequest, commitment: bytes,
-                            num_checkpoints: int) -> None:
+                            num_checkpoints: int) -> Digest:
     """The response answers ``request``, its state root is the claim's committed one for that checkpoint,
     and the chunk itself leads to that root through its two paths (SPEC.md §5.2): each chunk is checked
-    alone, on arrival."""
+    alone, on arrival. Returns the chunk's leaf hash ``H(0x00 || data)`` (the fetcher keeps it)."""
     if (resp.claim_id, resp.checkpoint, resp.tensor, resp.chunk) != (
             request.claim_id, request.checkpoint, request.tensor, request.chunk):
         raise InvalidMessage("chunk response does not answer the request")
@@ -313,10 +313,12 @@ def validate_chunk_response(resp: ChunkResponse, request: ChunkRequest, commitme
     proof = MerkleProof(request.checkpoint, num_checkpoints, tuple(Digest(h) for h in resp.state_root_path))
     if compute_root_from_proof(resp.state_root, proof) != commitment:
         raise InvalidProof("chunk's state root is not the claim's committed root for that checkpoint")
+    chunk_hash = compute_leaf_hash(resp.data)
     found = compute_root_from_chunk(resp.tensor, resp.dtype, resp.shape, resp.chunk, resp.data, resp.chunk_path,
-                                    resp.tensor_proof)
+                                    resp.tensor_proof, chunk_hash)
     if found != resp.state_root:
         raise InvalidProof(f"chunk {resp.chunk} of tensor {resp.tensor} does not lead to the checkpoint's state root")
+    return chunk_hash
 
 
 def compute_fetch_hints_message(claim_id: bytes, fetch: tuple[str, ...]) -> bytes:

@@ -233,9 +233,11 @@ def compute_chunk_proof(data: bytes | memoryview, index: int) -> MerkleProof:
 
 
 def compute_root_from_chunk(name: str, dtype: str, shape: Sequence[int], index: int, data: bytes,
-                            chunk_path: Sequence[bytes], tensor_proof: MerkleProof) -> Digest:
+                            chunk_path: Sequence[bytes], tensor_proof: MerkleProof,
+                            chunk_hash: bytes | None = None) -> Digest:
     """State root implied by chunk ``index`` of tensor (name, dtype, shape), the chunk's path under the
-    tensor's chunk root and the tensor's proof under the state root (SPEC.md §5.2).
+    tensor's chunk root and the tensor's proof under the state root (SPEC.md §5.2). ``chunk_hash``, when
+    the caller has it, is ``H(0x00 || data)`` (saves hashing the chunk twice).
 
     Raises ``InvalidCheckpoint`` for a bad name, dtype or shape, ``InvalidProof`` for a chunk of the wrong
     length or a path that cannot belong to the tensor's chunk tree."""
@@ -247,7 +249,8 @@ def compute_root_from_chunk(name: str, dtype: str, shape: Sequence[int], index: 
     if len(data) != get_chunk_length(nbytes, index):
         raise InvalidProof(f"chunk {index} of tensor {name} has {len(data)} bytes, "
                            f"not {get_chunk_length(nbytes, index)}")
-    chunk_root = compute_root_from_leaf_hash(compute_leaf_hash(data),
+    leaf_hash = compute_leaf_hash(data) if chunk_hash is None else Digest(bytes(chunk_hash))
+    chunk_root = compute_root_from_leaf_hash(leaf_hash,
                                              MerkleProof(index, count, tuple(Digest(bytes(p)) for p in chunk_path)))
     return compute_root_from_leaf_hash(compute_leaf_hash(compute_leaf_data(name, dtype, shape, chunk_root)),
                                        tensor_proof)
