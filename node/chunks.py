@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prover.checkpoint import fsync_dir, read_checkpoint
 from protocol.constants import TENSOR_CHUNK_BYTES, Digest
-from protocol.errors import InvalidCheckpoint, InvalidMessage, InvalidProof
+from protocol.errors import InvalidCheckpoint, InvalidInput, InvalidMessage, InvalidProof
 from protocol.merkle import (
     MerkleProof,
     compute_leaf_hash,
@@ -235,7 +235,7 @@ class ChunkFetcher:
                         raise result
                     if isinstance(result, BaseException):
                         failure = failure or result
-                        if isinstance(result, (InvalidMessage, InvalidProof, InvalidCheckpoint)):
+                        if isinstance(result, InvalidInput):  # the holder's answer, not the transport
                             self.stats.refused += 1
                         continue
                     resp, chunk_hash = result
