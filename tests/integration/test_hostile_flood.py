@@ -24,7 +24,7 @@ from .test_p2p import arun, seed, wait_until
 
 TOPIC = "/pol/test/flood"
 ECHO = "/test/echo/1"
-RATE, BURST = 0.5, 5.0  # the target's budget per author
+RATE, BURST = 0.01, 5.0  # the target's budget per author (refills one message per 100 s)
 FLOOD = 300
 
 
@@ -64,6 +64,19 @@ def forged(author: str, seqno: int, data: bytes) -> Any:
                            topicIDs=[TOPIC], signature=os.urandom(64))
 
 
+async def settled(target: P2PNetwork) -> dict[str, int]:
+    """The target's gossip counters once the flood's messages in flight have all arrived (bounded)."""
+    deadline = time.monotonic() + 20
+    last = target.gossip_counts()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = target.gossip_counts()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"gossip still arriving after 20 s: {last}")
+
+
 async def inject(target: P2PNetwork, forwarder: str, msg: Any) -> None:
     """Hand ``msg`` to the target's pubsub as if ``forwarder`` had sent it (in the libp2p thread)."""
     await target._call(target._pubsub.push_msg, ID.from_base58(forwarder), msg)  # type: ignore[union-attr]
@@ -89,10 +102,10 @@ def test_flooder_dropped_before_signature_check_while_honest_peer_is_served() ->
             await attack
             await wait_until(lambda: sum(d.startswith(b"honest ") for d in validated) == 3, 20,
                              "the honest peer's gossip delivered")
+            counts = await settled(target)
             elapsed = time.monotonic() - started
             assert answers == [b"honest request %d" % i for i in range(10)]
 
-            counts = target.gossip_counts()
             flood_checked = sum(d.startswith(b"flood") for d in validated)
             # Only the flooder's budget reached the signature check; the rest was dropped before it.
             assert 1 <= flood_checked <= BURST + RATE * elapsed + 1, (flood_checked, elapsed)
@@ -105,7 +118,7 @@ def test_flooder_dropped_before_signature_check_while_honest_peer_is_served() ->
             before = target.gossip_counts()
             await inject(target, flooder.peer_id, forged(flooder.peer_id, 10**9, b"flood forged"))
             after = target.gossip_counts()
-            assert after["author_over_budget"] == before["author_over_budget"] + 1
+            assert after["author_over_budget"] >= before["author_over_budget"] + 1
             assert after["bad_signature"] == before["bad_signature"]
 
             # A forger naming the honest author costs signature checks, is held against the forwarder that
