@@ -61,6 +61,15 @@ def _matmul_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _matmul(a, b) if shard is None else rowshard.matmul_rows(a, b, shard)
 
 
+def _reduce_rows(sums: list[torch.Tensor], matmuls: list[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Several of the above for one op (between workers: two collectives in all)."""
+    shard = rowshard.get_shard()
+    if shard is None:
+        return [_exact_sum(x, dim=0) for x in sums], [_matmul(a, b) for a, b in matmuls]
+    return rowshard.reduce_rows(shard, sums, matmuls)
+
+
 def _count_rows(n: int) -> int:
     """The number of rows of the whole batch, of which this worker holds ``n``."""
     shard = rowshard.get_shard()
@@ -79,9 +88,8 @@ class _Linear(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         x, w = ctx.saved_tensors
         dx = _matmul(dy, w) if ctx.needs_input_grad[0] else None  # e.g. not for the data batch
-        dw = _matmul_rows(dy.t(), x)
-        db = _sum_rows(dy) if ctx.has_bias else None
-        return dx, dw, db
+        sums, (dw,) = _reduce_rows([dy] if ctx.has_bias else [], [(dy.t(), x)])
+        return dx, dw, sums[0] if ctx.has_bias else None
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,10 +212,9 @@ class _LayerNorm(torch.autograd.Function):
         if k is not None:
             dx, dg, db = k.layer_norm_bwd(dy, xhat, rstd, g)
             if rowshard.get_shard() is not None:  # dx is row-local; dg and db sum the whole batch
-                dg, db = _sum_rows(dy * xhat), _sum_rows(dy)
+                (dg, db), _ = _reduce_rows([dy * xhat, dy], [])
             return dx, dg, db, None
-        dg = _sum_rows(dy * xhat)
-        db = _sum_rows(dy)
+        (dg, db), _ = _reduce_rows([dy * xhat, dy], [])
         dxhat = dy * g
         a = ref.exact_mean(dxhat, -1, keepdim=True)
         c = ref.exact_mean(dxhat * xhat, -1, keepdim=True)
@@ -554,8 +561,8 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
-        dw = _matmul_rows(dy2.t(), cols_t).view_as(w)
-        db = _sum_rows(dy2)
+        (db,), (dw,) = _reduce_rows([dy2], [(dy2.t(), cols_t)])
+        dw = dw.view_as(w)
         if not ctx.needs_input_grad[0]:  # the first layer's input is the data batch
             return None, dw, db
         dcols = _matmul(dy2, w.reshape(o, -1))

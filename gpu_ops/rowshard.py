@@ -25,7 +25,7 @@ implements it with torch.distributed (gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -116,33 +116,81 @@ def _agree(shard: RowShard, *local: torch.Tensor) -> list[torch.Tensor]:
     flat = torch.cat([e.reshape(-1) for e in local])
     shard.collective.all_reduce_max(flat)
     flat = torch.where(flat == NO_EXPONENT, torch.zeros_like(flat), flat)
+    return _unflatten(flat, local)
+
+
+def _unflatten(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out, at = [], 0
-    for e in local:
-        out.append(flat[at:at + e.numel()].view(e.shape))
-        at += e.numel()
+    for t in like:
+        out.append(flat[at:at + t.numel()].view(t.shape))
+        at += t.numel()
     return out
+
+
+def reduce_rows(shard: RowShard, sums: Sequence[torch.Tensor], matmuls: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Several row reductions of one op with two collectives in all.
+
+    ``sums``: tensors ``x`` (this worker's rows) whose ``ref.exact_sum(X, dim=0)`` over the whole
+    batch X is wanted. ``matmuls``: pairs ``(a, b)``, A ``[M, K]`` and B ``[K, N]`` whose K rows are
+    the batch (e.g. ``dW = dyᵀ·x``), of which ``a`` holds this worker's columns and ``b`` its rows;
+    ``ref.matmul(A, B)`` is wanted. Returns the results in the same order, equal on every worker.
+    """
+    threads = torch.get_num_threads()
+    try:
+        # torch parallelises small float64 ops, and on a busy machine every parallel region waits
+        # for a time slice (measured: 30 ms for a 128x64 trunc with 2 threads); only a large
+        # GEMM is worth the threads, and the thread count never changes an integer sum.
+        torch.set_num_threads(1)
+        return _reduce_rows(shard, sums, matmuls, threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_PARALLEL_GEMM = 1 << 24  # multiply-adds from which a local GEMM gets the caller's threads
+
+
+def _reduce_rows(shard: RowShard, sums: Sequence[torch.Tensor], matmuls: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 threads: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    local: list[torch.Tensor] = [_local_exponent(x.abs().amax(dim=0)) for x in sums]
+    for a, b in matmuls:
+        local += [_local_exponent(a.abs().amax(dim=1)), _local_exponent(b.abs().amax(dim=0))]
+    exps = _agree(shard, *local)
+    partials: list[torch.Tensor] = []
+    scales: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+    for x, e in zip(sums, exps):
+        p = ref.grid_bits(shard.get_global_rows(x.shape[0]))
+        q = torch.trunc(x.to(F64) * ref.pow2_f64(p - e))
+        partials.append(q.sum(dim=0).to(I64))  # an integer below 2^52 in magnitude: converted exactly
+        scales.append((p, e, None))
+    for i, (a, b) in enumerate(matmuls):
+        t = ref.slice_bits(shard.get_global_rows(a.shape[1]))
+        ea, eb = exps[len(sums) + 2 * i], exps[len(sums) + 2 * i + 1]
+        ai = torch.trunc(a.to(F64) * ref.pow2_f64(t - ea).unsqueeze(1))
+        bi = torch.trunc(b.to(F64) * ref.pow2_f64(t - eb).unsqueeze(0))
+        # Integer products below 2^(2t), partial sums below 2^53: a float64 GEMM is exact here.
+        if ai.shape[0] * ai.shape[1] * bi.shape[1] >= _PARALLEL_GEMM:
+            torch.set_num_threads(threads)
+        partials.append(torch.matmul(ai, bi).to(I64))
+        torch.set_num_threads(1)
+        scales.append((t, ea, eb))
+    flat = torch.cat([s.reshape(-1) for s in partials])
+    shard.collective.all_reduce_sum(flat)  # step 4: integers, exact in any order
+    totals = [(s.to(F64) + 0.0) for s in _unflatten(flat, partials)]
+    out_sums = [(s * ref.pow2_f64(e - p)).to(F32) for s, (p, e, _) in zip(totals[:len(sums)], scales)]
+    out_mm = []
+    for s, (t, row_e, col_e) in zip(totals[len(sums):], scales[len(sums):]):
+        assert col_e is not None
+        out_mm.append((s * ref.pow2_f64(row_e - t).unsqueeze(1) * ref.pow2_f64(col_e - t).unsqueeze(0)).to(F32))
+    return out_sums, out_mm
 
 
 def exact_sum_rows(x: torch.Tensor, shard: RowShard) -> torch.Tensor:
     """``ref.exact_sum(X, dim=0)`` of the whole batch X, of which ``x`` holds this worker's rows."""
-    n = shard.get_global_rows(x.shape[0])
-    p = ref.grid_bits(n)
-    (e,) = _agree(shard, _local_exponent(x.abs().amax(dim=0)))
-    q = torch.trunc(x.to(F64) * ref.pow2_f64(p - e))
-    s = q.sum(dim=0).to(I64)  # an integer below 2^52 in magnitude: the conversion is exact
-    shard.collective.all_reduce_sum(s)
-    return ((s.to(F64) + 0.0) * ref.pow2_f64(e - p)).to(F32)
+    return reduce_rows(shard, [x], [])[0][0]
 
 
 def matmul_rows(a: torch.Tensor, b: torch.Tensor, shard: RowShard) -> torch.Tensor:
     """``ref.matmul(A, B)`` with A ``[M, K]`` and B ``[K, N]`` whose K rows are the batch: ``a`` and
     ``b`` hold this worker's columns of A and rows of B (e.g. ``dW = dyᵀ·x``)."""
-    k = shard.get_global_rows(a.shape[1])
-    t = ref.slice_bits(k)
-    ea, eb = _agree(shard, _local_exponent(a.abs().amax(dim=1)), _local_exponent(b.abs().amax(dim=0)))
-    ai = torch.trunc(a.to(F64) * ref.pow2_f64(t - ea).unsqueeze(1))
-    bi = torch.trunc(b.to(F64) * ref.pow2_f64(t - eb).unsqueeze(0))
-    # Integer products below 2^(2t) and partial sums below 2^53: a float64 GEMM is exact here.
-    s = torch.matmul(ai, bi).to(I64)
-    shard.collective.all_reduce_sum(s)
-    return ((s.to(F64) + 0.0) * ref.pow2_f64(ea - t).unsqueeze(1) * ref.pow2_f64(eb - t).unsqueeze(0)).to(F32)
+    return reduce_rows(shard, [], [(a, b)])[1][0]

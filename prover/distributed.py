@@ -194,7 +194,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format=f"worker {args.rank}: %(levelname)s %(message)s")
