@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,9 +45,10 @@ from protocol.constants import OFFLINE_POSTING_ID
 from protocol.errors import PolError
 from protocol.task import Task, compute_task_id, format_task_toml, parse_task_toml
 
-from .prove import ProgressFn, ProveResult, prove
 from .training import Runtime, TrainState, compute_root, init_state, train_step
-from .transcript import ProofDir
+
+if TYPE_CHECKING:  # a follower never signs: it does not import the BLS stack (seconds of start-up)
+    from .prove import ProgressFn, ProveResult
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             if args.rank != 0:
                 follow(task, sync)
                 return 0
+            from .prove import prove
+
             result = prove(task, Path(args.out), secret, progress=lambda s, loss: _emit(
                 sys.stdout, {"step": s, "loss": loss}), posting_id=bytes.fromhex(args.posting),
                 keep_step_roots=args.keep_step_roots, sync=sync)
@@ -329,9 +332,12 @@ def prove_with_workers(task: Task, out: Path, secret_key: bytes, workers: int, p
             _terminate(procs)
     if "done" not in done:
         raise DistributedError("worker 0 exited without reporting a result")
-    claim = ProofDir(out).read_claim()
     from protocol.claim import compute_claim_id
 
+    from .prove import ProveResult
+    from .transcript import ProofDir
+
+    claim = ProofDir(out).read_claim()
     r = done["done"]
     return ProveResult(claim, compute_claim_id(claim.body), compute_task_id(task), int(r["resumed_from_step"]),
                        time.perf_counter() - started, r["final_loss"])

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from protocol.task import Task, parse_task_toml
 WORLD = 4
 STEPS = {"digits-mlp": 3, "digits-cnn": 2, "pydoc-transformer": 2}
 SEED = 0x1234_5678_9ABC_DEF0
+T0 = time.time()
 
 
 def small_task(name: str) -> Task:
@@ -45,7 +47,7 @@ def small_task(name: str) -> Task:
     if name == "digits-cnn":  # small enough for 2 cores; the same layers
         task = dataclasses.replace(task, model=dataclasses.replace(m, channels=(4, 8), hidden=32))
     if name == "pydoc-transformer":
-        task = dataclasses.replace(task, model=dataclasses.replace(m, d_model=32, d_ff=64, context=16),
+        task = dataclasses.replace(task, model=dataclasses.replace(m, d_model=32, d_ff=64, context=16, n_layers=1),
                                    batch_size=8)
     return task
 
@@ -91,7 +93,7 @@ def main() -> int:
     dist.init_process_group("gloo", store=store, rank=args.rank, world_size=WORLD, timeout=timeout)
     groups = {w: dist.new_group(list(range(w))) for w in (1, 2, 3, 4)}
     rank = args.rank
-    report: dict[str, Any] = {"roots": {}, "ops": {}, "naive": {}}
+    report: dict[str, Any] = {"roots": {}, "ops": {}, "naive": {}, "seconds": {"start": time.time() - T0}}
     try:
         for name in STEPS:
             task = small_task(name)
@@ -107,6 +109,7 @@ def main() -> int:
                         fam[str(w)] = run_roots(rt, task.total_steps)
                 dist.barrier()
             report["roots"][name] = fam
+            report["seconds"][name] = time.time() - T0
 
             # Negative control: ordinary DDP, float32 all-reduce of per-worker mean gradients.
             x, y = rt.dataset.get_batch(rt.keyed_task, 0)
@@ -115,9 +118,14 @@ def main() -> int:
                 if rank < w:
                     lo, hi = rowshard.split_batch(task.batch_size, w)[rank]
                     local = grads_of(rt, x[lo:hi], y[lo:hi])
-                    for k in sorted(local):
-                        dist.all_reduce(local[k], group=groups[w])
-                        local[k] = local[k] / w
+                    names = sorted(local)
+                    flat = torch.cat([local[k].reshape(-1) for k in names])  # one bucket, as DDP does
+                    dist.all_reduce(flat, group=groups[w])
+                    flat = flat / w
+                    at = 0
+                    for k in names:
+                        local[k] = flat[at:at + local[k].numel()].view_as(local[k])
+                        at += local[k].numel()
                     if rank == 0:
                         report["naive"].setdefault(name, {})[str(w)] = sorted(
                             k for k in local if not torch.equal(local[k], single[k]))
