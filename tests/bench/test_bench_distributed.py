@@ -4,8 +4,8 @@ Run with: .venv/bin/pytest tests/bench/test_bench_distributed.py --benchmark-ena
 Each benchmark times one whole training step of a built-in task (its real size): the step
 command goes to every worker, each trains on its share of the batch with the exact
 cross-worker reductions, and the round trip ends when all have answered. ``single`` is the
-plain in-process step (no shard, no collectives) with the machine's threads. Workers get
-``max(1, cores // W)`` torch threads each. Starting workers costs seconds, so with benchmarks
+plain in-process step (no shard, no collectives). Every process runs one torch thread
+(``POL_BENCH_THREADS``). Starting workers costs seconds, so with benchmarks
 disabled (``make test``) this file is skipped: tests/offline/test_distributed.py covers the path.
 """
 
@@ -28,13 +28,16 @@ from .dist_bench_worker import SEED, bench_task
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("digits-mlp", "digits-cnn", "pydoc-transformer")
+# One torch thread per process everywhere, so the figures compare worker counts and nothing else
+# (POL_BENCH_THREADS to change it; thread counts never change the bits).
+THREADS = int(os.environ.get("POL_BENCH_THREADS", "1"))
 
 
 class _Group:
     def __init__(self, task: str, world: int) -> None:
         self.store = dist.TCPStore("127.0.0.1", 0, None, True,  # type: ignore[attr-defined]
                                    timeout=datetime.timedelta(seconds=120), wait_for_workers=False)
-        threads = max(1, (os.cpu_count() or 1) // world)
+        threads = THREADS
         env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(ROOT))
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "tests.bench.dist_bench_worker", "--rank", str(r), "--world", str(world),
@@ -87,7 +90,7 @@ def group(request: pytest.FixtureRequest) -> Iterator[_Group]:
 @pytest.mark.parametrize("task", TASKS)
 def test_bench_step_single_process(benchmark, needs_benchmark, task: str) -> None:  # type: ignore[no-untyped-def]
     """Baseline: the plain step in this process (no shard, no collectives), all cores' threads."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)
     rt = Runtime.for_task(bench_task(task), SEED)
     state = init_state(rt)
     benchmark.extra_info.update(task=task, workers=0)
