@@ -30,15 +30,27 @@ from gpu_ops import ref, rowshard
 from prover.builtin import resolve_task_path
 from prover.distributed import TorchCollective
 from prover.training import Runtime, compute_root, init_state, train_step
-from protocol.task import Task, parse_task_toml
+from protocol.presets import get_preset_task
+from protocol.task import Task, parse_task, parse_task_toml
 
 WORLD = 4
-STEPS = {"digits-mlp": 3, "digits-cnn": 2, "pydoc-transformer": 2}
+# The built-in families, and two graph presets for the graph-only operators (strided and 1x1
+# convolutions, mean pooling; RMS norm, SwiGLU, a tied head).
+STEPS = {"digits-mlp": 3, "digits-cnn": 2, "pydoc-transformer": 2, "graph-resnet": 2, "graph-llama": 2}
 SEED = 0x1234_5678_9ABC_DEF0
 T0 = time.time()
 
 
 def small_task(name: str) -> Task:
+    if name.startswith("graph-"):
+        common = {"task.batch_size": 8, "task.total_steps": STEPS[name], "task.checkpoint_interval": 1,
+                  "optim.lr": 0.01}
+        if name == "graph-resnet":
+            sha = parse_task_toml(resolve_task_path("digits-cnn").read_text()).data.sha256.hex()
+            return parse_task(get_preset_task("resnet", {"channels": 4, "blocks": 1, "stages": 2, **common}, sha))
+        sha = parse_task_toml(resolve_task_path("pydoc-transformer").read_text()).data.sha256.hex()
+        return parse_task(get_preset_task("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 8,
+                                                   "norm": "rms_norm", "mlp": "swiglu", "dropout": 0.1, **common}, sha))
     task = parse_task_toml(resolve_task_path(name).read_text())
     sched = dataclasses.replace(task.schedule, warmup_steps=min(task.schedule.warmup_steps, 1))
     steps = STEPS[name]
@@ -101,7 +113,7 @@ def main() -> int:
             fam: dict[str, list[str]] = {}
             if rank == 0:
                 fam["single"] = run_roots(rt, task.total_steps)
-            for w in ((1, 2, 3, 4) if name == "digits-mlp" else (1, 2, 4)):
+            for w in ((1, 2, 3, 4) if name == "digits-mlp" else (1, 2, 4)):  # 3: an uneven split
                 if rank < w:
                     lo, hi = rowshard.split_batch(task.batch_size, w)[rank]
                     shard = rowshard.RowShard(TorchCollective(groups[w]), lo, hi, task.batch_size)
