@@ -129,6 +129,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
+    _register_datasets(args.dataset)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
                        keep_step_roots=args.keep_step_roots)
@@ -146,6 +147,20 @@ def cmd_prove(args: argparse.Namespace) -> int:
     }
     _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
     return EXIT_OK
+
+
+def _register_datasets(dirs: list[str] | None) -> None:
+    """``--dataset DIR``: packed datasets a task may train on, found by their hash (SPEC.md §12.3)."""
+    from prover.packeddata import DirRecords, register_source
+    from protocol.errors import InvalidInput
+
+    for d in dirs or []:
+        if not Path(d).is_dir():
+            raise CliError(f"--dataset {d} is not a directory")
+        try:
+            register_source(DirRecords(Path(d)))
+        except InvalidInput as exc:
+            raise CliError(f"--dataset {d}: {exc}") from None
 
 
 def _require_proof_dir(path: Path) -> None:
@@ -177,6 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.posting:
         expected_posting = _read_posting_id(args.posting, _read_task(args.task)) if args.task and not _is_hex(
             args.task, 64) else _read_posting_id_only(args.posting)
+    _register_datasets(args.dataset)
     try:
         total = ProofDir(path).read_task().num_segments
     except (PolError, ValueError):
@@ -476,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
                          "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--dataset", action="append", metavar="DIR",
+                    help="a packed dataset directory the task trains on (`pol dataset pack`; repeatable)")
     pr.add_argument("--keep-step-roots", action="store_true",
                     help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
     pr.add_argument("--json", action="store_true")
@@ -489,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--task", help="the task you asked for (TOML file, 64-hex task id or built-in name): a proof of "
                                   "any other task is rejected (default: trust DIR/task.toml and print what it is)")
     v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
+    v.add_argument("--dataset", action="append", metavar="DIR",
+                   help="the packed dataset directory the task trains on (only the records replayed are read)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 

@@ -54,11 +54,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_builtin(args: argparse.Namespace) -> int:
     from prover.datapack import get_stdlib_source_files, pack, pack_digits
 
+    from prover.datapack import DEFAULT_RECORD_BYTES, DIGITS_RECORD_BYTES
+
     out = Path(args.out)
     if args.name == "stdlib-source":
-        manifest = pack(get_stdlib_source_files(), "tokens-u8", out, args.record_bytes)
+        manifest = pack(get_stdlib_source_files(), "tokens-u8", out, args.record_bytes or DEFAULT_RECORD_BYTES)
     else:
-        manifest = pack_digits(out, args.record_bytes)
+        manifest = pack_digits(out, args.record_bytes or DIGITS_RECORD_BYTES)
     _print(args, _describe(manifest, out), f"packed the built-in {args.name} data into {out}")
     return EXIT_OK
 
@@ -107,7 +109,9 @@ def register(sub: Any) -> None:
     b.add_argument("name", choices=("stdlib-source", "digits"),
                    help="stdlib-source: the standard library's .py files as bytes; digits: scikit-learn's digits")
     b.add_argument("--out", required=True)
-    b.add_argument("--record-bytes", type=int, default=DEFAULT_RECORD_BYTES)
+    b.add_argument("--record-bytes", type=int, default=None,
+                   help="target bytes per record (default: 65536 for stdlib-source, 64 images for digits, the "
+                        "packing the built-in tasks pin)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_builtin)
     v = ds.add_parser("verify", help="check every record of a packed dataset against its manifest")

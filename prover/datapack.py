@@ -51,6 +51,7 @@ MANIFEST_NAME = "MANIFEST.msgpack"
 LEAVES_NAME = "leaves.bin"
 DEFAULT_RECORD_BYTES = 64 * 1024
 DEFAULT_RECORDS_PER_SHARD = 256
+DIGITS_RECORD_BYTES = 64 * (64 + 2)  # 64 digits per record: the packing the built-in digits tasks pin
 _NUMPY_DTYPES = {"u8": "<u1", "i8": "<i1", "u16": "<u2", "i16": "<i2", "u32": "<u4", "i32": "<i4", "i64": "<i8",
                  "f32": "<f4", "f64": "<f8"}
 _COPY_BLOCK = 1 << 20
@@ -323,7 +324,7 @@ def get_stdlib_source_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def pack_digits(out: Path, record_bytes: int = DEFAULT_RECORD_BYTES) -> Manifest:
+def pack_digits(out: Path, record_bytes: int = DIGITS_RECORD_BYTES) -> Manifest:
     """scikit-learn's digits as images-u8+labels (8x8 pixels 0..16, labels 0..9)."""
     import tempfile
 
