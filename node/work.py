@@ -35,6 +35,7 @@ from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
 from .chunks import CHUNK_BYTES, ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
+from .records import RecordFetcher, RecordFetchFailed, RecordStore, get_segment_records
 
 if TYPE_CHECKING:
     from .app import Node
@@ -66,6 +67,9 @@ class Worker:
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
         self.fetcher = ChunkFetcher(self._request, node.config.chunk_bytes or CHUNK_BYTES)
+        # packed datasets (SPEC.md §12.4): full copies a prover trains on, and records fetched for replays
+        self.records = RecordStore(node.config.data_dir / "datasets", node.config.data_dir / "records")
+        self.record_fetcher = RecordFetcher(self.records, self._request)
 
     # --- triggers ------------------------------------------------------------------------------
 
@@ -170,6 +174,15 @@ class Worker:
         posting = node.chain.postings[task_id]
         task = decode_task(posting.task)
         out = node.config.data_dir / "proofs" / task_id.hex()
+        if task.data.packed is not None:
+            full = await asyncio.to_thread(self.records.full, task.data.sha256)
+            if full is None:
+                log.error("task %s trains on packed dataset %s, which is not in %s; not proving", task_id.hex()[:12],
+                          task.data.sha256.hex(), self.records.datasets_dir)
+                return
+            from prover.packeddata import register_source
+
+            register_source(full)
         log.info("proving task %s (%d steps)%s", task_id.hex()[:12], task.total_steps,
                  f" [cheat: {node.config.cheat}]" if node.config.cheat else "")
         async with self._cpu:
@@ -190,6 +203,11 @@ class Worker:
             if task_id not in self._runtimes:
                 from prover.training import Runtime
 
+                if task.data.packed is not None:  # replays read the full copy, or the records fetched
+                    from prover.packeddata import register_source
+
+                    register_source(await asyncio.to_thread(self.records.source, task.data.sha256, task.data.packed))
+
                 self._runtimes[task_id] = await asyncio.to_thread(Runtime.for_task, task)
         rt = self._runtimes[task_id]
         return rt if claim is None else rt.with_seed(compute_claim_training_seed(claim))
@@ -207,7 +225,7 @@ class Worker:
             try:
                 vote = await self._verify_once(claim_id)
                 break
-            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, RecordFetchFailed, InvalidInput) as exc:
                 if node.now() >= self._deadline(claim_id):
                     self.skipped[claim_id] = f"unavailable: {exc}"
                     log.warning("claim %s: giving up, data unavailable (%s)", claim_id.hex()[:12], exc)
@@ -279,7 +297,7 @@ class Worker:
                 roots = await self.fetch_roots(claim_id)
                 replayed = await self.replay(claim_id, rt, roots, s)
                 break
-            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, RecordFetchFailed, InvalidInput) as exc:
                 log.info("dispute %s: replay failed (%s); retrying", dispute_id.hex()[:12], exc)
                 await asyncio.sleep(RETRY_S)
         else:
@@ -296,6 +314,10 @@ class Worker:
         if key in self._replays:
             return self._replays[key]
         path = await self.fetch_checkpoint(claim_id, s, roots[s], rt)
+        if rt.task.data.packed is not None:  # only the records this segment reads, each with its proof
+            needed = await asyncio.to_thread(get_segment_records, rt.dataset, rt.keyed_task, s)
+            await self.record_fetcher.ensure(rt.task.data.sha256, rt.task.data.packed, needed,
+                                             self._candidates(claim_id))
 
         def work() -> bytes:
             from prover.checkpoint import read_checkpoint
