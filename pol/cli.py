@@ -151,9 +151,10 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def _register_datasets(dirs: list[str] | None) -> None:
     """``--dataset DIR``: packed datasets a task may train on, found by their hash (SPEC.md §12.3)."""
-    from prover.packeddata import DirRecords, register_source
+    from prover.packeddata import DirRecords, clear_sources, register_source
     from protocol.errors import InvalidInput
 
+    clear_sources()
     for d in dirs or []:
         if not Path(d).is_dir():
             raise CliError(f"--dataset {d} is not a directory")

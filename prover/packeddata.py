@@ -58,6 +58,10 @@ class RecordSource(Protocol):
     def get_record(self, index: int) -> bytes: ...
 
 
+class CorruptRecord(ReplayError):
+    """A local record does not hash to the dataset's root: our copy is damaged (never the prover's fault)."""
+
+
 class DataOutOfRange(NonFiniteLoss):
     """A step reads a token or label outside the task's classes: it cannot be trained, like a step whose
     loss is not finite, so a prover cannot claim it and a replay that meets it rejects the segment."""
@@ -91,12 +95,15 @@ class DirRecords:
             if index in self._cache:
                 self._cache.move_to_end(index)
                 return self._cache[index]
-        record = read_record(self.directory, self.manifest, index)
+        try:
+            record = read_record(self.directory, self.manifest, index)
+        except InvalidInput as exc:  # a truncated or missing shard: our copy, not the prover, is at fault
+            raise CorruptRecord(str(exc)) from None
         if compute_leaf_hash(record) != self._leaves[index]:
             shard, within = divmod(index, self.manifest.records_per_shard)
             start = within * self.manifest.record_bytes
-            raise InvalidDataset(f"record {index} ({shard_name(shard)}, bytes {start}..{start + len(record) - 1}) "
-                                 f"does not hash to the manifest of {self.directory}")
+            raise CorruptRecord(f"record {index} ({shard_name(shard)}, bytes {start}..{start + len(record) - 1}) "
+                                f"does not hash to the manifest of {self.directory}; refusing it")
         with self._lock:
             self._cache[index] = record
             while len(self._cache) > RECORD_CACHE:
@@ -162,6 +169,12 @@ def register_source(source: RecordSource) -> None:
     """Make ``source`` the records of its dataset hash for every runtime built from now on."""
     with _SOURCES_LOCK:
         _SOURCES[source.dataset_hash] = source
+
+
+def clear_sources() -> None:
+    """Forget every registered source (each command names its datasets afresh)."""
+    with _SOURCES_LOCK:
+        _SOURCES.clear()
 
 
 def get_source(dataset_hash: bytes) -> RecordSource:
