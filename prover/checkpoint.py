@@ -10,11 +10,13 @@ either the old file or the complete new one.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from safetensors.numpy import save
 
 from pol.files import open_regular_file
@@ -57,6 +59,37 @@ def encode_checkpoint(leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> 
 
 def write_checkpoint(path: Path, leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> None:
     write_atomic(path, encode_checkpoint(leaves, root, task_id))
+
+
+_ST_NAMES = {np.dtype("<f4"): ("F32", 4), np.dtype("<i8"): ("I64", 8)}
+
+
+def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: bytes, task_id: bytes) -> int:
+    """Write a checkpoint straight from the tensors' memory (no copy of the state); returns its size.
+
+    The same safetensors layout as ``encode_checkpoint`` (8-byte-aligned header, i64 tensors first,
+    then by name), written to a temporary file, synced and renamed like ``write_atomic``."""
+    order = sorted(arrays, key=lambda k: (-_ST_NAMES[arrays[k].dtype][1], k))
+    header: dict[str, object] = {"__metadata__": {"pol_root": root.hex(), "pol_task_id": task_id.hex()}}
+    offset = 0
+    for name in order:
+        arr = arrays[name]
+        header[name] = {"dtype": _ST_NAMES[arr.dtype][0], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for name in order:
+            arr = arrays[name]
+            fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return 8 + len(raw) + offset
 
 
 Layout = frozenset[tuple[str, str, tuple[int, ...]]]  # (name, dtype, shape) of every tensor
@@ -127,8 +160,11 @@ def _parse_header(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> 
 def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> list[TensorLeaf]:
     leaves = []
     for name, dtype, shape, nbytes in _parse_header(fh, size, what, layout):
-        data = fh.read(nbytes)
-        if len(data) != nbytes:
+        # A writable buffer read in place: a state built from these leaves uses their memory as is
+        # (training.get_state_from_leaves), so loading a checkpoint never holds two copies of it.
+        data = bytearray(nbytes)
+        got = fh.readinto(data)
+        if got != nbytes:
             raise InvalidCheckpoint(f"{what} is not a readable safetensors file: truncated in tensor {name}")
         leaves.append(TensorLeaf(name, dtype, shape, data))
     return leaves
