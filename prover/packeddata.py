@@ -17,6 +17,7 @@ Sources are found by dataset hash (``register_source``), so every command that b
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -177,10 +178,28 @@ def clear_sources() -> None:
         _SOURCES.clear()
 
 
+DATASET_DIRS_ENV = "POL_DATASET_DIRS"  # packed dataset directories, os.pathsep-separated (benchmarks, scripts)
+
+
+def _from_environment(dataset_hash: bytes) -> RecordSource | None:
+    for entry in filter(None, os.environ.get(DATASET_DIRS_ENV, "").split(os.pathsep)):
+        try:
+            source = DirRecords(Path(entry))
+        except (InvalidInput, OSError) as exc:
+            log.warning("%s entry %s is not a usable packed dataset: %s", DATASET_DIRS_ENV, entry, exc)
+            continue
+        register_source(source)
+        if source.dataset_hash == dataset_hash:
+            return source
+    return None
+
+
 def get_source(dataset_hash: bytes) -> RecordSource:
     with _SOURCES_LOCK:
         source = _SOURCES.get(dataset_hash)
         known = sorted(h.hex()[:16] for h in _SOURCES)
+    if source is None:
+        source = _from_environment(dataset_hash)
     if source is None:
         raise ReplayError(f"the task trains on packed dataset {dataset_hash.hex()}; no directory of it is "
                           f"given (--dataset DIR; datasets given: {known or 'none'})")
