@@ -415,6 +415,8 @@ class Node:
                     record = self.chain.state.tasks.get(task_id)
                     if record is not None and record.status == "open":
                         self.worker.on_task(posting)
+            if self.config.prune_settled:  # settled claims are never replayed again: free their checkpoints
+                self.worker.prune_settled()
 
     async def _pending_loop(self) -> None:
         while True:

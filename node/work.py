@@ -61,6 +61,7 @@ class Worker:
         self._roots: dict[bytes, list[bytes]] = {}
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
+        self._pruned: set[bytes] = set()  # settled claims whose checkpoints are gone (prune_settled)
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
         self._layouts: dict[bytes, dict[str, tuple[str, tuple[int, ...]]]] = {}  # task id -> name -> dtype, shape
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
@@ -451,6 +452,34 @@ class Worker:
         await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)
         self.node.store.put_checkpoint(claim_id, index, root, str(path))
         return str(path)
+
+    # --- pruning -----------------------------------------------------------------------------
+
+    def prune_settled(self) -> int:
+        """Delete the checkpoints of settled claims (node option ``prune_settled``); returns bytes freed.
+
+        A settled claim (paid, slashed or void) is never replayed again: a verifier drops every checkpoint
+        it fetched, a prover keeps checkpoint 0 and the delivered model S of its proof directory."""
+        from prover.prune import prune_fetched, prune_proof_dir
+        from protocol.ledger import is_claim_settled
+
+        freed = 0
+        for claim_id, record in list(self.node.chain.state.claims.items()):
+            if claim_id in self._pruned or not is_claim_settled(record):
+                continue
+            self._pruned.add(claim_id)
+            fetched = self.node.config.data_dir / "checkpoints" / claim_id.hex()
+            self.node.store.delete_checkpoints(claim_id)
+            freed += prune_fetched(fetched).bytes
+            proof = self.node.store.get_proof(claim_id)
+            if proof is not None and Path(proof).is_dir():
+                try:
+                    freed += prune_proof_dir(Path(proof)).bytes
+                except (InvalidInput, OSError) as exc:
+                    log.warning("claim %s: cannot prune %s: %s", claim_id.hex()[:12], proof, exc)
+            self._replays = {k: v for k, v in self._replays.items() if k[0] != claim_id}
+            log.info("claim %s settled (%s): checkpoints pruned", claim_id.hex()[:12], record.status)
+        return freed
 
     # --- serving -----------------------------------------------------------------------------
 

@@ -220,6 +220,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.verdict == ACCEPT else EXIT_REJECT
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from prover.prune import prune_proof_dir
+
+    path = Path(args.dir)
+    _require_proof_dir(path)
+    result = prune_proof_dir(path)
+    doc = {"dir": str(path), "files_removed": result.files, "bytes_freed": result.bytes}
+    _emit(args, doc, f"pruned {path}: {result.files} files, {result.bytes:,} bytes freed "
+                     "(kept checkpoint 0, the final checkpoint, the transcript and the claim)")
+    return EXIT_OK
+
+
 def _read_posting_id_only(value: str) -> bytes:
     """``--posting`` without a task file to check a posting message against: an id or an id file."""
     from protocol.constants import OFFLINE_POSTING_ID
@@ -512,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the packed dataset directory the task trains on (only the records replayed are read)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    pn = sub.add_parser("prune", help="delete a settled proof's intermediate checkpoints (keeps 0 and the final)")
+    pn.add_argument("dir", help="proof directory with a claim (only prune once the claim is settled)")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(func=cmd_prune)
 
     a = sub.add_parser("audit", help="play the challenger against a proof directory: name the faked step and operator")
     a.add_argument("dir")

@@ -142,3 +142,27 @@ def test_prove_and_verify_with_a_dataset_dir(tokens: tuple[Path, bytes, Any], tm
     err = capsys.readouterr().err
     assert "record " in err and "does not hash" in err
     assert main(["verify", str(tmp_path / "p"), "--segments", "all", "--quiet", "--dataset", str(bad)]) == 2
+
+
+def test_prune_keeps_the_initial_and_final_checkpoints(tokens: tuple[Path, bytes, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from prover.model import read_final_from_dir
+
+    directory, _, m = tokens
+    doc = _doc(m)
+    doc["task"]["total_steps"], doc["task"]["checkpoint_interval"] = 3, 1
+    task_file = tmp_path / "task.toml"
+    task_file.write_text(format_task_toml(parse_task(doc)))
+    assert main(["keys", "new", "--out", str(tmp_path / "k.json")]) == 0
+    assert main(["prove", str(task_file), "--key", str(tmp_path / "k.json"), "--quiet", "--out",
+                 str(tmp_path / "p"), "--dataset", str(directory), "--keep-step-roots"]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(tmp_path / "p"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["files_removed"] == 2 + 3  # checkpoints 1 and 2, the step roots of 3 segments
+    names = sorted(p.name for p in (tmp_path / "p" / "checkpoints").iterdir())
+    assert names == ["ckpt-000000.safetensors", "ckpt-000003.safetensors"]
+    assert not (tmp_path / "p" / "steps").exists()
+    claim, final = read_final_from_dir(tmp_path / "p")  # the delivered model is still there
+    assert claim.body.num_checkpoints == 4 and final
+    assert main(["prune", str(tmp_path)]) == 2  # not a proof directory: nothing deleted
