@@ -325,7 +325,7 @@ class Worker:
             from prover.training import get_state_from_leaves
             from verifier.replay import replay_segment
 
-            state = get_state_from_leaves(rt, read_checkpoint(Path(path), expected_root=roots[s]))
+            state = get_state_from_leaves(rt, read_checkpoint(Path(path), expected_root=roots[s], writable=True))
             if state.step != s * rt.task.checkpoint_interval:
                 raise InvalidMessage(f"checkpoint {s} holds step {state.step}")
             return replay_segment(rt, state, s, roots[s + 1]).replayed_root

@@ -157,13 +157,19 @@ def _parse_header(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> 
     return [(name, dtype, shape, nbytes) for _, _, name, dtype, shape, nbytes in entries]
 
 
-def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> list[TensorLeaf]:
+def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None,
+                 writable: bool = False) -> list[TensorLeaf]:
     leaves = []
     for name, dtype, shape, nbytes in _parse_header(fh, size, what, layout):
-        # A writable buffer read in place: a state built from these leaves uses their memory as is
-        # (training.get_state_from_leaves), so loading a checkpoint never holds two copies of it.
-        data = bytearray(nbytes)
-        got = fh.readinto(data)
+        if writable:
+            # Read in place into a buffer a state then uses as is (training.get_state_from_leaves): loading
+            # a checkpoint to train on never holds two copies of it.
+            buf = bytearray(nbytes)
+            got = fh.readinto(buf)
+            data: bytes = buf  # type: ignore[assignment]
+        else:
+            data = fh.read(nbytes)
+            got = len(data)
         if got != nbytes:
             raise InvalidCheckpoint(f"{what} is not a readable safetensors file: truncated in tensor {name}")
         leaves.append(TensorLeaf(name, dtype, shape, data))
@@ -177,12 +183,16 @@ def decode_checkpoint(data: bytes, what: str = "checkpoint", layout: Layout | No
     return _read_leaves(io.BytesIO(data), len(data), what, layout)
 
 
-def read_checkpoint(path: Path, expected_root: bytes | None = None, layout: Layout | None = None) -> list[TensorLeaf]:
+def read_checkpoint(path: Path, expected_root: bytes | None = None, layout: Layout | None = None,
+                    writable: bool = False) -> list[TensorLeaf]:
     """Read a checkpoint and, if given, check its layout (from the header, before reading tensors)
-    and that it hashes to ``expected_root``."""
+    and that it hashes to ``expected_root``.
+
+    ``writable``: the leaves' data are bytearrays that a state built from them takes over without a copy
+    (for loading a state to train on; such leaves are not for encoding into messages)."""
     what = f"checkpoint {path.name}"
     with open_regular_file(path, MAX_CHECKPOINT_BYTES, InvalidCheckpoint, what) as fh:
-        leaves = _read_leaves(fh, os.fstat(fh.fileno()).st_size, what, layout)
+        leaves = _read_leaves(fh, os.fstat(fh.fileno()).st_size, what, layout, writable)
         if fh.read(1):
             raise InvalidCheckpoint(f"{what} grew while being read")
     if expected_root is not None:

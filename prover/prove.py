@@ -81,7 +81,7 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
     while entries:
         last = entries[-1]
         try:
-            leaves = read_checkpoint(pdir.checkpoint(last.index), expected_root=last.root)
+            leaves = read_checkpoint(pdir.checkpoint(last.index), expected_root=last.root, writable=True)
             state = get_state_from_leaves(rt, leaves)
             log.info("resuming from checkpoint %d (step %d)", last.index, state.step)
             return state, entries

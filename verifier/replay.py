@@ -56,7 +56,7 @@ def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> Layout:
 
 def load_state(rt: Runtime, pdir: ProofDir, index: int, committed_root: bytes,
                layout: Layout | None = None) -> TrainState:
-    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root, layout=layout)
+    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root, layout=layout, writable=True)
     state = get_state_from_leaves(rt, leaves)
     if state.step != index * rt.task.checkpoint_interval:
         raise InvalidCheckpoint(f"checkpoint {index} holds step {state.step}, expected "
