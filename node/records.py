@@ -155,7 +155,7 @@ class RecordFetcher:
         cache = self.store.cache(dataset, packed)
         lock = self._locks.setdefault(dataset, asyncio.Lock())
         async with lock:
-            missing = [i for i in sorted(set(indices)) if not cache.has(i)]
+            missing = await asyncio.to_thread(_missing, cache, sorted(set(indices)))
             if not missing:
                 return 0
             slots = asyncio.Semaphore(IN_FLIGHT)
@@ -194,6 +194,22 @@ class RecordFetcher:
             return
         raise RecordFetchFailed(f"record {index} of dataset {dataset.hex()[:16]}: no holder served it "
                                 f"({'; '.join(errors[-3:]) or 'no candidates'})")
+
+
+def _missing(cache: CachedRecords, indices: list[int]) -> list[int]:
+    """Records not cached, or cached but failing their proof now (a damaged file is fetched again)."""
+    out = []
+    for i in indices:
+        try:
+            cache.load(i)
+        except FileNotFoundError:
+            out.append(i)
+        except (InvalidInput, OSError) as exc:
+            log.warning("cached record %d of %s is damaged (%s); fetching it again", i, cache.dataset_hash.hex()[:12],
+                        exc)
+            cache.path(i).unlink(missing_ok=True)
+            out.append(i)
+    return out
 
 
 def get_segment_records(dataset: PackedDataset, keyed_task: Task, segment: int) -> list[int]:

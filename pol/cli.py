@@ -382,6 +382,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.segment < 0:
         raise CliError("--segment must be >= 0")
+    _register_datasets(args.dataset)
     report = audit_segment(Path(args.dir), args.segment)
     doc = dataclasses.asdict(report)
     doc["finding"] = report.finding
@@ -423,6 +424,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
     if args.segment < 0:
         raise CliError("--segment must be >= 0")
+    _register_datasets(args.dataset)
     publish_answers(ProofDir(Path(args.dir)), args.segment, tuple(args.trace_step or ()))
     doc = {"segment": args.segment, "step_roots": True, "traced_steps": sorted(args.trace_step or [])}
     _emit(args, doc, f"answers for segment {args.segment} written to {args.dir}/steps/")
@@ -534,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("dir")
     a.add_argument("--segment", type=int, required=True, help="segment index (as named by a reject)")
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
+    a.add_argument("--dataset", action="append", metavar="DIR", help="the packed dataset the task trains on")
     a.add_argument("--json", action="store_true")
     a.add_argument("--report", help="write an HTML report with a plot and its JSON: FILE.html or a directory")
     a.set_defaults(func=cmd_audit)
@@ -542,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("dir")
     an.add_argument("--segment", type=int, required=True, help="disputed segment")
     an.add_argument("--trace-step", type=int, action="append", help="also publish the operator trace of this step")
+    an.add_argument("--dataset", action="append", metavar="DIR", help="the packed dataset the task trains on")
     an.add_argument("--json", action="store_true")
     an.set_defaults(func=cmd_answer)
 

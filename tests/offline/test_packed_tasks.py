@@ -166,3 +166,56 @@ def test_prune_keeps_the_initial_and_final_checkpoints(tokens: tuple[Path, bytes
     claim, final = read_final_from_dir(tmp_path / "p")  # the delivered model is still there
     assert claim.body.num_checkpoints == 4 and final
     assert main(["prune", str(tmp_path)]) == 2  # not a proof directory: nothing deleted
+
+
+def test_builtin_packed_task_ids_follow_the_spec_text() -> None:
+    """The normalized document, dataset hash and task id of stdlib-transformer as SPEC §3, §12.2 and §12.3
+    state them, computed with the separate implementation's msgpack and Merkle code."""
+    from protocol.task import compute_task_id
+
+    task = parse_task_toml(resolve_task_path("stdlib-transformer").read_text())
+    root = "d80a3cba51f1c2d1c99ea820621e774d1234b6da16ad7e8c31edd3c828065a41"
+    identity = {"version": 1, "format": "tokens-u8", "item_dtype": "u8", "item_shape": [], "num_items": 11354162,
+                "items_per_record": 65536, "records_root": bytes.fromhex(root)}
+    digest = spec.sha256(b"pol/v1/dataset" + b"packed\x00" + spec.pack(identity))
+    normalized = {
+        "task": {"name": "stdlib-transformer", "seed": 1991, "total_steps": 200, "checkpoint_interval": 20,
+                 "batch_size": 8, "ops_version": 1},
+        "model": {"family": "transformer", "d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 256, "context": 64,
+                  "dropout": 0.0},
+        "data": {"adapter": "packed", "sha256": digest.hex(), "format": "tokens-u8", "item_shape": [],
+                 "num_items": 11354162, "items_per_record": 65536, "records_root": root, "classes": 256,
+                 "pixel_scale": 255},
+        "optim": {"name": "adamw", "lr": 0.003, "momentum": 0.0, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.999,
+                  "eps": 1e-8, "grad_clip": 1.0},
+        "schedule": {"name": "linear", "warmup_steps": 20, "final_lr_fraction": 0.1},
+    }
+    assert task.data.sha256 == digest
+    assert compute_task_id(task) == spec.task_id(normalized)
+
+
+def test_records_of_a_tiny_set_by_hand(tmp_path: Path) -> None:
+    """Items straddling records: 10 two-byte tokens in records of 3 items (4 records, the last short)."""
+    (tmp_path / "t.bin").write_bytes(np.arange(10, dtype="<u2").tobytes())
+    m = pack([tmp_path / "t.bin"], "tokens-u16", tmp_path / "ds", record_bytes=6)
+    assert (m.items_per_record, m.num_records) == (3, 4)
+    doc = _doc(m, classes=10)
+    doc["model"]["context"] = 3
+    doc["task"]["batch_size"] = 1
+    task = parse_task(doc)
+    ds = PackedDataset(task.data.sha256, task.data.packed, DirRecords(tmp_path / "ds"))
+    for step in range(6):
+        w = spec.random_u32(task.seed, 2, step, 1, 2)
+        s = (int(w[0]) + (int(w[1]) << 32)) % (10 - 3)
+        x, y = ds.get_batch(task, step)
+        assert x.tolist() == [[s, s + 1, s + 2]] and y.tolist() == [[s + 1, s + 2, s + 3]]
+        assert compute_step_records(task.data.packed, task.seed, step, 1, 3) == sorted({s // 3, (s + 3) // 3})
+    doc = _doc(m, classes=5)  # tokens 5..9 lie outside a vocabulary of 5
+    doc["model"]["context"] = 3
+    from prover.packeddata import DataOutOfRange
+
+    task = parse_task(doc)
+    ds = PackedDataset(task.data.sha256, task.data.packed, DirRecords(tmp_path / "ds"))
+    with pytest.raises(DataOutOfRange, match="outside the task's vocabulary"):
+        for step in range(20):
+            ds.get_batch(task, step)
