@@ -121,6 +121,9 @@ async def _replay_over_p2p(proved: dict[str, Any], tmp_path: Path) -> None:
         assert mine.stats.refused == len(needed)  # every lying answer failed its proof
         assert sorted(int(p.stem) for p in (tmp_path / "cache" / digest.hex()).glob("*.rec")) == needed
         assert await fetcher.ensure(digest, task.data.packed, needed, candidates) == 0  # cached on disk
+        damaged = cache.path(needed[0])
+        damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+        assert await fetcher.ensure(digest, task.data.packed, needed, candidates) == 1  # fetched again
 
         pdir = ProofDir(proved["base"] / "proof")
         roots = [e.root for e in read_transcript(pdir, task)]
