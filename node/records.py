@@ -90,24 +90,30 @@ class RecordStore:
     def __init__(self, datasets_dir: Path, cache_dir: Path) -> None:
         self.datasets_dir = datasets_dir
         self.cache_dir = cache_dir
-        self._full: dict[bytes, DirRecords | None] = {}
+        self._full: dict[bytes, DirRecords] = {}
+        self._unusable: set[bytes] = set()
         self.stats = RecordStats()
 
     def full(self, dataset: bytes) -> DirRecords | None:
-        """The complete local copy of ``dataset``, if this node has one (checked once when opened)."""
-        if dataset not in self._full:
-            directory = self.datasets_dir / dataset.hex()
+        """The complete local copy of ``dataset``, if this node has one (opened and checked once; a copy
+        added later is found then, an unusable one is not reopened until restart)."""
+        held = self._full.get(dataset)
+        directory = self.datasets_dir / dataset.hex()
+        if held is not None or dataset in self._unusable or not directory.is_dir():
+            return held
+        try:
+            held = DirRecords(directory)
+        except (InvalidInput, OSError) as exc:
+            log.warning("packed dataset %s is unusable: %s", directory, exc)
             held = None
-            if directory.is_dir():
-                try:
-                    held = DirRecords(directory)
-                except (InvalidInput, OSError) as exc:
-                    log.warning("packed dataset %s is unusable: %s", directory, exc)
-                if held is not None and held.dataset_hash != dataset:
-                    log.warning("%s holds dataset %s, not the one its name says", directory, held.dataset_hash.hex())
-                    held = None
+        if held is not None and held.dataset_hash != dataset:
+            log.warning("%s holds dataset %s, not the one its name says", directory, held.dataset_hash.hex())
+            held = None
+        if held is None:
+            self._unusable.add(dataset)
+        else:
             self._full[dataset] = held
-        return self._full[dataset]
+        return held
 
     def cache(self, dataset: bytes, packed: PackedData) -> CachedRecords:
         return CachedRecords(self.cache_dir / dataset.hex(), dataset, packed)
