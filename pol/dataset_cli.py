@@ -86,8 +86,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     from prover.datapack import load_manifest
 
     directory = Path(args.dir)
-    _print(args, _describe(load_manifest(directory), directory), f"packed dataset {directory}")
+    manifest = load_manifest(directory)
+    if args.toml:
+        print(format_data_table(manifest, args.classes))
+        return EXIT_OK
+    _print(args, _describe(manifest, directory), f"packed dataset {directory}")
     return EXIT_OK
+
+
+def format_data_table(manifest: Manifest, classes: int | None) -> str:
+    """The ``[data]`` table of a task training on ``manifest``'s dataset (SPEC.md §12.3)."""
+    if classes is None and manifest.format == "tokens-u8":
+        classes = 256
+    lines = ["[data]", 'adapter = "packed"', f'sha256 = "{compute_packed_dataset_hash(manifest).hex()}"',
+             f'format = "{manifest.format}"', f"item_shape = {list(manifest.item_shape)}",
+             f"num_items = {manifest.num_items}", f"items_per_record = {manifest.items_per_record}",
+             f'records_root = "{manifest.records_root.hex()}"']
+    lines.append(f"classes = {classes}" if classes is not None else
+                 "# classes = ?  (the vocabulary size, or the number of label classes: pass --classes N)")
+    return "\n".join(lines)
 
 
 def register(sub: Any) -> None:
@@ -121,4 +138,6 @@ def register(sub: Any) -> None:
     s = ds.add_parser("show", help="print a packed dataset's manifest and hash")
     s.add_argument("dir")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--toml", action="store_true", help="print the [data] table of a task training on it (§12.3)")
+    s.add_argument("--classes", type=int, help="with --toml: the vocabulary size or number of label classes")
     s.set_defaults(func=cmd_show)

@@ -219,3 +219,15 @@ def test_records_of_a_tiny_set_by_hand(tmp_path: Path) -> None:
     with pytest.raises(DataOutOfRange, match="outside the task's vocabulary"):
         for step in range(20):
             ds.get_batch(task, step)
+
+
+def test_dataset_show_toml_is_a_valid_data_table(tokens: tuple[Path, bytes, Any]) -> None:
+    from pol.dataset_cli import format_data_table
+
+    _, _, m = tokens
+    text = ('[task]\nname = "t"\nseed = 1\ntotal_steps = 2\ncheckpoint_interval = 1\nbatch_size = 2\n'
+            '[model]\nfamily = "transformer"\nd_model = 16\nn_layers = 1\nn_heads = 2\nd_ff = 16\ncontext = 8\n'
+            + format_data_table(m, None) + "\n")
+    task = parse_task_toml(text)
+    assert task.data.sha256 == compute_packed_dataset_hash(m) and task.data.packed.classes == 256
+    assert "# classes = ?" in format_data_table(dataclasses.replace(m, format="tokens-u16", item_dtype="u16"), None)
