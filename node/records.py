@@ -34,6 +34,7 @@ MAX_RECORD_REQUEST = 256
 MAX_RECORD_RESPONSE = MAX_RECORD_BYTES + (1 << 16)  # the record and an audit path of at most 40 hashes
 MAX_PATH = 64
 IN_FLIGHT = 8  # record requests in flight per fetch
+MAX_SEGMENT_RECORD_BYTES = 2 << 30  # a verifier declines a task whose segment may read more records than this
 
 # (peer, multiaddr or None, protocol, payload, response limit) -> response bytes
 Requester = Callable[[str, "str | None", str, bytes, int], Awaitable[bytes]]
@@ -200,6 +201,19 @@ class RecordFetcher:
             return
         raise RecordFetchFailed(f"record {index} of dataset {dataset.hex()[:16]}: no holder served it "
                                 f"({'; '.join(errors[-3:]) or 'no candidates'})")
+
+
+def get_segment_record_bytes_bound(task: Task) -> int:
+    """An upper bound, from the task alone, on the record bytes one segment reads (before any fetch)."""
+    p = task.data.packed
+    if p is None:
+        return 0
+    per_row = 1
+    if p.is_tokens:
+        context = getattr(task.model, "context", 0)
+        per_row = (context + 1 + p.items_per_record - 1) // p.items_per_record + 1
+    records = min(p.num_records, task.checkpoint_interval * task.batch_size * per_row)
+    return records * p.items_per_record * p.item_bytes
 
 
 def _missing(cache: CachedRecords, indices: list[int]) -> list[int]:

@@ -35,7 +35,14 @@ from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
 from .chunks import CHUNK_BYTES, ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
-from .records import RecordFetcher, RecordFetchFailed, RecordStore, get_segment_records
+from .records import (
+    MAX_SEGMENT_RECORD_BYTES,
+    RecordFetcher,
+    RecordFetchFailed,
+    RecordStore,
+    get_segment_record_bytes_bound,
+    get_segment_records,
+)
 
 if TYPE_CHECKING:
     from .app import Node
@@ -113,6 +120,9 @@ class Worker:
             validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
         except (OverBudget, InvalidInput) as exc:
             return str(exc)
+        records = get_segment_record_bytes_bound(task)
+        if records > MAX_SEGMENT_RECORD_BYTES:
+            return f"a segment may read {records:,} bytes of dataset records, over {MAX_SEGMENT_RECORD_BYTES:,}"
         return None
 
     def on_task(self, posting: TaskPosted) -> None:

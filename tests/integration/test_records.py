@@ -153,3 +153,17 @@ def test_record_requests_are_bounded_and_exact(proved: dict[str, Any]) -> None:
         store.answer(encode_record_request(digest, proved["num_records"]))
     with pytest.raises(LookupError):
         store.answer(encode_record_request(b"\x07" * 32, 0))
+
+
+def test_segment_record_bound_covers_what_a_segment_reads(proved: dict[str, Any]) -> None:
+    from node.records import get_segment_record_bytes_bound
+
+    task = proved["task"]
+    ds = PackedDataset(proved["digest"], task.data.packed, DirRecords(proved["base"] / "datasets" /
+                                                                       proved["digest"].hex()))
+    keyed = dataclasses.replace(task, seed=987)
+    bound = get_segment_record_bytes_bound(task)
+    for segment in range(task.num_segments):
+        assert len(get_segment_records(ds, keyed, segment)) * 256 <= bound
+    big = dataclasses.replace(task, checkpoint_interval=10**6, total_steps=10**6)
+    assert get_segment_record_bytes_bound(big) == proved["num_records"] * 256  # never more than the set
