@@ -42,13 +42,21 @@ from protocol.claim import (  # noqa: E402
 )
 from protocol.encoding import encode_canonical  # noqa: E402
 from protocol.errors import InvalidTask  # noqa: E402
-from protocol.merkle import compute_merkle_proof, compute_merkle_root  # noqa: E402
+from protocol.merkle import compute_merkle_proof, compute_merkle_root, compute_root_from_leaf_hashes  # noqa: E402
 from protocol.rng import STREAM_DATA, STREAM_DROPOUT, compute_permutation, compute_random_u32  # noqa: E402
-from protocol.constants import OFFLINE_POSTING_ID  # noqa: E402
+from protocol.constants import OFFLINE_POSTING_ID, TENSOR_CHUNK_BYTES  # noqa: E402
 from protocol.rng import compute_training_seed, compute_uniform_f64  # noqa: E402
 from protocol.sampling import compute_segment_sample  # noqa: E402
-from protocol.state import TensorLeaf, compute_leaf_header, compute_state_root, compute_tensor_leaf_hash  # noqa: E402
+from protocol.state import (  # noqa: E402
+    TensorLeaf,
+    compute_chunk_hashes,
+    compute_chunk_proof,
+    compute_leaf_data,
+    compute_state_root,
+    compute_tensor_leaf_hash,
+)
 from protocol.task import Task, compute_task_id, encode_task, get_task_canonical, parse_task_toml  # noqa: E402
+from protocol.messages import compute_claim_announced, compute_fetch_hints_message, encode_message  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
@@ -294,17 +302,31 @@ def gen_state() -> dict[str, Any]:
             _leaf("param/b", np.zeros((0, 3), dtype=np.float32)), _leaf("param/a-b", np.ones(1, dtype=np.float32)), _leaf("param/a0", np.ones(1, dtype=np.float32)),
             _leaf("param/a.b", np.ones(2, dtype=np.float32)), _leaf("param/a_b", np.ones(2, dtype=np.float32)),
             _leaf("meta/step", np.array(0, dtype=np.int64))],
+        # TENSOR_CHUNK_BYTES of f32 is one full chunk; 2 chunks + 12 bytes is three with a short last one.
+        "chunk boundaries: one full chunk, three chunks with a short last one": [
+            _leaf("param/full", np.arange(TENSOR_CHUNK_BYTES // 4, dtype=np.float32)),
+            _leaf("param/multi", np.arange((2 * TENSOR_CHUNK_BYTES + 12) // 4, dtype=np.float32).reshape(-1, 1)),
+            _leaf("meta/step", np.array(3, dtype=np.int64))],
     }
     out = []
     for label, leaves in states.items():
-        out.append({
-            "name": label,
-            "leaves": [{"name": lf.name, "dtype": lf.dtype, "shape": list(lf.shape), "data": lf.data.hex(),
-                        "leaf_data": (compute_leaf_header(lf.name, lf.dtype, lf.shape) + lf.data).hex(),
-                        "leaf_hash": compute_tensor_leaf_hash(lf).hex()} for lf in leaves],
-            "state_root": compute_state_root(leaves).hex(),
-        })
-    return {"section": "SPEC.md §5", "states": out}
+        items = []
+        for lf in leaves:
+            hashes = compute_chunk_hashes(lf.data)
+            item: dict[str, Any] = {"name": lf.name, "dtype": lf.dtype, "shape": list(lf.shape)}
+            if len(lf.data) > 64:  # big tensors by rule: element j is j (exact in binary32)
+                item.update({"fill": "arange", "data_sha256": hashlib.sha256(lf.data).hexdigest()})
+            else:
+                item["data"] = lf.data.hex()
+            chunk_root = compute_root_from_leaf_hashes(hashes)
+            item.update({
+                "chunk_hashes": [h.hex() for h in hashes], "chunk_root": chunk_root.hex(),
+                "chunk_paths": [[p.hex() for p in compute_chunk_proof(lf.data, i).path] for i in range(len(hashes))],
+                "leaf_data": compute_leaf_data(lf.name, lf.dtype, lf.shape, chunk_root).hex(),
+                "leaf_hash": compute_tensor_leaf_hash(lf).hex()})
+            items.append(item)
+        out.append({"name": label, "leaves": items, "state_root": compute_state_root(leaves).hex()})
+    return {"section": "SPEC.md §5", "chunk_bytes": TENSOR_CHUNK_BYTES, "states": out}
 
 
 def gen_claims() -> dict[str, Any]:
@@ -321,7 +343,13 @@ def gen_claims() -> dict[str, Any]:
                       "signing_message": compute_claim_signing_message(body).hex(),
                       "signature": claim.signature.hex(), "claim_hex": encode_claim(claim).hex(),
                       "run_seed": str(compute_training_seed(compute_task_id(task), body.prover, posting))})
-    return {"section": "SPEC.md §6", "cases": cases}
+        hints = ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",) if posting != \
+            OFFLINE_POSTING_ID else ()
+        announced = compute_claim_announced(claim, hints, sk)
+        cases[-1]["announce"] = {  # the claims-topic message with its signed fetch hints (§16.6)
+            "fetch": list(hints), "fetch_message": compute_fetch_hints_message(compute_claim_id(body), hints).hex(),
+            "fetch_signature": announced.fetch_signature.hex(), "envelope": encode_message(announced).hex()}
+    return {"section": "SPEC.md §6, §16.6", "cases": cases}
 
 
 def gen_sampling() -> dict[str, Any]:
