@@ -84,7 +84,7 @@ def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: byt
         fh.write(len(raw).to_bytes(8, "little") + raw)
         for name in order:
             arr = arrays[name]
-            fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+            fh.write(np.ascontiguousarray(arr).data.cast("B"))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -165,7 +165,7 @@ def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None,
             # Read in place into a buffer a state then uses as is (training.get_state_from_leaves): loading
             # a checkpoint to train on never holds two copies of it.
             buf = bytearray(nbytes)
-            got = fh.readinto(buf)
+            got = fh.readinto(buf)  # type: ignore[attr-defined]  # an open file, not any BinaryIO
             data: bytes = buf  # type: ignore[assignment]
         else:
             data = fh.read(nbytes)

@@ -78,17 +78,18 @@ def _check_regular(path: Path, limit: int | None = None) -> int:
     return st.st_size
 
 
-def _dtype_name(dt: np.dtype) -> str:  # type: ignore[type-arg]
+def _dtype_name(dt: np.dtype) -> str:
     for name, code in _NUMPY_DTYPES.items():
         if np.dtype(code) == dt.newbyteorder("<"):
             return name
     raise InvalidInput(f"array dtype {dt} is not one of {sorted(_NUMPY_DTYPES)}")
 
 
-def _load_npy(path: Path) -> np.ndarray:  # type: ignore[type-arg]
+def _load_npy(path: Path) -> np.ndarray:
     _check_regular(path)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        arr: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        return arr
     except (ValueError, OSError) as exc:
         raise InvalidInput(f"{path} is not a readable .npy file: {exc}") from None
 
@@ -121,7 +122,7 @@ def _tokens(files: list[Path], dtype: str) -> _Source:
     return _Source(dtype, (), sum(sizes) // width, chunks())
 
 
-def _rows(arrays: list[np.ndarray], dtype: str, batch: int = 4096) -> Iterator[bytes]:  # type: ignore[type-arg]
+def _rows(arrays: list[np.ndarray], dtype: str, batch: int = 4096) -> Iterator[bytes]:
     code = _NUMPY_DTYPES[dtype]
     for arr in arrays:
         for start in range(0, len(arr), batch):
