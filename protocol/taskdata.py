@@ -129,7 +129,7 @@ def validate_packed_data(sha256: bytes, p: PackedData | None, family: str, model
         _check(p.item_shape == (), "token items are scalars: item_shape must be []")
         limit = min(MAX_VOCAB, 1 << (8 * p.item_bytes))
         _check(2 <= p.classes <= limit, f"classes (the vocabulary size) must be in [2, {limit}] for {p.format}")
-        _check(family == "transformer", f"a token dataset trains the transformer family, not {family}")
+        _check(family in ("transformer", "graph"), f"a token dataset trains a transformer or a graph, not {family}")
         context = int(getattr(model, "context", 0))
         _check(p.num_items >= context + 1, f"{p.num_items} tokens cannot fill one window of context + 1 = "
                                            f"{context + 1} tokens")
@@ -138,10 +138,10 @@ def validate_packed_data(sha256: bytes, p: PackedData | None, family: str, model
         _check(2 <= p.classes <= 1 << 16, "classes (label classes) must be in [2, 65536]")
         _check(1 <= p.pixel_scale <= 65535, "pixel_scale must be in [1, 65535]")
         _check(p.num_items <= MAX_IMAGE_ITEMS, f"an image dataset in a task holds at most {MAX_IMAGE_ITEMS} items")
-        _check(family in ("mlp", "cnn"), f"an image dataset trains the mlp or cnn family, not {family}")
-        if family == "cnn":
-            _check(len(p.item_shape) == 2 and p.item_shape[0] == p.item_shape[1],
-                   "the cnn family takes square single-channel images [S, S]")
+        _check(family in ("mlp", "cnn", "graph"), f"an image dataset trains the mlp or cnn family or a graph, "
+                                                  f"not {family}")
+        if family == "cnn":  # the family's graph reshapes its input to one 8x8 channel (§11)
+            _check(p.item_shape == (8, 8), "the cnn family takes [8, 8] images (a graph takes any shape)")
     del batch_size  # every batch size is valid: batches wrap around epochs
     want = compute_identity_hash(p.get_identity())
     _check(want == sha256, f"data.sha256 {sha256.hex()} is not the hash of the packed dataset the [data] "

@@ -68,7 +68,7 @@ def test_packed_task_rules(tokens: tuple[Path, bytes, Any]) -> None:
             parse_task(_doc(m, **change))
     doc = _doc(m)
     doc["model"] = {"family": "mlp"}
-    with pytest.raises(InvalidTask, match="transformer family"):
+    with pytest.raises(InvalidTask, match="transformer or a graph"):
         parse_task(doc)
     doc = _doc(m)
     doc["model"]["context"] = m.num_items

@@ -591,6 +591,63 @@ def gen_segments() -> dict[str, Any]:
     return {"section": "SPEC.md §13, §14", "note": "step_roots[0] is r_0, step_roots[k] is r_1", "segments": out}
 
 
+# §11.1: graph tasks covering every graph operator (tied weights, dropout, patches, non-causal
+# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten), built from the presets of §11.3.
+GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt2-tied-dropout": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "dropout": 0.1}),
+    "llama-style": ("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 4, "context": 6, "norm": "rms_norm",
+                             "mlp": "swiglu", "tied": False, "vocab": 300, "optim.grad_clip": 0.5}),
+    "vit": ("vit", {"d_model": 12, "n_layers": 1, "n_heads": 3, "dropout": 0.2, "patch": 4}),
+    "resnet-pool": ("resnet", {"channels": 3, "blocks": 1, "stages": 3}),
+    "resnet-flatten": ("resnet", {"channels": 2, "blocks": 2, "stages": 2, "kernel": 5, "pool": False,
+                                  "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.05}),
+    "mlp-tanh": ("mlp", {"hidden": (12, 8), "activation": "tanh"}),  # the §11.2 mlp expansion, as a graph task
+}
+GRAPH_STEPS = 2
+
+
+def graph_task(case: str) -> Task:
+    from protocol.presets import get_preset_task
+    from protocol.task import parse_task
+
+    from protocol.graph import get_family_graph, get_graph_canonical
+    from protocol.task import MLPConfig
+
+    preset, sets = GRAPH_CASES[case]
+    sha = "a294f1bbebc6ddcdbc2748588245b2b0d5c5864c0cd89ad469a0495182df8fab" if preset == "gpt2" else DIGITS_SHA
+    task_keys = {"task.batch_size": 3, "task.total_steps": 4, "task.checkpoint_interval": 2, "optim.lr": 0.01}
+    if preset == "mlp":
+        doc = get_preset_task("resnet", task_keys, sha)
+        doc["model"] = get_graph_canonical(get_family_graph("mlp", MLPConfig(**sets)))
+    else:
+        doc = get_preset_task(preset, {**task_keys, **sets}, sha)
+    doc["task"]["name"] = case
+    return parse_task(doc)
+
+
+def gen_graphs() -> dict[str, Any]:
+    from protocol.task import format_task_toml
+
+    out = []
+    for case in GRAPH_CASES:
+        task = graph_task(case)
+        rt = run_runtime(task)
+        state = init_state(rt)
+        params = [{"index": i, "name": s.name, "shape": list(s.shape), "init": s.init[0],
+                   "bound_f64": struct.pack(">d", s.init[1]).hex() if s.init[0] == "uniform" else None,
+                   "sha256": tensor_hash(state.params[s.name])} for i, s in enumerate(rt.specs)]
+        steps = []
+        init_root = compute_root(state).hex()
+        for _ in range(GRAPH_STEPS):
+            loss = train_step(rt, state)
+            steps.append({"loss_f32": f32_bits(np.float32(loss))[0], "root": compute_root(state).hex()})
+        out.append({"name": case, "task_toml": format_task_toml(task), "canonical_hex": encode_task(task).hex(),
+                    "task_id": compute_task_id(task).hex(), **run_binding(task), "params": params,
+                    "init_root": init_root, "steps": steps})
+    return {"section": "SPEC.md §11.1, §10.5, §13", "note": "task_toml is the normalized task; each step from "
+            "the previous state, under the run seed of the vector prover and the offline posting", "graphs": out}
+
+
 GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "msgpack_edges.json": gen_msgpack_edges,
     "tasks.json": gen_tasks,
@@ -605,6 +662,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "datasets.json": gen_datasets,
     "steps.json": gen_steps,
     "segments.json": gen_segments,
+    "graphs.json": gen_graphs,
 }
 
 
