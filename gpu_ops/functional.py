@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import backend, ref
+from . import backend, ref, rowshard
 from .trace import traced
 
 F32 = torch.float32
@@ -46,6 +46,36 @@ def _exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) 
     return _exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
 
 
+# Reductions over the batch rows (dim 0 of an activation). In a data-parallel step
+# (gpu_ops.rowshard) each worker holds some rows, and these give every worker the whole batch's
+# result with the single-process bits; every other op is row-local and needs no hook.
+def _sum_rows(x: torch.Tensor) -> torch.Tensor:
+    """exact_sum(x, dim=0) over the rows of the whole batch."""
+    shard = rowshard.get_shard()
+    return _exact_sum(x, dim=0) if shard is None else rowshard.exact_sum_rows(x, shard)
+
+
+def _matmul_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """matmul(a, b) whose inner dimension K is the batch rows (a weight gradient)."""
+    shard = rowshard.get_shard()
+    return _matmul(a, b) if shard is None else rowshard.matmul_rows(a, b, shard)
+
+
+def _reduce_rows(sums: list[torch.Tensor], matmuls: list[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Several of the above for one op (between workers: two collectives in all)."""
+    shard = rowshard.get_shard()
+    if shard is None:
+        return [_exact_sum(x, dim=0) for x in sums], [_matmul(a, b) for a, b in matmuls]
+    return rowshard.reduce_rows(shard, sums, matmuls)
+
+
+def _count_rows(n: int) -> int:
+    """The number of rows of the whole batch, of which this worker holds ``n``."""
+    shard = rowshard.get_shard()
+    return n if shard is None else shard.get_global_rows(n)
+
+
 @traced("linear")
 class _Linear(torch.autograd.Function):
     @staticmethod
@@ -58,9 +88,8 @@ class _Linear(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         x, w = ctx.saved_tensors
         dx = _matmul(dy, w) if ctx.needs_input_grad[0] else None  # e.g. not for the data batch
-        dw = _matmul(dy.t(), x)
-        db = _exact_sum(dy, dim=0) if ctx.has_bias else None
-        return dx, dw, db
+        sums, (dw,) = _reduce_rows([dy] if ctx.has_bias else [], [(dy.t(), x)])
+        return dx, dw, sums[0] if ctx.has_bias else None
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,9 +211,10 @@ class _LayerNorm(torch.autograd.Function):
         k = backend.kernels(dy, xhat, rstd, g)
         if k is not None:
             dx, dg, db = k.layer_norm_bwd(dy, xhat, rstd, g)
+            if rowshard.get_shard() is not None:  # dx is row-local; dg and db sum the whole batch
+                (dg, db), _ = _reduce_rows([dy * xhat, dy], [])
             return dx, dg, db, None
-        dg = ref.exact_sum(dy * xhat, dim=0)
-        db = ref.exact_sum(dy, dim=0)
+        (dg, db), _ = _reduce_rows([dy * xhat, dy], [])
         dxhat = dy * g
         a = ref.exact_mean(dxhat, -1, keepdim=True)
         c = ref.exact_mean(dxhat * xhat, -1, keepdim=True)
@@ -270,14 +300,15 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         k = backend.kernels(logits)
+        ctx.rows = _count_rows(logits.shape[0])  # N: the whole batch's rows
         if k is not None:
             _, p, picked_k = k.log_softmax_fwd(logits, target)
             assert picked_k is not None
             ctx.save_for_backward(p, target)
-            return -(k.exact_sum(picked_k) / _c(float(picked_k.numel())))
+            return -(_sum_rows(picked_k) / _c(float(ctx.rows)))
         logp, e, s = log_softmax_forward(logits)
         picked = logp.gather(1, target.view(-1, 1)).view(-1)
-        loss = -ref.exact_mean(picked)
+        loss = -(_sum_rows(picked) / _c(float(ctx.rows)))
         ctx.save_for_backward(e / s, target)
         return loss
 
@@ -285,11 +316,11 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, dloss: torch.Tensor) -> Any:
         p, target = ctx.saved_tensors
         k = backend.kernels(p, dloss)
-        if k is not None:
+        if k is not None and ctx.rows == p.shape[0]:
             return k.cross_entropy_bwd(p, target, float(dloss)), None
         onehot = torch.zeros_like(p)
         onehot.scatter_(1, target.view(-1, 1), 1.0)
-        g = (p - onehot) / _c(float(p.shape[0]))
+        g = (p - onehot) / _c(float(ctx.rows))
         return g * dloss, None
 
 
@@ -312,7 +343,7 @@ class _Embedding(torch.autograd.Function):
         onehot_t = torch.zeros(ctx.vocab, flat.numel(), dtype=F32)
         onehot_t[flat, torch.arange(flat.numel())] = 1.0
         # Repeated indices accumulate through the exact matmul, never through scatter-add.
-        return None, _matmul(onehot_t, dy.reshape(flat.numel(), -1))
+        return None, _matmul_rows(onehot_t, dy.reshape(flat.numel(), -1))
 
 
 def embedding(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -329,7 +360,7 @@ class _AddBroadcast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        return dy, _exact_sum(dy, dim=0)
+        return dy, _sum_rows(dy)
 
 
 def add_broadcast(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -530,8 +561,8 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
-        dw = _matmul(dy2.t(), cols_t).view_as(w)
-        db = _exact_sum(dy2, dim=0)
+        (db,), (dw,) = _reduce_rows([dy2], [(dy2.t(), cols_t)])
+        dw = dw.view_as(w)
         if not ctx.needs_input_grad[0]:  # the first layer's input is the data batch
             return None, dw, db
         dcols = _matmul(dy2, w.reshape(o, -1))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import backend, ref
-from .functional import _MatmulNT, _MergeHeads, _SplitQKV, _exact_sum, matmul, softmax
+from .functional import _MatmulNT, _MergeHeads, _reduce_rows, _SplitQKV, _exact_sum, _sum_rows, matmul, softmax
 from .trace import traced
 
 F32 = torch.float32
@@ -89,7 +89,7 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         xhat, rstd, g = ctx.saved_tensors
         n = _c(float(xhat.shape[-1]))
-        dg = _exact_sum(dy * xhat, dim=0)
+        dg = _sum_rows(dy * xhat)  # over the whole batch's rows (gpu_ops.rowshard)
         dxhat = dy * g
         c = _exact_sum(dxhat * xhat, -1, keepdim=True) / n
         return (dxhat - xhat * c) * rstd, dg, None
@@ -170,8 +170,8 @@ class _Conv2dGeneral(torch.autograd.Function):
         n, c, h, wd, k, s, pad, ho, wo = ctx.geom
         o = w.shape[0]
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * ho * wo, o)
-        dw = _matmul_bias(dy2.t(), cols_t, None).view_as(w)
-        db = _exact_sum(dy2, dim=0)
+        (db,), (dw,) = _reduce_rows([dy2], [(dy2.t(), cols_t)])  # over the whole batch's rows
+        dw = dw.view_as(w)
         if not ctx.needs_input_grad[0]:
             return None, dw, db, None, None
         dcols = _matmul_bias(dy2, w.reshape(o, -1), None).view(n, ho, wo, c, k, k)

@@ -21,7 +21,7 @@ from protocol.graph import GraphInfo, analyze_graph
 from protocol.rng import STREAM_DROPOUT, STREAM_INIT, compute_random_u32, compute_uniform_f64
 from protocol.task import Task, get_graph_input, get_model_graph
 
-from . import backend, graph, trace
+from . import backend, graph, rowshard, trace
 from . import functional as F
 from .graph import Forward
 
@@ -79,7 +79,11 @@ def _uniform_f64(seed: int, index: int, count: int) -> np.ndarray:
 def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
     """F.dropout_mask of the Philox words (seed, STREAM_DROPOUT, step, site); in C when available
     (gpu_ops/cpu/nnops.c, equal to protocol.rng bit for bit: tests/gpu_ops/test_fast_vs_ref.py)."""
-    mask = _compute_dropout_mask(seed, step, site, p, shape)
+    shard = rowshard.get_shard()
+    if shard is None:
+        mask = _compute_dropout_mask(seed, step, site, p, shape)
+    else:  # a data-parallel worker: its rows of the whole batch's mask (dim 0 is the sample)
+        mask = _compute_dropout_mask(seed, step, site, p, (shard.total, *shape[1:]))[shard.lo:shard.hi]
     rec = trace.get_recorder()
     if rec is not None:  # the mask is an input of the dropout op; the step comes from the dispute
         rec.record("dropout_mask", [site, p, list(shape)], [], [mask])

@@ -131,8 +131,18 @@ def cmd_prove(args: argparse.Namespace) -> int:
     posting_id = _read_posting_id(args.posting, task)
     _register_datasets(args.dataset)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
-        result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
-                       keep_step_roots=args.keep_step_roots)
+        if args.workers != 1:  # data-parallel (SPEC.md §13.1): the same claim and roots as one process
+            from prover.distributed import prove_with_workers
+
+            try:
+                result = prove_with_workers(task, Path(args.out), key.bls_secret_key, args.workers,
+                                            progress=bar.update, posting_id=posting_id,
+                                            keep_step_roots=args.keep_step_roots)
+            except ValueError as exc:
+                raise CliError(f"--workers {args.workers}: {exc}") from None
+        else:
+            result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
+                           keep_step_roots=args.keep_step_roots)
     doc = {
         "task_id": compute_task_id(task).hex(),
         "posting_id": posting_id.hex(),
@@ -523,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a packed dataset directory the task trains on (`pol dataset pack`; repeatable)")
     pr.add_argument("--keep-step-roots", action="store_true",
                     help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
+    pr.add_argument("--workers", type=int, default=1,
+                    help="data-parallel worker processes on this machine (gloo over 127.0.0.1); the state roots "
+                         "are the same for any number (default 1: this process alone)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from protocol import bls
 from protocol.claim import Claim, compute_claim_body, compute_claim_id, compute_signed_claim
@@ -39,6 +39,16 @@ log = logging.getLogger(__name__)
 
 # Called after every step with (step, loss); the CLI draws its progress bar with it.
 ProgressFn = Callable[[int, float], None]
+
+
+class StepSync(Protocol):
+    """Keeps the other workers of a data-parallel proof in step with this one (prover/distributed.py)."""
+
+    def start(self, rt: Runtime, state: TrainState) -> None:
+        """The state training starts (or resumes) from, before the first step."""
+
+    def checkpoint(self, state: TrainState, root: bytes) -> None:
+        """Every worker reached ``root`` after step ``state.step``; called before the checkpoint is written."""
 
 
 class ProveError(PolError):
@@ -93,7 +103,7 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
 
 def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None = None,
           posting_id: bytes = OFFLINE_POSTING_ID, keep_step_roots: bool = False,
-          run_seed: int | None = None) -> ProveResult:
+          run_seed: int | None = None, sync: StepSync | None = None) -> ProveResult:
     """Run (or resume) the proof of ``task`` in ``out`` and write the signed claim.
 
     ``posting_id`` names the task posting the claim answers (SPEC.md §16.3); with it and the prover's
@@ -103,7 +113,8 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
     the prover then computes on demand (prover.steps); ``keep_step_roots`` hashes after every
     step instead and writes them to DIR/steps/ as it goes (costly: a full state hash per step).
     ``run_seed`` replaces the prover-keyed seed: refereed mode (SPEC.md §17.6), where all
-    provers of a posting train the same run.
+    provers of a posting train the same run. ``sync``: this process is rank 0 of a data-parallel
+    proof (SPEC.md §13.1; it must run inside ``gpu_ops.rowshard.sharded``), the others follow it.
     """
     started = time.perf_counter()
     task_id = compute_task_id(task)
@@ -119,6 +130,8 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
         write_checkpoint_arrays(pdir.checkpoint(0), get_state_arrays(state), root, task_id)
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
+    if sync is not None:
+        sync.start(rt, state)
     loss: float | None = entries[-1].loss
     step_roots: list[bytes] = []  # roots after each step of the current segment, if kept
     if keep_step_roots:
@@ -133,6 +146,8 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
             index = state.step // k
             # hashed and written from the tensors' own memory: no second copy of the state
             root = compute_root(state)
+            if sync is not None:
+                sync.checkpoint(state, root)
             if keep_step_roots:
                 write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
                 step_roots = []

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpu_ops import nn, optim, trace
+from gpu_ops import nn, optim, rowshard, trace
 from protocol.errors import InvalidCheckpoint, PolError
 from protocol.state import STEP_TENSOR, TensorLeaf, compute_state_root_from_arrays
 from protocol.task import Task
@@ -102,6 +102,9 @@ def train_step(rt: Runtime, state: TrainState) -> float:
     task = rt.task
     rec = trace.get_recorder()  # set only while a dispute asks for this step's operator trace
     x, y = rt.dataset.get_batch(rt.keyed_task, state.step)
+    shard = rowshard.get_shard()
+    if shard is not None:  # a data-parallel worker trains on its samples of the batch (SPEC.md §13.1)
+        x, y = x[shard.lo:shard.hi], y[shard.lo:shard.hi]
     if rec is not None:
         rec.record("batch", [], [], [x, y])
     names = sorted(state.params)
