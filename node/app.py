@@ -51,6 +51,7 @@ from .chainstate import ChainState
 from .config import ConfigError, NodeConfig
 from .guard import Guard
 from .limits import get_limits
+from .records import PROTO_RECORD
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class Node:
         self.net.set_request_handler(PROTO_SYNC, self.guard.serving(self._serve_sync))
         self.net.set_request_handler(PROTO_PROOF, self.guard.serving(self.worker.serve_proof))
         self.net.set_request_handler(PROTO_CHUNK, self.guard.serving(self.worker.chunk_server.serve))
+        self.net.set_request_handler(PROTO_RECORD, self.guard.serving(self.worker.records.serve))
         await start_p2p(self)
         index = self.verifier_index
         if index is not None and self.genesis.verifiers[index].peer_id != self.net.peer_id:
@@ -422,6 +424,8 @@ class Node:
                     record = self.chain.state.tasks.get(task_id)
                     if record is not None and record.status == "open":
                         self.worker.on_task(posting)
+            if self.config.prune_settled:  # settled claims are never replayed again: free their checkpoints
+                self.worker.prune_settled()
 
     async def _pending_loop(self) -> None:
         while True:

@@ -19,6 +19,7 @@
     cheat = ""                        # "" honest, "tamper": alters one checkpoint and re-signs
     # optional: tick_s = 0.5, sync_interval_s = 2.0, fetch_timeout_s = 10.0,
     # fetch_chunks_per_s = 0 (pace of /pol/chunk/2 requests, 512 KiB each; 0 = as fast as holders answer)
+    # prune_settled = false (delete a claim's intermediate checkpoints once it is settled: prover.prune)
     # settlement on an EVM chain (node.onchain; without rpc_url the node folds gossip into a local
     # ledger, a model for tests that is NOT for money):
     rpc_url = "http://127.0.0.1:8545"  # JSON-RPC over HTTP
@@ -75,6 +76,7 @@ class NodeConfig:
     sync_interval_s: float = 2.0
     fetch_timeout_s: float = 10.0
     fetch_chunks_per_s: float = 0.0  # chunk requests per second when fetching; 0 = unpaced
+    prune_settled: bool = False  # delete a claim's checkpoints but 0 and S once it is settled (prover.prune)
     rpc_url: str = ""  # settlement chain; "" = gossip-folded ledger (a model, not for money)
     chain_id: int = 0
     contract: str = ""
@@ -95,7 +97,7 @@ class NodeConfig:
 KNOWN_KEYS: set[str] = {
     "role", "key", "genesis", "data_dir", "listen_host", "listen_port", "http_host", "http_port",
     "announce_addrs", "bootstrap", "log_file", "log_level", "prove_tasks", "cheat", "tick_s",
-    "sync_interval_s", "fetch_timeout_s", "fetch_chunks_per_s", "names",
+    "sync_interval_s", "fetch_timeout_s", "fetch_chunks_per_s", "names", "prune_settled",
     # settlement chain (see _chain_fields)
     "rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s", "chain_start_block",
 }
@@ -200,6 +202,9 @@ def load_config(path: Path) -> NodeConfig:
     chunks_per_s = raw.get("fetch_chunks_per_s", 0)
     if isinstance(chunks_per_s, bool) or not isinstance(chunks_per_s, (int, float)) or not 0 <= chunks_per_s <= 1e6:
         raise fail("fetch_chunks_per_s", f"must be a number in [0, 1e6], not {chunks_per_s!r}")
+    prune_settled = raw.get("prune_settled", False)
+    if not isinstance(prune_settled, bool):
+        raise fail("prune_settled", "must be true or false")
     limits = {k: v for k, v in raw.items() if k in _limit_keys()}
     try:
         from .limits import get_limits
@@ -219,6 +224,7 @@ def load_config(path: Path) -> NodeConfig:
         log_level=log_level, prove_tasks=strings("prove_tasks"), cheat=cheat,
         tick_s=number("tick_s", 0.5), sync_interval_s=number("sync_interval_s", 2.0),
         fetch_timeout_s=number("fetch_timeout_s", 10.0), fetch_chunks_per_s=float(chunks_per_s),
+        prune_settled=prune_settled,
         listen_host=host("listen_host"), http_host=host("http_host"),
         announce_addrs=multiaddrs("announce_addrs"), names={k.lower(): v for k, v in names.items()},
         config_file=Path(path).resolve(),

@@ -138,6 +138,10 @@ class Store:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (claim_id, index, root, path))
 
+    def delete_checkpoints(self, claim_id: bytes) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM checkpoints WHERE claim_id = ?", (claim_id,))
+
     def get_proof(self, claim_id: bytes) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT dir FROM proofs WHERE claim_id = ?", (claim_id,)).fetchone()

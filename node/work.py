@@ -34,6 +34,14 @@ from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
 from .chunks import ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
+from .records import (
+    MAX_SEGMENT_RECORD_BYTES,
+    RecordFetcher,
+    RecordFetchFailed,
+    RecordStore,
+    get_segment_record_bytes_bound,
+    get_segment_records,
+)
 
 if TYPE_CHECKING:
     from .app import Node
@@ -59,12 +67,16 @@ class Worker:
         self._roots: dict[bytes, list[bytes]] = {}
         self._replays: dict[tuple[bytes, int], bytes] = {}
         self.skipped: dict[bytes, str] = {}  # claims this verifier will not vote on, and why
+        self._pruned: set[bytes] = set()  # settled claims whose checkpoints are gone (prune_settled)
         self._names: dict[bytes, list[str]] = {}  # task id -> tensor names of its training state
         self._layouts: dict[bytes, dict[str, tuple[str, tuple[int, ...]]]] = {}  # task id -> name -> dtype, shape
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
         self.fetcher = ChunkFetcher(self._request, node.config.fetch_chunks_per_s)
+        # packed datasets (SPEC.md §12.4): full copies a prover trains on, and records fetched for replays
+        self.records = RecordStore(node.config.data_dir / "datasets", node.config.data_dir / "records")
+        self.record_fetcher = RecordFetcher(self.records, self._request)
 
     # --- triggers ------------------------------------------------------------------------------
 
@@ -107,6 +119,9 @@ class Worker:
             validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
         except (OverBudget, InvalidInput) as exc:
             return str(exc)
+        records = get_segment_record_bytes_bound(task)
+        if records > MAX_SEGMENT_RECORD_BYTES:
+            return f"a segment may read {records:,} bytes of dataset records, over {MAX_SEGMENT_RECORD_BYTES:,}"
         return None
 
     def on_task(self, posting: TaskPosted) -> None:
@@ -169,6 +184,15 @@ class Worker:
         posting = node.chain.postings[task_id]
         task = decode_task(posting.task)
         out = node.config.data_dir / "proofs" / task_id.hex()
+        if task.data.packed is not None:
+            full = await asyncio.to_thread(self.records.full, task.data.sha256)
+            if full is None:
+                log.error("task %s trains on packed dataset %s, which is not in %s; not proving", task_id.hex()[:12],
+                          task.data.sha256.hex(), self.records.datasets_dir)
+                return
+            from prover.packeddata import register_source
+
+            register_source(full)
         log.info("proving task %s (%d steps)%s", task_id.hex()[:12], task.total_steps,
                  f" [cheat: {node.config.cheat}]" if node.config.cheat else "")
         async with self._cpu:
@@ -189,6 +213,11 @@ class Worker:
             if task_id not in self._runtimes:
                 from prover.training import Runtime
 
+                if task.data.packed is not None:  # replays read the full copy, or the records fetched
+                    from prover.packeddata import register_source
+
+                    register_source(await asyncio.to_thread(self.records.source, task.data.sha256, task.data.packed))
+
                 self._runtimes[task_id] = await asyncio.to_thread(Runtime.for_task, task)
         rt = self._runtimes[task_id]
         return rt if claim is None else rt.with_seed(compute_claim_training_seed(claim))
@@ -206,7 +235,7 @@ class Worker:
             try:
                 vote = await self._verify_once(claim_id)
                 break
-            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, RecordFetchFailed, InvalidInput) as exc:
                 if node.now() >= self._deadline(claim_id):
                     self.skipped[claim_id] = f"unavailable: {exc}"
                     log.warning("claim %s: giving up, data unavailable (%s)", claim_id.hex()[:12], exc)
@@ -278,7 +307,7 @@ class Worker:
                 roots = await self.fetch_roots(claim_id)
                 replayed = await self.replay(claim_id, rt, roots, s)
                 break
-            except (FetchFailed, ChunkFetchFailed, InvalidInput) as exc:
+            except (FetchFailed, ChunkFetchFailed, RecordFetchFailed, InvalidInput) as exc:
                 log.info("dispute %s: replay failed (%s); retrying", dispute_id.hex()[:12], exc)
                 await asyncio.sleep(RETRY_S)
         else:
@@ -295,13 +324,17 @@ class Worker:
         if key in self._replays:
             return self._replays[key]
         path = await self.fetch_checkpoint(claim_id, s, roots[s], rt)
+        if rt.task.data.packed is not None:  # only the records this segment reads, each with its proof
+            needed = await asyncio.to_thread(get_segment_records, rt.dataset, rt.keyed_task, s)
+            await self.record_fetcher.ensure(rt.task.data.sha256, rt.task.data.packed, needed,
+                                             self._candidates(claim_id))
 
         def work() -> bytes:
             from prover.checkpoint import read_checkpoint
             from prover.training import get_state_from_leaves
             from verifier.replay import replay_segment
 
-            state = get_state_from_leaves(rt, read_checkpoint(Path(path), expected_root=roots[s]))
+            state = get_state_from_leaves(rt, read_checkpoint(Path(path), expected_root=roots[s], writable=True))
             if state.step != s * rt.task.checkpoint_interval:
                 raise InvalidMessage(f"checkpoint {s} holds step {state.step}")
             return replay_segment(rt, state, s, roots[s + 1]).replayed_root
@@ -429,6 +462,34 @@ class Worker:
                                  body.task_id)
         self.node.store.put_checkpoint(claim_id, index, root, str(path))
         return str(path)
+
+    # --- pruning -----------------------------------------------------------------------------
+
+    def prune_settled(self) -> int:
+        """Delete the checkpoints of settled claims (node option ``prune_settled``); returns bytes freed.
+
+        A settled claim (paid, slashed or void) is never replayed again: a verifier drops every checkpoint
+        it fetched, a prover keeps checkpoint 0 and the delivered model S of its proof directory."""
+        from prover.prune import prune_fetched, prune_proof_dir
+        from protocol.ledger import is_claim_settled
+
+        freed = 0
+        for claim_id, record in list(self.node.chain.state.claims.items()):
+            if claim_id in self._pruned or not is_claim_settled(record):
+                continue
+            self._pruned.add(claim_id)
+            fetched = self.node.config.data_dir / "checkpoints" / claim_id.hex()
+            self.node.store.delete_checkpoints(claim_id)
+            freed += prune_fetched(fetched).bytes
+            proof = self.node.store.get_proof(claim_id)
+            if proof is not None and Path(proof).is_dir():
+                try:
+                    freed += prune_proof_dir(Path(proof)).bytes
+                except (InvalidInput, OSError) as exc:
+                    log.warning("claim %s: cannot prune %s: %s", claim_id.hex()[:12], proof, exc)
+            self._replays = {k: v for k, v in self._replays.items() if k[0] != claim_id}
+            log.info("claim %s settled (%s): checkpoints pruned", claim_id.hex()[:12], record.status)
+        return freed
 
     # --- serving -----------------------------------------------------------------------------
 

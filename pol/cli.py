@@ -129,6 +129,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     task = _read_task(args.task)
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
+    _register_datasets(args.dataset)
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         if args.workers != 1:  # data-parallel (SPEC.md §13.1): the same claim and roots as one process
             from prover.distributed import prove_with_workers
@@ -156,6 +157,21 @@ def cmd_prove(args: argparse.Namespace) -> int:
     }
     _emit(args, doc, "\n".join(f"{k:18} {v}" for k, v in doc.items()))
     return EXIT_OK
+
+
+def _register_datasets(dirs: list[str] | None) -> None:
+    """``--dataset DIR``: packed datasets a task may train on, found by their hash (SPEC.md §12.3)."""
+    from prover.packeddata import DirRecords, clear_sources, register_source
+    from protocol.errors import InvalidInput
+
+    clear_sources()
+    for d in dirs or []:
+        if not Path(d).is_dir():
+            raise CliError(f"--dataset {d} is not a directory")
+        try:
+            register_source(DirRecords(Path(d)))
+        except InvalidInput as exc:
+            raise CliError(f"--dataset {d}: {exc}") from None
 
 
 def _require_proof_dir(path: Path) -> None:
@@ -187,6 +203,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.posting:
         expected_posting = _read_posting_id(args.posting, _read_task(args.task)) if args.task and not _is_hex(
             args.task, 64) else _read_posting_id_only(args.posting)
+    _register_datasets(args.dataset)
     try:
         total = ProofDir(path).read_task().num_segments
     except (PolError, ValueError):
@@ -211,6 +228,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         text = f"REJECT: check '{report.failed_check}' failed\n{report.reason}"
     _emit(args, doc, head + "\n" + text)
     return EXIT_OK if report.verdict == ACCEPT else EXIT_REJECT
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from prover.prune import prune_proof_dir
+
+    path = Path(args.dir)
+    _require_proof_dir(path)
+    result = prune_proof_dir(path)
+    doc = {"dir": str(path), "files_removed": result.files, "bytes_freed": result.bytes}
+    _emit(args, doc, f"pruned {path}: {result.files} files, {result.bytes:,} bytes freed "
+                     "(kept checkpoint 0, the final checkpoint, the transcript and the claim)")
+    return EXIT_OK
 
 
 def _read_posting_id_only(value: str) -> bytes:
@@ -375,6 +404,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if args.segment < 0:
         raise CliError("--segment must be >= 0")
+    _register_datasets(args.dataset)
     report = audit_segment(Path(args.dir), args.segment)
     doc = dataclasses.asdict(report)
     doc["finding"] = report.finding
@@ -416,6 +446,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
     if args.segment < 0:
         raise CliError("--segment must be >= 0")
+    _register_datasets(args.dataset)
     publish_answers(ProofDir(Path(args.dir)), args.segment, tuple(args.trace_step or ()))
     doc = {"segment": args.segment, "step_roots": True, "traced_steps": sorted(args.trace_step or [])}
     _emit(args, doc, f"answers for segment {args.segment} written to {args.dir}/steps/")
@@ -498,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoded task_posted message; keys the run's randomness (default 'offline': a claim "
                          "for experiments that no ledger accepts)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--dataset", action="append", metavar="DIR",
+                    help="a packed dataset directory the task trains on (`pol dataset pack`; repeatable)")
     pr.add_argument("--keep-step-roots", action="store_true",
                     help="hash the state after every step and keep the roots (default: on demand, `pol answer`)")
     pr.add_argument("--workers", type=int, default=1,
@@ -514,13 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--task", help="the task you asked for (TOML file, 64-hex task id or built-in name): a proof of "
                                   "any other task is rejected (default: trust DIR/task.toml and print what it is)")
     v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
+    v.add_argument("--dataset", action="append", metavar="DIR",
+                   help="the packed dataset directory the task trains on (only the records replayed are read)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    pn = sub.add_parser("prune", help="delete a settled proof's intermediate checkpoints (keeps 0 and the final)")
+    pn.add_argument("dir", help="proof directory with a claim (only prune once the claim is settled)")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(func=cmd_prune)
 
     a = sub.add_parser("audit", help="play the challenger against a proof directory: name the faked step and operator")
     a.add_argument("dir")
     a.add_argument("--segment", type=int, required=True, help="segment index (as named by a reject)")
     a.add_argument("--steps", action="store_true", help="include every step's roots in --json output")
+    a.add_argument("--dataset", action="append", metavar="DIR", help="the packed dataset the task trains on")
     a.add_argument("--json", action="store_true")
     a.add_argument("--report", help="write an HTML report with a plot and its JSON: FILE.html or a directory")
     a.set_defaults(func=cmd_audit)
@@ -529,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("dir")
     an.add_argument("--segment", type=int, required=True, help="disputed segment")
     an.add_argument("--trace-step", type=int, action="append", help="also publish the operator trace of this step")
+    an.add_argument("--dataset", action="append", metavar="DIR", help="the packed dataset the task trains on")
     an.add_argument("--json", action="store_true")
     an.set_defaults(func=cmd_answer)
 

@@ -54,11 +54,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_builtin(args: argparse.Namespace) -> int:
     from prover.datapack import get_stdlib_source_files, pack, pack_digits
 
+    from prover.datapack import DEFAULT_RECORD_BYTES, DIGITS_RECORD_BYTES
+
     out = Path(args.out)
     if args.name == "stdlib-source":
-        manifest = pack(get_stdlib_source_files(), "tokens-u8", out, args.record_bytes)
+        manifest = pack(get_stdlib_source_files(), "tokens-u8", out, args.record_bytes or DEFAULT_RECORD_BYTES)
     else:
-        manifest = pack_digits(out, args.record_bytes)
+        manifest = pack_digits(out, args.record_bytes or DIGITS_RECORD_BYTES)
     _print(args, _describe(manifest, out), f"packed the built-in {args.name} data into {out}")
     return EXIT_OK
 
@@ -84,8 +86,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     from prover.datapack import load_manifest
 
     directory = Path(args.dir)
-    _print(args, _describe(load_manifest(directory), directory), f"packed dataset {directory}")
+    manifest = load_manifest(directory)
+    if args.toml:
+        print(format_data_table(manifest, args.classes))
+        return EXIT_OK
+    _print(args, _describe(manifest, directory), f"packed dataset {directory}")
     return EXIT_OK
+
+
+def format_data_table(manifest: Manifest, classes: int | None) -> str:
+    """The ``[data]`` table of a task training on ``manifest``'s dataset (SPEC.md §12.3)."""
+    if classes is None and manifest.format == "tokens-u8":
+        classes = 256
+    lines = ["[data]", 'adapter = "packed"', f'sha256 = "{compute_packed_dataset_hash(manifest).hex()}"',
+             f'format = "{manifest.format}"', f"item_shape = {list(manifest.item_shape)}",
+             f"num_items = {manifest.num_items}", f"items_per_record = {manifest.items_per_record}",
+             f'records_root = "{manifest.records_root.hex()}"']
+    lines.append(f"classes = {classes}" if classes is not None else
+                 "# classes = ?  (the vocabulary size, or the number of label classes: pass --classes N)")
+    return "\n".join(lines)
 
 
 def register(sub: Any) -> None:
@@ -107,7 +126,9 @@ def register(sub: Any) -> None:
     b.add_argument("name", choices=("stdlib-source", "digits"),
                    help="stdlib-source: the standard library's .py files as bytes; digits: scikit-learn's digits")
     b.add_argument("--out", required=True)
-    b.add_argument("--record-bytes", type=int, default=DEFAULT_RECORD_BYTES)
+    b.add_argument("--record-bytes", type=int, default=None,
+                   help="target bytes per record (default: 65536 for stdlib-source, 64 images for digits, the "
+                        "packing the built-in tasks pin)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_builtin)
     v = ds.add_parser("verify", help="check every record of a packed dataset against its manifest")
@@ -117,4 +138,6 @@ def register(sub: Any) -> None:
     s = ds.add_parser("show", help="print a packed dataset's manifest and hash")
     s.add_argument("dir")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--toml", action="store_true", help="print the [data] table of a task training on it (§12.3)")
+    s.add_argument("--classes", type=int, help="with --toml: the vocabulary size or number of label classes")
     s.set_defaults(func=cmd_show)

@@ -14,6 +14,7 @@ from .constants import MAX_ACTIVATION_BYTES, MAX_SEGMENT_FLOPS, MAX_STATE_BYTES,
 from .errors import InvalidTask, OverBudget
 from .graph import GraphConfig, GraphInfo, analyze_graph
 from .task import CNNConfig, MLPConfig, Task, TransformerConfig, get_graph_input, get_model_graph
+from .taskdata import get_packed_shape
 
 # (in_features, n_classes) of each built-in adapter; n_classes of a text set is an upper bound
 # (its vocabulary is at most the 256 byte values).
@@ -31,9 +32,16 @@ class TaskCost:
     activation_bytes: int = 0  # float32 bytes of every node output of one batch (an upper bound)
 
 
+def get_data_shape(task: Task) -> tuple[int, int]:
+    """(in_features, n_classes) of the task's data: a built-in adapter's, or what a packed dataset states."""
+    if task.data.packed is not None:
+        return get_packed_shape(task.data.packed)
+    return ADAPTER_SHAPES[task.data.adapter]
+
+
 def _shapes(task: Task) -> list[tuple[int, int]]:
     """(rows, cols) of every parameter, with biases as (n, 1); the same layout as the model code."""
-    in_features, n_classes = ADAPTER_SHAPES[task.data.adapter]
+    in_features, n_classes = get_data_shape(task)
     m = task.model
     out: list[tuple[int, int]] = []
     if isinstance(m, MLPConfig):
@@ -60,7 +68,7 @@ def _slot_count(task: Task) -> int:
 
 def get_task_graph_info(task: Task) -> GraphInfo:
     """The task's model graph analysed on its adapter's shapes (classes as an upper bound)."""
-    in_features, n_classes = ADAPTER_SHAPES[task.data.adapter]
+    in_features, n_classes = get_data_shape(task)
     return analyze_graph(get_model_graph(task), get_graph_input(task, in_features, n_classes))
 
 
@@ -81,7 +89,7 @@ def get_task_cost(task: Task) -> TaskCost:
     state_bytes = params * (1 + slots) * _F32 + 8
     if isinstance(m, CNNConfig):
         # each convolution runs at every pixel; the dense layers once per example
-        conv = sum(r * c for r, c in shapes[: 2 * len(m.channels)]) * ADAPTER_SHAPES[task.data.adapter][0]
+        conv = sum(r * c for r, c in shapes[: 2 * len(m.channels)]) * get_data_shape(task)[0]
         per_example = conv + sum(r * c for r, c in shapes[2 * len(m.channels):])
     elif isinstance(m, TransformerConfig):
         # every position through every matrix, plus attention scores and values (context^2 x d per layer)

@@ -106,7 +106,12 @@ def compute_identity(manifest: Manifest) -> dict[str, Any]:
 
 def compute_packed_dataset_hash(manifest: Manifest) -> bytes:
     """``H(DOMAIN_DATASET || "packed" || 0x00 || canonical identity)``: what a task pins."""
-    return hashlib.sha256(DOMAIN_DATASET + b"packed\x00" + encode_canonical(compute_identity(manifest))).digest()
+    return compute_identity_hash(compute_identity(manifest))
+
+
+def compute_identity_hash(identity: dict[str, Any]) -> bytes:
+    """The dataset hash of an identity map (``compute_identity``; a task restates one, §12.3)."""
+    return hashlib.sha256(DOMAIN_DATASET + b"packed\x00" + encode_canonical(identity)).digest()
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

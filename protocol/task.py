@@ -19,6 +19,14 @@ from .constants import DOMAIN_TASK, MAX_CHECKPOINTS, MAX_TASK_BYTES, MAX_TOTAL_S
 from .encoding import decode_canonical, encode_canonical
 from .errors import InvalidTask
 from .graph import GraphConfig, GraphInput, get_family_graph, get_graph_canonical, parse_graph
+from .taskdata import (
+    PACKED_ADAPTER,
+    PackedData,
+    get_data_kind,
+    get_packed_canonical,
+    parse_packed_data,
+    validate_packed_data,
+)
 
 MODEL_FAMILIES = ("mlp", "cnn", "transformer", "graph")
 DATASETS = {"sklearn-digits": "image", "pydoc-topics": "text"}
@@ -54,7 +62,8 @@ class TransformerConfig:
 @dataclass(frozen=True)
 class DataSpec:
     adapter: str
-    sha256: bytes  # 32 bytes, content hash of the adapter's canonical bytes
+    sha256: bytes  # 32 bytes, content hash of the adapter's canonical bytes (or of a packed dataset)
+    packed: PackedData | None = None  # adapter "packed" only: what the task reads of the packed dataset
 
 
 @dataclass(frozen=True)
@@ -166,10 +175,14 @@ def validate_task_fields(task: Task) -> None:
            f"unknown model family {task.model_family!r}; built-in families: {list(MODEL_FAMILIES)}")
     _check((task.model_family == "graph") == isinstance(task.model, GraphConfig),
            f"model family {task.model_family!r} does not match its config")
-    _check(task.data.adapter in DATASETS,
-           f"unknown dataset adapter {task.data.adapter!r}; built-in adapters: {sorted(DATASETS)}")
+    _check(task.data.adapter in DATASETS or task.data.adapter == PACKED_ADAPTER,
+           f"unknown dataset adapter {task.data.adapter!r}; built-in adapters: {sorted(DATASETS)} or "
+           f"{PACKED_ADAPTER!r}")
     _check(len(task.data.sha256) == 32, "data.sha256 must be 32 bytes (64 hex digits)")
-    kind = DATASETS[task.data.adapter]
+    kind = get_data_kind(task.data.adapter, task.data.packed) or DATASETS[task.data.adapter]
+    if task.data.packed is not None or task.data.adapter == PACKED_ADAPTER:
+        validate_packed_data(task.data.sha256, task.data.packed, task.model_family, task.model,
+                             task.batch_size)
     model = task.model
     if isinstance(model, GraphConfig):
         if kind == "text":
@@ -234,7 +247,8 @@ def parse_task(raw: Mapping[str, Any]) -> Task:
         raise InvalidTask(f"unknown model family {family!r}; built-in families: {list(MODEL_FAMILIES)}")
     model = parse_graph(m) if family == "graph" else _fill(_MODEL_CONFIGS[family], m, "model", skip=("family",))
     d = _section(raw, "data")
-    unknown = sorted(set(d) - {"adapter", "sha256"})
+    packed = parse_packed_data(d) if d.get("adapter") == PACKED_ADAPTER else None
+    unknown = sorted(set(d) - {"adapter", "sha256"}) if packed is None else []
     if unknown:
         raise InvalidTask(f"[data] has unknown key(s) {unknown}")
     digest = d.get("sha256")
@@ -251,7 +265,7 @@ def parse_task(raw: Mapping[str, Any]) -> Task:
         ops_version=t.get("ops_version", OPS_SPEC_VERSION),
         model_family=family,
         model=model,
-        data=DataSpec(adapter=d["adapter"], sha256=bytes.fromhex(digest)),
+        data=DataSpec(adapter=d["adapter"], sha256=bytes.fromhex(digest), packed=packed),
         optim=_fill(OptimSpec, _section(raw, "optim"), "optim"),
         schedule=_fill(ScheduleSpec, _section(raw, "schedule"), "schedule"),
     )
@@ -296,7 +310,8 @@ def get_task_canonical(task: Task) -> dict[str, Any]:
             "ops_version": task.ops_version,
         },
         "model": model,
-        "data": {"adapter": task.data.adapter, "sha256": task.data.sha256.hex()},
+        "data": {"adapter": task.data.adapter, "sha256": task.data.sha256.hex()} | (
+            {} if task.data.packed is None else get_packed_canonical(task.data.packed)),
         "optim": _dc_dict(task.optim),
         "schedule": _dc_dict(task.schedule),
     }
@@ -355,6 +370,6 @@ def get_model_context(task: Task) -> int:
 
 def get_graph_input(task: Task, in_features: int, classes: int) -> GraphInput:
     """What the task's data set feeds its graph; ``classes`` may be an upper bound (§18.2)."""
-    if DATASETS[task.data.adapter] == "text":
+    if (get_data_kind(task.data.adapter, task.data.packed) or DATASETS[task.data.adapter]) == "text":
         return GraphInput("tokens", (get_model_context(task),), classes)
     return GraphInput("image", (in_features,), classes)

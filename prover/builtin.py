@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "pydoc-transformer")
+BUILTIN_TASKS = ("digits-mlp", "digits-cnn", "pydoc-transformer", "digits-packed-mlp", "stdlib-transformer",
+                 "stdlib-gpt10m")
 
 
 def resolve_task_path(name_or_path: str) -> Path:

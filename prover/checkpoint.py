@@ -10,11 +10,13 @@ either the old file or the complete new one.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from safetensors.numpy import save
 
 from pol.files import open_regular_file
@@ -57,6 +59,37 @@ def encode_checkpoint(leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> 
 
 def write_checkpoint(path: Path, leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> None:
     write_atomic(path, encode_checkpoint(leaves, root, task_id))
+
+
+_ST_NAMES = {np.dtype("<f4"): ("F32", 4), np.dtype("<i8"): ("I64", 8)}
+
+
+def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: bytes, task_id: bytes) -> int:
+    """Write a checkpoint straight from the tensors' memory (no copy of the state); returns its size.
+
+    The same safetensors layout as ``encode_checkpoint`` (8-byte-aligned header, i64 tensors first,
+    then by name), written to a temporary file, synced and renamed like ``write_atomic``."""
+    order = sorted(arrays, key=lambda k: (-_ST_NAMES[arrays[k].dtype][1], k))
+    header: dict[str, object] = {"__metadata__": {"pol_root": root.hex(), "pol_task_id": task_id.hex()}}
+    offset = 0
+    for name in order:
+        arr = arrays[name]
+        header[name] = {"dtype": _ST_NAMES[arr.dtype][0], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        for name in order:
+            arr = arrays[name]
+            fh.write(np.ascontiguousarray(arr).data.cast("B"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return 8 + len(raw) + offset
 
 
 Layout = frozenset[tuple[str, str, tuple[int, ...]]]  # (name, dtype, shape) of every tensor
@@ -124,11 +157,20 @@ def _parse_header(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> 
     return [(name, dtype, shape, nbytes) for _, _, name, dtype, shape, nbytes in entries]
 
 
-def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None) -> list[TensorLeaf]:
+def _read_leaves(fh: BinaryIO, size: int, what: str, layout: Layout | None,
+                 writable: bool = False) -> list[TensorLeaf]:
     leaves = []
     for name, dtype, shape, nbytes in _parse_header(fh, size, what, layout):
-        data = fh.read(nbytes)
-        if len(data) != nbytes:
+        if writable:
+            # Read in place into a buffer a state then uses as is (training.get_state_from_leaves): loading
+            # a checkpoint to train on never holds two copies of it.
+            buf = bytearray(nbytes)
+            got = fh.readinto(buf)  # type: ignore[attr-defined]  # an open file, not any BinaryIO
+            data: bytes = buf  # type: ignore[assignment]
+        else:
+            data = fh.read(nbytes)
+            got = len(data)
+        if got != nbytes:
             raise InvalidCheckpoint(f"{what} is not a readable safetensors file: truncated in tensor {name}")
         leaves.append(TensorLeaf(name, dtype, shape, data))
     return leaves
@@ -141,12 +183,16 @@ def decode_checkpoint(data: bytes, what: str = "checkpoint", layout: Layout | No
     return _read_leaves(io.BytesIO(data), len(data), what, layout)
 
 
-def read_checkpoint(path: Path, expected_root: bytes | None = None, layout: Layout | None = None) -> list[TensorLeaf]:
+def read_checkpoint(path: Path, expected_root: bytes | None = None, layout: Layout | None = None,
+                    writable: bool = False) -> list[TensorLeaf]:
     """Read a checkpoint and, if given, check its layout (from the header, before reading tensors)
-    and that it hashes to ``expected_root``."""
+    and that it hashes to ``expected_root``.
+
+    ``writable``: the leaves' data are bytearrays that a state built from them takes over without a copy
+    (for loading a state to train on; such leaves are not for encoding into messages)."""
     what = f"checkpoint {path.name}"
     with open_regular_file(path, MAX_CHECKPOINT_BYTES, InvalidCheckpoint, what) as fh:
-        leaves = _read_leaves(fh, os.fstat(fh.fileno()).st_size, what, layout)
+        leaves = _read_leaves(fh, os.fstat(fh.fileno()).st_size, what, layout, writable)
         if fh.read(1):
             raise InvalidCheckpoint(f"{what} grew while being read")
     if expected_root is not None:

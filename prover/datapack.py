@@ -51,6 +51,7 @@ MANIFEST_NAME = "MANIFEST.msgpack"
 LEAVES_NAME = "leaves.bin"
 DEFAULT_RECORD_BYTES = 64 * 1024
 DEFAULT_RECORDS_PER_SHARD = 256
+DIGITS_RECORD_BYTES = 64 * (64 + 2)  # 64 digits per record: the packing the built-in digits tasks pin
 _NUMPY_DTYPES = {"u8": "<u1", "i8": "<i1", "u16": "<u2", "i16": "<i2", "u32": "<u4", "i32": "<i4", "i64": "<i8",
                  "f32": "<f4", "f64": "<f8"}
 _COPY_BLOCK = 1 << 20
@@ -77,17 +78,18 @@ def _check_regular(path: Path, limit: int | None = None) -> int:
     return st.st_size
 
 
-def _dtype_name(dt: np.dtype) -> str:  # type: ignore[type-arg]
+def _dtype_name(dt: np.dtype) -> str:
     for name, code in _NUMPY_DTYPES.items():
         if np.dtype(code) == dt.newbyteorder("<"):
             return name
     raise InvalidInput(f"array dtype {dt} is not one of {sorted(_NUMPY_DTYPES)}")
 
 
-def _load_npy(path: Path) -> np.ndarray:  # type: ignore[type-arg]
+def _load_npy(path: Path) -> np.ndarray:
     _check_regular(path)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        arr: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        return arr
     except (ValueError, OSError) as exc:
         raise InvalidInput(f"{path} is not a readable .npy file: {exc}") from None
 
@@ -120,7 +122,7 @@ def _tokens(files: list[Path], dtype: str) -> _Source:
     return _Source(dtype, (), sum(sizes) // width, chunks())
 
 
-def _rows(arrays: list[np.ndarray], dtype: str, batch: int = 4096) -> Iterator[bytes]:  # type: ignore[type-arg]
+def _rows(arrays: list[np.ndarray], dtype: str, batch: int = 4096) -> Iterator[bytes]:
     code = _NUMPY_DTYPES[dtype]
     for arr in arrays:
         for start in range(0, len(arr), batch):
@@ -323,7 +325,7 @@ def get_stdlib_source_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def pack_digits(out: Path, record_bytes: int = DEFAULT_RECORD_BYTES) -> Manifest:
+def pack_digits(out: Path, record_bytes: int = DIGITS_RECORD_BYTES) -> Manifest:
     """scikit-learn's digits as images-u8+labels (8x8 pixels 0..16, labels 0..9)."""
     import tempfile
 

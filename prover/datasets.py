@@ -100,7 +100,14 @@ def _load(adapter: str) -> Dataset:
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
-    """Load the adapter's data and check it against the task's pinned hash."""
+    """Load the adapter's data and check it against the task's pinned hash.
+
+    A packed dataset (SPEC.md §12.3) is not loaded: its batches read records, checked one by one,
+    from the source registered for its hash (``prover.packeddata``)."""
+    if spec.packed is not None:
+        from .packeddata import PackedDataset
+
+        return PackedDataset(spec.sha256, spec.packed)  # type: ignore[return-value]
     if spec.adapter not in _ADAPTERS:
         raise InvalidTask(f"unknown dataset adapter {spec.adapter!r}; built-in: {sorted(_ADAPTERS)}")
     ds = _load(spec.adapter)

@@ -22,8 +22,17 @@ from protocol.rng import compute_training_seed
 from protocol.state import compute_state_root
 from protocol.task import Task, compute_task_id, format_task_toml
 
-from .checkpoint import read_checkpoint, write_atomic, write_checkpoint
-from .training import Runtime, TrainState, get_state_from_leaves, get_state_leaves, init_state, train_step
+from .checkpoint import read_checkpoint, write_atomic, write_checkpoint_arrays
+from .training import (
+    Runtime,
+    TrainState,
+    compute_root,
+    get_state_arrays,
+    get_state_from_leaves,
+    get_state_leaves,
+    init_state,
+    train_step,
+)
 from .transcript import ProofDir, TranscriptEntry, append_transcript, read_transcript
 
 log = logging.getLogger(__name__)
@@ -82,7 +91,7 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
     while entries:
         last = entries[-1]
         try:
-            leaves = read_checkpoint(pdir.checkpoint(last.index), expected_root=last.root)
+            leaves = read_checkpoint(pdir.checkpoint(last.index), expected_root=last.root, writable=True)
             state = get_state_from_leaves(rt, leaves)
             log.info("resuming from checkpoint %d (step %d)", last.index, state.step)
             return state, entries
@@ -117,9 +126,8 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
     resumed_from = state.step
     k = task.checkpoint_interval
     if not entries:
-        leaves = get_state_leaves(state)
-        root = compute_state_root(leaves)
-        write_checkpoint(pdir.checkpoint(0), leaves, root, task_id)
+        root = compute_root(state)
+        write_checkpoint_arrays(pdir.checkpoint(0), get_state_arrays(state), root, task_id)
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
     if sync is not None:
@@ -136,14 +144,14 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
             step_roots.append(compute_state_root(get_state_leaves(state)))
         if state.step % k == 0:
             index = state.step // k
-            leaves = get_state_leaves(state)
-            root = compute_state_root(leaves)
+            # hashed and written from the tensors' own memory: no second copy of the state
+            root = compute_root(state)
             if sync is not None:
                 sync.checkpoint(state, root)
             if keep_step_roots:
                 write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
                 step_roots = []
-            write_checkpoint(pdir.checkpoint(index), leaves, root, task_id)
+            write_checkpoint_arrays(pdir.checkpoint(index), get_state_arrays(state), root, task_id)
             entries.append(TranscriptEntry(index, state.step, root, loss))
             append_transcript(pdir, entries[-1])
             log.debug("checkpoint %d at step %d: root %s loss %.4f", index, state.step, root.hex(), loss)

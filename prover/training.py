@@ -182,13 +182,18 @@ def _leaf(name: str, t: torch.Tensor) -> TensorLeaf:
 def compute_root(state: TrainState) -> bytes:
     """The state root, hashed straight from the tensors' memory (no leaf copies; same root as
     ``compute_state_root(get_state_leaves(state))``)."""
+    return compute_state_root_from_arrays(get_state_arrays(state))
+
+
+def get_state_arrays(state: TrainState) -> dict[str, np.ndarray]:
+    """Every leaf of the state as a numpy view of the tensor's own memory (no copies)."""
     arrays = {STEP_TENSOR: np.array(state.step, dtype="<i8")}
     for name, t in state.params.items():
         arrays[f"param/{name}"] = _f32_array(t)
     for slot, tensors in state.slots.items():
         for name, t in tensors.items():
             arrays[f"opt/{slot}/{name}"] = _f32_array(t)
-    return compute_state_root_from_arrays(arrays)
+    return arrays
 
 
 def _f32_array(t: torch.Tensor) -> np.ndarray:
@@ -211,7 +216,9 @@ def get_state_from_leaves(rt: Runtime, leaves: list[TensorLeaf]) -> TrainState:
         leaf = by_name[name]
         if leaf.dtype != "f32" or leaf.shape != shape:
             raise InvalidCheckpoint(f"tensor {name} is {leaf.dtype}{list(leaf.shape)}, expected f32{list(shape)}")
-        tensor = torch.from_numpy(leaf.array().copy())
+        arr = leaf.array()
+        # leaves read from a file own writable buffers: use them in place (one copy of the state in memory)
+        tensor = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         if name.startswith("param/"):
             state.params[name[len("param/"):]] = tensor
         else:

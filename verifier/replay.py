@@ -5,20 +5,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from prover.checkpoint import Layout, get_layout, read_checkpoint
+import numpy as np
+
+from prover.checkpoint import Layout, read_checkpoint
 from prover.training import (
     NonFiniteLoss,
     Runtime,
     TrainState,
     compute_root,
+    get_state_arrays,
     get_state_from_leaves,
-    get_state_leaves,
     init_state,
     train_step,
 )
 from prover.transcript import ProofDir
 from protocol.errors import InvalidCheckpoint, InvalidSegment
-from protocol.state import compute_state_root
+from protocol.state import compute_state_root_from_arrays
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,12 @@ def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> Layout:
 
     Returns the layout (names, dtypes, shapes) every checkpoint of the task must have.
     """
-    leaves = get_state_leaves(init_state(rt))
-    layout = get_layout(leaves)
-    expected = compute_state_root(leaves)
+    # Hashed from the state's own tensors and dropped before checkpoint 0 is read: one copy at a time.
+    arrays = get_state_arrays(init_state(rt))
+    layout: Layout = frozenset((name, "i64" if a.dtype == np.dtype("<i8") else "f32", tuple(a.shape))
+                               for name, a in arrays.items())
+    expected = compute_state_root_from_arrays(arrays)
+    del arrays
     if committed_root != expected:
         raise InvalidCheckpoint(
             f"checkpoint 0 root {committed_root.hex()} is not the initial state of this task's seed "
@@ -56,7 +61,7 @@ def check_init(rt: Runtime, pdir: ProofDir, committed_root: bytes) -> Layout:
 
 def load_state(rt: Runtime, pdir: ProofDir, index: int, committed_root: bytes,
                layout: Layout | None = None) -> TrainState:
-    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root, layout=layout)
+    leaves = read_checkpoint(pdir.checkpoint(index), expected_root=committed_root, layout=layout, writable=True)
     state = get_state_from_leaves(rt, leaves)
     if state.step != index * rt.task.checkpoint_interval:
         raise InvalidCheckpoint(f"checkpoint {index} holds step {state.step}, expected "
