@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from protocol.constants import MAX_SEGMENT_FLOPS, MAX_STATE_BYTES
+from protocol.constants import MAX_ACTIVATION_BYTES, MAX_SEGMENT_FLOPS, MAX_STATE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class NodeLimits:
     max_state_bytes: int = MAX_STATE_BYTES  # a task whose checkpoint is larger is not verified here
     max_segment_flops: int = 10**12  # nor one whose segment replay needs more (minutes on a CPU core)
+    max_activation_bytes: int = 1 << 32  # nor a model graph whose step holds more activations (4 GiB)
     gossip_per_s: float = 20.0  # messages per originating peer, sustained (a node publishes a few per claim)
     gossip_burst: float = 200.0
     forward_per_s: float = 200.0  # new gossip relayed to us by one connected peer, whatever its authors
@@ -48,6 +49,9 @@ class NodeLimits:
     pending_ttl_s: float = 300.0
 
 
+_INTEGER_LIMITS = ("max_state_bytes", "max_segment_flops", "max_activation_bytes", "pending_max", "pending_per_peer")
+
+
 def get_limits(extra: Mapping[str, Any]) -> NodeLimits:
     """Limits from the node TOML's optional keys (same names as the fields); unknown keys are not ours."""
     values: dict[str, Any] = {}
@@ -57,15 +61,16 @@ def get_limits(extra: Mapping[str, Any]) -> NodeLimits:
         value = extra[f.name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
             raise ValueError(f"{f.name} must be a non-negative number, got {value!r}")
-        if f.name in ("max_state_bytes", "max_segment_flops", "pending_max", "pending_per_peer"):
+        if f.name in _INTEGER_LIMITS:
             if not isinstance(value, int):
                 raise ValueError(f"{f.name} must be an integer")
             if f.name == "max_state_bytes" and value > MAX_STATE_BYTES:
                 raise ValueError(f"max_state_bytes above the protocol limit {MAX_STATE_BYTES}")
             if f.name == "max_segment_flops" and value > MAX_SEGMENT_FLOPS:
                 raise ValueError(f"max_segment_flops above the protocol limit {MAX_SEGMENT_FLOPS}")
-        values[f.name] = value if f.name in ("max_state_bytes", "max_segment_flops", "pending_max",
-                                             "pending_per_peer") else float(value)
+            if f.name == "max_activation_bytes" and value > MAX_ACTIVATION_BYTES:
+                raise ValueError(f"max_activation_bytes above the protocol limit {MAX_ACTIVATION_BYTES}")
+        values[f.name] = value if f.name in _INTEGER_LIMITS else float(value)
     if "ban_score" in extra:  # a negative number in the file
         values["ban_score"] = float(extra["ban_score"])
     return NodeLimits(**values)

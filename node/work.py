@@ -116,7 +116,7 @@ class Worker:
         """
         limits = self.node.limits
         try:
-            validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops)
+            validate_task_cost(task, limits.max_state_bytes, limits.max_segment_flops, limits.max_activation_bytes)
         except (OverBudget, InvalidInput) as exc:
             return str(exc)
         records = get_segment_record_bytes_bound(task)

@@ -165,7 +165,9 @@ def test_pending_index_is_bounded_per_peer_and_in_total() -> None:
 
 def test_limits_from_config_are_validated() -> None:
     assert get_limits({"gossip_per_s": 5, "max_state_bytes": 1 << 20}).gossip_per_s == 5.0
+    assert get_limits({"max_activation_bytes": 1 << 30}).max_activation_bytes == 1 << 30
     for bad in ({"gossip_per_s": "fast"}, {"max_state_bytes": 1 << 40}, {"pending_max": 1.5},
-                {"gossip_burst": float("nan")}, {"serve_per_s": True}):
+                {"gossip_burst": float("nan")}, {"serve_per_s": True}, {"max_activation_bytes": 1 << 40},
+                {"max_activation_bytes": 2.5}):
         with pytest.raises(ValueError):
             get_limits(bad)
