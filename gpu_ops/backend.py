@@ -38,6 +38,8 @@ _SIGNATURES: dict[str, list[type]] = {
                      _P],
     "im2col": [_P, _P, _P, _I, _I, _I, _I, _I],
     "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
+    "conv2d_fwd": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT],
+    "conv2d_bwd": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT, _INT, _INT],
     "relu_fwd": [_P, _P, _I],
     "scale_mask": [_P, _P, _I, _I, _F, _INT],
     "relu_bwd": [_P, _P, _P, _I],
@@ -59,7 +61,7 @@ _SIGNATURES: dict[str, list[type]] = {
 }
 
 # Functions that return a status (0 ok, -1 out of memory) instead of nothing.
-_RETURNS_INT = frozenset({"exact_mm"})
+_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd"})
 
 _lib: ctypes.CDLL | None = None
 _load_failed = False
@@ -238,6 +240,34 @@ class Kernels:
         xp = torch.empty(c * (h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
         self.lib.im2col(_ptr(x), _ptr(cols), _ptr(xp), n, c, h, w, k)
         return cols
+
+    def conv2d_fwd(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """functional._Conv2d's forward without an im2col matrix: (y, xp), xp the zero-padded input
+        (what the backward needs instead of the im2col matrix, k*k times smaller)."""
+        x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+        n, c, h, wd = x.shape
+        o, _, k, _ = w.shape
+        pad = k // 2
+        y = torch.empty(n, o, h, wd, dtype=F32)
+        xp = torch.empty(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
+        if self.lib.conv2d_fwd(_ptr(x), _ptr(w), _ptr(b), _ptr(y), _ptr(xp), n, c, h, wd, o, k,
+                               _slice_bits(c * k * k), torch.get_num_threads()):
+            raise MemoryError(f"conv2d: no memory for a [{n}x{c}x{h}x{wd}] input")
+        return y, xp
+
+    def conv2d_bwd(self, dy: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, need_dx: bool
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(dx or None, dw, db) of conv2d_fwd from dy [N, O, H, W] and the padded input xp."""
+        dy, w = dy.contiguous(), w.contiguous()
+        n, o, h, wd = dy.shape
+        c, k = w.shape[1], w.shape[2]
+        dw, db = torch.empty_like(w), torch.empty(o, dtype=F32)
+        dx = torch.empty(n, c, h, wd, dtype=F32) if need_dx else None
+        rows = n * h * wd
+        if self.lib.conv2d_bwd(_ptr(dy), _ptr(xp), _ptr(w), _ptr(dw), _ptr(db), _ptr(dx), n, c, h, wd, o, k,
+                               _slice_bits(rows), ref.grid_bits(rows), _slice_bits(o), torch.get_num_threads()):
+            raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
+        return dx, dw, db
 
     def col2im(self, dcols: torch.Tensor, n: int, c: int, h: int, w: int, k: int) -> torch.Tensor:
         """functional._Conv2d.backward's shifted-patch accumulation (row-major offsets, one add each)."""

@@ -21,22 +21,15 @@
 #define POL_GEMM_AVX2 1
 #endif
 
-typedef int64_t i64;
+#include "gemm.h"
 
 #define MR 6
 #define NR 8
 
 static inline uint32_t g_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float g_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline double g_pow2d(int k) { uint64_t u = (uint64_t)(k + 1023) << 52; double d; memcpy(&d, &u, 8); return d; }
 
-/* frexp exponent of the largest |x| from its bits; 0 for 0, inf and NaN (like torch.frexp). */
-static inline int g_exp_of_absbits(uint32_t mb) {
-    int e = 0;
-    if (mb == 0 || mb >= 0x7f800000u) return 0;
-    (void)frexpf(g_u2f(mb), &e);
-    return e;
-}
+#define g_exp_of_absbits mm_exp_of_absbits
 
 /* Exponents of the R lines of length L of x (element strides sr between lines, sl along one). */
 static void line_exps(const float *x, i64 R, i64 L, i64 sr, i64 sl, int32_t *e, uint32_t *tmp) {
@@ -76,6 +69,52 @@ static void pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, cons
         const float *xi = x + i * sr;
         double s = sc[i];
         for (i64 l = 0; l < L; l++) p[l * W + i] = trunc((double)xi[l * sl] * s);
+    }
+    for (i64 i = w; i < W; i++)
+        for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
+}
+
+/* Like pack_lines for an operand given by offset tables: element (line r, index l) is
+ * x[lo[r] + io[l]] (the conv's implicit im2col matrix and its gradients' views, gemm.h). */
+static void pack_tab(const float *x, const i64 *lo, const i64 *io, i64 r, i64 w, i64 W, i64 l0, i64 L,
+                     const double *sc, double *p) {
+    int contig = w == W;
+    for (i64 i = 1; i < w && contig; i++) contig = lo[r + i] == lo[r] + i;
+    if (contig && W == MR) { /* consecutive lines (pixels of one padded row): contiguous loads */
+        const float *xr = x + lo[r];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = xr + io[l0 + l];
+            double *pl = p + l * MR;
+            for (i64 i = 0; i < MR; i++) pl[i] = trunc((double)s[i] * sc[i]);
+        }
+        return;
+    }
+    if (contig && W == NR) {
+        const float *xr = x + lo[r];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = xr + io[l0 + l];
+            double *pl = p + l * NR;
+            for (i64 i = 0; i < NR; i++) pl[i] = trunc((double)s[i] * sc[i]);
+        }
+        return;
+    }
+    if (w == NR && W == NR) { /* eight scattered lines: per index, a gather at fixed offsets */
+        i64 o0 = lo[r], o1 = lo[r + 1], o2 = lo[r + 2], o3 = lo[r + 3], o4 = lo[r + 4], o5 = lo[r + 5],
+            o6 = lo[r + 6], o7 = lo[r + 7];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = x + io[l0 + l];
+            double *pl = p + l * NR;
+            pl[0] = trunc((double)s[o0] * sc[0]); pl[1] = trunc((double)s[o1] * sc[1]);
+            pl[2] = trunc((double)s[o2] * sc[2]); pl[3] = trunc((double)s[o3] * sc[3]);
+            pl[4] = trunc((double)s[o4] * sc[4]); pl[5] = trunc((double)s[o5] * sc[5]);
+            pl[6] = trunc((double)s[o6] * sc[6]); pl[7] = trunc((double)s[o7] * sc[7]);
+        }
+        return;
+    }
+    for (i64 i = 0; i < w; i++) {
+        const float *xi = x + lo[r + i];
+        double s = sc[i];
+        for (i64 l = 0; l < L; l++) p[l * W + i] = trunc((double)xi[io[l0 + l]] * s);
     }
     for (i64 i = w; i < W; i++)
         for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
@@ -187,6 +226,7 @@ typedef struct {
     gbuf bp;    /* packed B: K x (panels * NR) doubles */
     gbuf ap;    /* packed A block: MC x KC doubles */
     gbuf acc;   /* MC x NC double accumulators */
+    gbuf cs;    /* col2im epilogue: one batch's result and a padded plane (floats) */
 } wscratch;
 
 typedef struct {
@@ -211,6 +251,8 @@ typedef struct {
     float *C;
     i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N, npan;
     int t, tc, nth, batch_mode, phase, stream_b;
+    const mmtab *ta, *tb;
+    const mmc2i *c2i;
     volatile int failed;
     wscratch *ws;
     lines shared; /* matrix mode: worker 0's line arrays, filled in parallel */
@@ -267,41 +309,51 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
 }
 
 /* Exponents and scales of rows [r0, r1) of A[b]. */
-static void prep_rows(const mmjob *j, const float *Ab, const lines *l, i64 r0, i64 r1) {
+static void prep_rows(const mmjob *j, i64 b, const lines *l, i64 r0, i64 r1) {
     if (r1 <= r0) return;
-    line_exps(Ab + r0 * j->sam, r1 - r0, j->K, j->sam, j->sak, l->ea + r0, l->tmp + r0);
+    if (j->ta) memcpy(l->ea + r0, j->ta->e + b * j->M + r0, (size_t)(r1 - r0) * sizeof(int32_t));
+    else line_exps(j->A + b * j->sab + r0 * j->sam, r1 - r0, j->K, j->sam, j->sak, l->ea + r0, l->tmp + r0);
     for (i64 m = r0; m < r1; m++) { l->sa[m] = g_pow2d(j->t - l->ea[m]); l->fa[m] = g_pow2d(l->ea[m] - j->t); }
 }
 
 /* Exponents, scales and packed slices of the B panels [p0, p1) of B[b] into bp. Layout: K
  * blocks of KC rows; in the block starting at row k0 (kc rows), panel q is kc x NR doubles at
  * bp + k0 * npan * NR + q * kc * NR. */
-static void prep_panel_scales(const mmjob *j, const float *Bb, const lines *l, i64 p0, i64 p1) {
+static void prep_panel_scales(const mmjob *j, i64 b, const lines *l, i64 p0, i64 p1) {
     if (p1 <= p0) return;
     i64 n0 = p0 * NR, n1 = p1 * NR < j->N ? p1 * NR : j->N;
-    line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + j->M + n0);
+    if (j->tb) memcpy(l->eb + n0, j->tb->e + b * j->N + n0, (size_t)(n1 - n0) * sizeof(int32_t));
+    else line_exps(j->B + b * j->sbb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + j->M + n0);
     for (i64 n = n0; n < n1; n++) { l->sb[n] = g_pow2d(j->t - l->eb[n]); l->fb[n] = g_pow2d(l->eb[n] - j->t); }
     for (i64 n = n1; n < p1 * NR; n++) { l->sb[n] = 0.0; l->fb[n] = 0.0; }
 }
 
-static void prep_panels(const mmjob *j, const float *Bb, const lines *l, double *bp, i64 p0, i64 p1) {
+/* Strip of h <= MR rows from r, K range [k0, k0 + kc) of A[b], packed as integer slices. */
+static void pack_a(const mmjob *j, i64 b, i64 r, i64 h, i64 k0, i64 kc, const double *sc, double *p) {
+    if (j->ta) pack_tab(j->A + b * j->sab, j->ta->lo, j->ta->io, r, h, MR, k0, kc, sc, p);
+    else pack_lines(j->A + b * j->sab + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, sc, p);
+}
+
+/* Panel q (columns q*NR ...), K range [k0, k0 + kc) of B[b]. */
+static void pack_b(const mmjob *j, i64 b, i64 q, i64 k0, i64 kc, const double *sc, double *p) {
+    i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
+    if (j->tb) pack_tab(j->B + b * j->sbb, j->tb->lo, j->tb->io, q * NR, w, NR, k0, kc, sc, p);
+    else pack_lines(j->B + b * j->sbb + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, sc, p);
+}
+
+static void prep_panels(const mmjob *j, i64 b, const lines *l, double *bp, i64 p0, i64 p1) {
     if (p1 <= p0) return;
-    prep_panel_scales(j, Bb, l, p0, p1);
+    prep_panel_scales(j, b, l, p0, p1);
     for (i64 k0 = 0; k0 < j->K; k0 += KC) {
         i64 kc = j->K - k0 < KC ? j->K - k0 : KC;
         double *blk = bp + k0 * j->npan * NR;
-        for (i64 q = p0; q < p1; q++) {
-            i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
-            pack_lines(Bb + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR, blk + q * kc * NR);
-        }
+        for (i64 q = p0; q < p1; q++) pack_b(j, b, q, k0, kc, l->sb + q * NR, blk + q * kc * NR);
     }
 }
 
 /* C[b] rows [m0, m1) x panels [p0, p1), from packed B and the scales in l. */
-static void compute_block(const mmjob *j, i64 b, const lines *l, const double *bp, double *ap, double *acc, i64 m0,
-                          i64 m1, i64 p0, i64 p1) {
-    const float *Ab = j->A + b * j->sab;
-    float *Cb = j->C + b * j->M * j->N;
+static void compute_block(const mmjob *j, i64 b, float *Cb, const lines *l, const double *bp, double *ap,
+                          double *acc, i64 m0, i64 m1, i64 p0, i64 p1) {
     i64 K = j->K, npan = j->npan;
     int one = K <= KC;
     double ct[MR * NR];
@@ -315,7 +367,7 @@ static void compute_block(const mmjob *j, i64 b, const lines *l, const double *b
                 int first = k0 == 0, last = k0 + kc == K;
                 for (i64 s = 0; s < ns; s++) {
                     i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
-                    pack_lines(Ab + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+                    pack_a(j, b, r, h, k0, kc, l->sa + r, ap + s * kc * MR);
                 }
                 const double *blk = bp + k0 * npan * NR;
                 for (i64 q = jc; q < je; q++) {
@@ -345,14 +397,10 @@ static void compute_stream(const mmjob *j, const lines *l, double *ap, double *a
         for (i64 k0 = 0; k0 < K; k0 += KC) {
             i64 kc = K - k0 < KC ? K - k0 : KC;
             int first = k0 == 0, last = k0 + kc == K;
-            for (i64 q = jc; q < je; q++) {
-                i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
-                pack_lines(j->B + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR,
-                           bb + (q - jc) * kc * NR);
-            }
+            for (i64 q = jc; q < je; q++) pack_b(j, 0, q, k0, kc, l->sb + q * NR, bb + (q - jc) * kc * NR);
             for (i64 s = 0; s < ns; s++) {
                 i64 r = s * MR, h = M - r < MR ? M - r : MR;
-                pack_lines(j->A + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+                pack_a(j, 0, r, h, k0, kc, l->sa + r, ap + s * kc * MR);
             }
             for (i64 q = jc; q < je; q++) {
                 i64 n0 = q * NR, w = j->N - n0 < NR ? j->N - n0 : NR;
@@ -381,6 +429,28 @@ static void split(i64 n, i64 unit, int nth, int tid, i64 *a, i64 *b) {
     *b = hi * unit < n ? hi * unit : n;
 }
 
+/* dx[b] from the batch's transposed result d ([C, k, k, H*W]: the column gradients of
+ * functional._Conv2d): each element of the zero-padded plane sums its k*k shifted patch
+ * gradients one float32 add at a time from +0, offsets in row-major order, as the reference;
+ * the adds run along contiguous rows (vectorised across elements, never within one). */
+static void col2im_planes(const float *d, const mmc2i *c, i64 b, float *plane) {
+    i64 k = c->k, pad = k / 2, H = c->H, W = c->W, hp = H + 2 * pad, wp = W + 2 * pad, hw = H * W;
+    for (i64 ch = 0; ch < c->C; ch++) {
+        for (i64 q = 0; q < hp * wp; q++) plane[q] = 0.0f;
+        for (i64 di = 0; di < k; di++)
+            for (i64 dj = 0; dj < k; dj++) {
+                const float *src = d + ((ch * k + di) * k + dj) * hw;
+                for (i64 y = 0; y < H; y++) {
+                    float *dst = plane + (y + di) * wp + dj;
+                    const float *s = src + y * W;
+                    for (i64 x = 0; x < W; x++) dst[x] = dst[x] + s[x];
+                }
+            }
+        float *out = c->dx + (b * c->C + ch) * hw;
+        for (i64 y = 0; y < H; y++) memcpy(out + y * W, plane + (y + pad) * wp + pad, (size_t)W * sizeof(float));
+    }
+}
+
 static void *mm_worker(void *arg) {
     mmarg *a = (mmarg *)arg;
     mmjob *j = a->job;
@@ -392,11 +462,20 @@ static void *mm_worker(void *arg) {
         lines l;
         double *bp = (double *)gb_get(&w->bp, (size_t)j->K * j->npan * NR * sizeof(double));
         if (bad || !bp || lines_get(w, j->M, j->N, j->npan, &l)) { j->failed = 1; return NULL; }
+        float *cs = NULL, *plane = NULL;
+        if (j->c2i) { /* the batch's [C*k*k x H*W] result, then the padded plane col2im adds into */
+            const mmc2i *c = j->c2i;
+            i64 pad = c->k / 2, np = (c->H + 2 * pad) * (c->W + 2 * pad);
+            cs = (float *)gb_get(&w->cs, (size_t)(j->M * j->N + np) * sizeof(float));
+            if (!cs) { j->failed = 1; return NULL; }
+            plane = cs + j->M * j->N;
+        }
         for (i64 b = tid; b < j->nb; b += j->nth) {
-            prep_rows(j, j->A + b * j->sab, &l, 0, j->M);
+            prep_rows(j, b, &l, 0, j->M);
             if (b == tid || j->sbb != 0) /* a broadcast B (batch stride 0) is packed once */
-                prep_panels(j, j->B + b * j->sbb, &l, bp, 0, j->npan);
-            compute_block(j, b, &l, bp, ap, acc, 0, j->M, 0, j->npan);
+                prep_panels(j, b, &l, bp, 0, j->npan);
+            compute_block(j, b, cs ? cs : j->C + b * j->M * j->N, &l, bp, ap, acc, 0, j->M, 0, j->npan);
+            if (cs) col2im_planes(cs, j->c2i, b, plane);
         }
         return NULL;
     }
@@ -406,9 +485,9 @@ static void *mm_worker(void *arg) {
     split(j->M, 1, j->nth, tid, &r0, &r1);
     split(j->npan, 1, j->nth, tid, &p0, &p1);
     if (j->phase == 0) {
-        prep_rows(j, j->A, &j->shared, r0, r1);
-        if (j->stream_b) prep_panel_scales(j, j->B, &j->shared, p0, p1);
-        else prep_panels(j, j->B, &j->shared, j->bp, p0, p1);
+        prep_rows(j, 0, &j->shared, r0, r1);
+        if (j->stream_b) prep_panel_scales(j, 0, &j->shared, p0, p1);
+        else prep_panels(j, 0, &j->shared, j->bp, p0, p1);
         return NULL;
     }
     if (bad) { j->failed = 1; return NULL; }
@@ -420,9 +499,9 @@ static void *mm_worker(void *arg) {
     }
     if (j->M >= (i64)j->nth * MR * 4 || j->npan < j->nth) {
         split(j->M, MR, j->nth, tid, &r0, &r1);
-        compute_block(j, 0, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
+        compute_block(j, 0, j->C, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
     } else {
-        compute_block(j, 0, &j->shared, j->bp, ap, acc, 0, j->M, p0, p1);
+        compute_block(j, 0, j->C, &j->shared, j->bp, ap, acc, 0, j->M, p0, p1);
     }
     return NULL;
 }
@@ -444,17 +523,15 @@ static void run_workers(mmjob *j) {
 static wscratch g_ws[MAXTH];
 static pthread_mutex_t g_ws_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
- * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
- * transposed) when tc != 0; bias (or NULL) is [N]. Up to nth threads (each output element is
- * computed by one of them, from the same exact integers). Returns 0, or -1 when out of memory. */
-int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
-             const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc, int nth) {
+int exact_mm_run(const mmspec *sp) {
     mmjob j;
     memset(&j, 0, sizeof(j));
-    j.A = A; j.B = B; j.C = C; j.bias = bias;
-    j.sab = sab; j.sam = sam; j.sak = sak; j.sbb = sbb; j.sbk = sbk; j.sbn = sbn;
-    j.nb = nb; j.M = M; j.K = K; j.N = N; j.t = t; j.tc = tc;
+    j.A = sp->A; j.B = sp->B; j.C = sp->C; j.bias = sp->bias;
+    j.sab = sp->sab; j.sam = sp->sam; j.sak = sp->sak; j.sbb = sp->sbb; j.sbk = sp->sbk; j.sbn = sp->sbn;
+    j.nb = sp->nb; j.M = sp->M; j.K = sp->K; j.N = sp->N; j.t = sp->t; j.tc = sp->tc;
+    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i;
+    i64 M = j.M, K = j.K, N = j.N, nb = j.nb;
+    int nth = sp->nth;
     j.npan = (N + NR - 1) / NR;
     /* Threads only where the work (32 MFLOP, about a millisecond, per thread at least) outweighs
      * starting them: on a busy machine each hand-off waits for the scheduler, so threading many
@@ -463,7 +540,7 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     if (nth > MAXTH) nth = MAXTH;
     if (nth < 1) nth = 1;
     while (nth > 1 && flops < 3.2e7 * nth) nth--;
-    j.batch_mode = nb > 1;
+    j.batch_mode = nb > 1 || j.c2i != NULL;
     if (j.batch_mode && nth > nb) nth = (int)nb;
     j.nth = nth;
     /* Concurrent callers (other Python threads) get private scratch instead of waiting. */
@@ -484,11 +561,25 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     }
     for (int i = 0; i < j.nth || i < 1; i++) {
         if (owned) {
-            gb_trim(&j.ws[i].lines); gb_trim(&j.ws[i].bp);
+            gb_trim(&j.ws[i].lines); gb_trim(&j.ws[i].bp); gb_trim(&j.ws[i].cs);
         } else {
-            free(priv[i].lines.p); free(priv[i].bp.p); free(priv[i].ap.p); free(priv[i].acc.p);
+            free(priv[i].lines.p); free(priv[i].bp.p); free(priv[i].ap.p); free(priv[i].acc.p); free(priv[i].cs.p);
         }
     }
     if (owned) pthread_mutex_unlock(&g_ws_lock);
     return j.failed ? -1 : 0;
+}
+
+/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
+ * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
+ * transposed) when tc != 0; bias (or NULL) is [N]. Up to nth threads (each output element is
+ * computed by one of them, from the same exact integers). Returns 0, or -1 when out of memory. */
+int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
+             const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc, int nth) {
+    mmspec s;
+    memset(&s, 0, sizeof(s));
+    s.A = A; s.B = B; s.C = C; s.bias = bias;
+    s.sab = sab; s.sam = sam; s.sak = sak; s.sbb = sbb; s.sbk = sbk; s.sbn = sbn;
+    s.nb = nb; s.M = M; s.K = K; s.N = N; s.t = t; s.tc = tc; s.nth = nth;
+    return exact_mm_run(&s);
 }
