@@ -79,13 +79,15 @@ int conv2d_fwd(const float *x, const float *w, const float *bias, float *y, floa
                 e[n * hw + yy * W + xx] = mm_exp_of_absbits(v);
             }
     }
-    mmtab ta = {poff, qoff, e};
+    /* y[n] = W2 @ cols[n].t() (W2 = w as [O, C*k*k]): the reference's product transposed, the same
+     * integer sums and scalings element by element, stored in y's own [O, H*W] layout. */
+    mmtab tb = {poff, qoff, e};
     mmspec s;
     memset(&s, 0, sizeof(s));
-    s.A = xp; s.sab = C * plane; s.ta = &ta;
-    s.B = w; s.sbb = 0; s.sbk = 1; s.sbn = ckk;
-    s.C = y; s.bias = bias; s.tc = 1;
-    s.nb = N; s.M = hw; s.K = ckk; s.N = O; s.t = t; s.nth = nth;
+    s.A = w; s.sab = 0; s.sam = ckk; s.sak = 1;
+    s.B = xp; s.sbb = C * plane; s.tb = &tb;
+    s.C = y; s.bias = bias; s.brow = 1;
+    s.nb = N; s.M = O; s.K = ckk; s.N = hw; s.t = t; s.nth = nth;
     int rc = exact_mm_run(&s);
     free(poff); free(e); free(m);
     return rc;
@@ -159,11 +161,12 @@ int conv2d_bwd(const float *dy, const float *xp, const float *w, float *dw, floa
     int rc = exact_mm_run(&s);
     free(tab); free(e); free(m);
     if (rc || !dx) return rc;
+    /* dcols[n].t() = W2.t() @ dy[n] ([C*k*k, H*W], the layout the fold reads contiguously). */
     mmc2i c2 = {dx, C, H, W, k};
     memset(&s, 0, sizeof(s));
-    s.A = dy; s.sab = O * hw; s.sam = 1; s.sak = hw;
-    s.B = w; s.sbb = 0; s.sbk = ckk; s.sbn = 1;
-    s.c2i = &c2; s.tc = 1;
-    s.nb = N; s.M = hw; s.K = O; s.N = ckk; s.t = t_dx; s.nth = nth;
+    s.A = w; s.sab = 0; s.sam = 1; s.sak = ckk;
+    s.B = dy; s.sbb = O * hw; s.sbk = hw; s.sbn = 1;
+    s.c2i = &c2;
+    s.nb = N; s.M = ckk; s.K = O; s.N = hw; s.t = t_dx; s.nth = nth;
     return exact_mm_run(&s);
 }

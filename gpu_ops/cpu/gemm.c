@@ -74,10 +74,70 @@ static void pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, cons
         for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
 }
 
+#ifdef POL_GEMM_AVX2
+/* pack_tab for W = w = MR or NR scattered lines: one 8-lane gather per index (the loads only;
+ * the conversion, product and truncation are the scalar path's operations, 4 lanes at a time).
+ * Returns 0 when the lines' offsets do not fit the gather's 32-bit indices (nothing written). */
+static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, i64 W, i64 l0, i64 L,
+                           const double *sc, double *p) {
+    int32_t off[8];
+    i64 b0 = lo[r];
+    int contig = 1;
+    for (i64 i = 0; i < 8; i++) {
+        i64 d = i < W ? lo[r + i] - b0 : 0;
+        if (d > INT32_MAX || d < INT32_MIN) return 0;
+        off[i] = (int32_t)d;
+        contig &= i >= W || d == i;
+    }
+    const __m256i vi = _mm256_loadu_si256((const __m256i *)off);
+    const __m256d s0 = _mm256_loadu_pd(sc);
+    const float *xb = x + b0;
+    if (contig) { /* consecutive lines (a conv's pixels in one row): plain loads, no gather */
+        for (i64 l = 0; l < L; l++) {
+            const float *src = xb + io[l0 + l];
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(src)), s0);
+            _mm256_storeu_pd(p + l * W, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            if (W == NR) {
+                __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(src + 4)), _mm256_loadu_pd(sc + 4));
+                _mm256_storeu_pd(p + l * W + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            } else {
+                __m128 t2 = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)(src + 4)));
+                __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(t2), _mm_loadu_pd(sc + 4));
+                _mm_storeu_pd(p + l * W + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            }
+        }
+        return 1;
+    }
+    if (W == NR) {
+        const __m256d s1 = _mm256_loadu_pd(sc + 4);
+        for (i64 l = 0; l < L; l++) {
+            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+            __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+            _mm256_storeu_pd(p + l * NR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            _mm256_storeu_pd(p + l * NR + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        }
+    } else {
+        const __m128d s1 = _mm_loadu_pd(sc + 4);
+        for (i64 l = 0; l < L; l++) {
+            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+            __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+            _mm256_storeu_pd(p + l * MR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            _mm_storeu_pd(p + l * MR + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        }
+    }
+    return 1;
+}
+#endif
+
 /* Like pack_lines for an operand given by offset tables: element (line r, index l) is
  * x[lo[r] + io[l]] (the conv's implicit im2col matrix and its gradients' views, gemm.h). */
 static void pack_tab(const float *x, const i64 *lo, const i64 *io, i64 r, i64 w, i64 W, i64 l0, i64 L,
                      const double *sc, double *p) {
+#ifdef POL_GEMM_AVX2
+    if (w == W && (W == MR || W == NR) && pack_tab_gather(x, lo, io, r, W, l0, L, sc, p)) return;
+#endif
     int contig = w == W;
     for (i64 i = 1; i < w && contig; i++) contig = lo[r + i] == lo[r] + i;
     if (contig && W == MR) { /* consecutive lines (pixels of one padded row): contiguous loads */
@@ -179,6 +239,13 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
 #define NCP 64 /* NC = NCP * NR = 512 columns */
 #endif
 #define MAXTH 64
+
+/* K is cut into equal blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
+ * runs the micro-kernel at a fraction of its speed); block k0 has kblock(K, k0) rows. */
+static inline i64 kblock(i64 K, i64 k0) {
+    i64 nkb = (K + KC - 1) / KC, kc = (K + nkb - 1) / nkb;
+    return K - k0 < kc ? K - k0 : kc;
+}
 /* Per-thread scratch above this size is freed after a call instead of kept for the next one. */
 #define KEEP_BYTES ((size_t)64 << 20)
 
@@ -250,7 +317,7 @@ typedef struct {
     const float *A, *B, *bias;
     float *C;
     i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N, npan;
-    int t, tc, nth, batch_mode, phase, stream_b;
+    int t, tc, brow, nth, batch_mode, phase, stream_b;
     const mmtab *ta, *tb;
     const mmc2i *c2i;
     volatile int failed;
@@ -264,9 +331,12 @@ typedef struct {
     int tid;
 } mmarg;
 
-static void store_tile(float *Cb, const double *ct, const lines *l, const float *bias, i64 i0, i64 n0, i64 h,
-                       i64 w, i64 M, i64 N, int tc) {
-    if (tc) {
+/* The unscale (f32((s + 0) * 2^(ea-t) * 2^(eb-t)), both scalings exact: no double underflow or
+ * overflow for float32 exponents) and the bias (float32 add; per column, or per row when brow). */
+static void store_tile(const mmjob *j, float *Cb, const double *ct, const lines *l, i64 i0, i64 n0, i64 h, i64 w) {
+    const float *bias = j->bias;
+    i64 M = j->M, N = j->N;
+    if (j->tc) {
         for (i64 i = 0; i < h; i++) {
             const double *s = ct + i * NR;
             double f = l->fa[i0 + i];
@@ -286,7 +356,11 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
             __m256d s0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR), z), f), g0);
             __m256d s1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR + 4), z), f), g1);
             __m128 v0 = _mm256_cvtpd_ps(s0), v1 = _mm256_cvtpd_ps(s1);
-            if (bias) {
+            if (bias && j->brow) {
+                __m128 bb = _mm_set1_ps(bias[i0 + i]);
+                v0 = _mm_add_ps(v0, bb);
+                v1 = _mm_add_ps(v1, bb);
+            } else if (bias) {
                 v0 = _mm_add_ps(v0, _mm_loadu_ps(bias + n0));
                 v1 = _mm_add_ps(v1, _mm_loadu_ps(bias + n0 + 4));
             }
@@ -300,7 +374,9 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
         float *cr = Cb + (i0 + i) * N + n0;
         const double *s = ct + i * NR;
         double f = l->fa[i0 + i];
-        if (bias) {
+        if (bias && j->brow) {
+            for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]) + bias[i0 + i];
+        } else if (bias) {
             for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]) + bias[n0 + q];
         } else {
             for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]);
@@ -344,8 +420,8 @@ static void pack_b(const mmjob *j, i64 b, i64 q, i64 k0, i64 kc, const double *s
 static void prep_panels(const mmjob *j, i64 b, const lines *l, double *bp, i64 p0, i64 p1) {
     if (p1 <= p0) return;
     prep_panel_scales(j, b, l, p0, p1);
-    for (i64 k0 = 0; k0 < j->K; k0 += KC) {
-        i64 kc = j->K - k0 < KC ? j->K - k0 : KC;
+    for (i64 k0 = 0, kc; k0 < j->K; k0 += kc) {
+        kc = kblock(j->K, k0);
         double *blk = bp + k0 * j->npan * NR;
         for (i64 q = p0; q < p1; q++) pack_b(j, b, q, k0, kc, l->sb + q * NR, blk + q * kc * NR);
     }
@@ -362,8 +438,8 @@ static void compute_block(const mmjob *j, i64 b, float *Cb, const lines *l, cons
         for (i64 i0 = m0; i0 < m1; i0 += MC) {
             i64 mc = m1 - i0 < MC ? m1 - i0 : MC;
             i64 ns = (mc + MR - 1) / MR;
-            for (i64 k0 = 0; k0 < K; k0 += KC) {
-                i64 kc = K - k0 < KC ? K - k0 : KC;
+            for (i64 k0 = 0, kc; k0 < K; k0 += kc) {
+                kc = kblock(K, k0);
                 int first = k0 == 0, last = k0 + kc == K;
                 for (i64 s = 0; s < ns; s++) {
                     i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
@@ -376,7 +452,7 @@ static void compute_block(const mmjob *j, i64 b, float *Cb, const lines *l, cons
                         i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
                         double *t = one ? ct : acc + (s * NCP + (q - jc)) * MR * NR;
                         ukernel(kc, ap + s * kc * MR, blk + q * kc * NR, t, !first);
-                        if (last) store_tile(Cb, t, l, j->bias, r, n0, h, w, j->M, j->N, j->tc);
+                        if (last) store_tile(j, Cb, t, l, r, n0, h, w);
                     }
                 }
             }
@@ -385,17 +461,19 @@ static void compute_block(const mmjob *j, i64 b, float *Cb, const lines *l, cons
 }
 
 /* Few rows (M <= MC), one matrix: B is not packed whole beforehand (for a long K that would
- * write and re-read K * N doubles, e.g. 75 MB for a conv weight gradient) but one KC x NCS
- * block at a time into bb (L2-sized), right before the rows' strips pass over it. */
-#define NCS 16
+ * write and re-read K * N doubles, e.g. 75 MB for a conv weight gradient) but one KC x ncs
+ * block at a time into bb (L2-sized), right before the rows' strips pass over it. Up to NCS
+ * panels per block, so that all of a narrow B (a conv's 288 columns) is one block and A,
+ * whose packing is the im2col gather for a conv's weight gradient, is packed only once. */
+#define NCS 40
 static void compute_stream(const mmjob *j, const lines *l, double *ap, double *acc, double *bb, i64 p0, i64 p1) {
     i64 K = j->K, M = j->M, ns = (M + MR - 1) / MR;
     int one = K <= KC;
     double ct[MR * NR];
     for (i64 jc = p0; jc < p1; jc += NCS) {
         i64 je = jc + NCS < p1 ? jc + NCS : p1;
-        for (i64 k0 = 0; k0 < K; k0 += KC) {
-            i64 kc = K - k0 < KC ? K - k0 : KC;
+        for (i64 k0 = 0, kc; k0 < K; k0 += kc) {
+            kc = kblock(K, k0);
             int first = k0 == 0, last = k0 + kc == K;
             for (i64 q = jc; q < je; q++) pack_b(j, 0, q, k0, kc, l->sb + q * NR, bb + (q - jc) * kc * NR);
             for (i64 s = 0; s < ns; s++) {
@@ -408,7 +486,7 @@ static void compute_stream(const mmjob *j, const lines *l, double *ap, double *a
                     i64 r = s * MR, h = M - r < MR ? M - r : MR;
                     double *t = one ? ct : acc + (s * NCS + (q - jc)) * MR * NR;
                     ukernel(kc, ap + s * kc * MR, bb + (q - jc) * kc * NR, t, !first);
-                    if (last) store_tile(j->C, t, l, j->bias, r, n0, h, w, M, j->N, j->tc);
+                    if (last) store_tile(j, j->C, t, l, r, n0, h, w);
                 }
             }
         }
@@ -529,7 +607,7 @@ int exact_mm_run(const mmspec *sp) {
     j.A = sp->A; j.B = sp->B; j.C = sp->C; j.bias = sp->bias;
     j.sab = sp->sab; j.sam = sp->sam; j.sak = sp->sak; j.sbb = sp->sbb; j.sbk = sp->sbk; j.sbn = sp->sbn;
     j.nb = sp->nb; j.M = sp->M; j.K = sp->K; j.N = sp->N; j.t = sp->t; j.tc = sp->tc;
-    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i;
+    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i; j.brow = sp->brow;
     i64 M = j.M, K = j.K, N = j.N, nb = j.nb;
     int nth = sp->nth;
     j.npan = (N + NR - 1) / NR;

@@ -17,7 +17,7 @@ typedef struct {
     const int32_t *e;
 } mmtab;
 
-/* col2im epilogue (batch mode, transposed output): each batch's [N x M] = [C*k*k x H*W] result
+/* col2im epilogue (batch mode): each batch's [M x N] = [C*k*k x H*W] result
  * goes to scratch and is folded into dx[b] ([C, H, W]) instead of being stored. */
 typedef struct {
     float *dx;
@@ -28,7 +28,7 @@ typedef struct {
     const float *A, *B, *bias;
     float *C;
     i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N;
-    int t, tc, nth;
+    int t, tc, brow, nth; /* brow: bias [M] added per row instead of [N] per column */
     const mmtab *ta, *tb; /* NULL: the operand is given by its strides */
     const mmc2i *c2i;     /* NULL: store into C */
 } mmspec;
