@@ -188,14 +188,10 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
             c11 = _mm256_setzero_pd(), c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(),
             c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd(), c40 = _mm256_setzero_pd(),
             c41 = _mm256_setzero_pd(), c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
-    if (load) {
-        c00 = _mm256_loadu_pd(ct + 0); c01 = _mm256_loadu_pd(ct + 4);
-        c10 = _mm256_loadu_pd(ct + 8); c11 = _mm256_loadu_pd(ct + 12);
-        c20 = _mm256_loadu_pd(ct + 16); c21 = _mm256_loadu_pd(ct + 20);
-        c30 = _mm256_loadu_pd(ct + 24); c31 = _mm256_loadu_pd(ct + 28);
-        c40 = _mm256_loadu_pd(ct + 32); c41 = _mm256_loadu_pd(ct + 36);
-        c50 = _mm256_loadu_pd(ct + 40); c51 = _mm256_loadu_pd(ct + 44);
-    }
+    /* The previous K blocks' partial sums are added after this block's (integers: the order is
+     * free), so their loads are off the FMA chains; prefetched now, they are in L1 by then. */
+    if (load)
+        for (int i = 0; i < MR * NR; i += 8) _mm_prefetch((const char *)(ct + i), _MM_HINT_T0);
     for (i64 k = 0; k < K; k++) {
         __m256d b0 = _mm256_loadu_pd(bp + k * NR), b1 = _mm256_loadu_pd(bp + k * NR + 4);
         const double *a = ap + k * MR;
@@ -207,6 +203,14 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
         c30 = _mm256_fmadd_pd(a3, b0, c30); c31 = _mm256_fmadd_pd(a3, b1, c31);
         c40 = _mm256_fmadd_pd(a4, b0, c40); c41 = _mm256_fmadd_pd(a4, b1, c41);
         c50 = _mm256_fmadd_pd(a5, b0, c50); c51 = _mm256_fmadd_pd(a5, b1, c51);
+    }
+    if (load) {
+        c00 = _mm256_add_pd(c00, _mm256_loadu_pd(ct + 0)); c01 = _mm256_add_pd(c01, _mm256_loadu_pd(ct + 4));
+        c10 = _mm256_add_pd(c10, _mm256_loadu_pd(ct + 8)); c11 = _mm256_add_pd(c11, _mm256_loadu_pd(ct + 12));
+        c20 = _mm256_add_pd(c20, _mm256_loadu_pd(ct + 16)); c21 = _mm256_add_pd(c21, _mm256_loadu_pd(ct + 20));
+        c30 = _mm256_add_pd(c30, _mm256_loadu_pd(ct + 24)); c31 = _mm256_add_pd(c31, _mm256_loadu_pd(ct + 28));
+        c40 = _mm256_add_pd(c40, _mm256_loadu_pd(ct + 32)); c41 = _mm256_add_pd(c41, _mm256_loadu_pd(ct + 36));
+        c50 = _mm256_add_pd(c50, _mm256_loadu_pd(ct + 40)); c51 = _mm256_add_pd(c51, _mm256_loadu_pd(ct + 44));
     }
     _mm256_storeu_pd(ct + 0, c00); _mm256_storeu_pd(ct + 4, c01);
     _mm256_storeu_pd(ct + 8, c10); _mm256_storeu_pd(ct + 12, c11);
