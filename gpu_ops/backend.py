@@ -58,10 +58,14 @@ _SIGNATURES: dict[str, list[type]] = {
     "layer_norm_bwd": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _INT, _INT, _F],
     "sgd_step": [_P, _P, _P, _I, _F, _F, _F, _INT],
     "adamw_step": [_P, _P, _P, _P, _I, _F, _INT, _F, _F, _F, _F, _F, _F, _F],
+    "pol_set_threads": [_INT],
+    "pol_set_par_min_ns": [ctypes.c_double],
+    "pol_par_last_nth": [],
 }
 
 # Functions that return a status (0 ok, -1 out of memory) instead of nothing.
-_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd"})
+_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd", "pol_par_last_nth"})
+_RETURNS_DOUBLE = frozenset({"pol_set_par_min_ns"})
 
 _lib: ctypes.CDLL | None = None
 _load_failed = False
@@ -78,7 +82,8 @@ def _load() -> ctypes.CDLL | None:
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes = args
-                fn.restype = ctypes.c_int if name in _RETURNS_INT else None
+                fn.restype = ctypes.c_int if name in _RETURNS_INT else (
+                    ctypes.c_double if name in _RETURNS_DOUBLE else None)
             _lib = lib
         except Exception as exc:  # noqa: BLE001 - any build/load problem means "use the reference"
             _load_failed = True
@@ -138,6 +143,10 @@ def kernels(*ts: torch.Tensor) -> Kernels | None:
         if lib is None:
             return None
         _kernels_obj = Kernels(lib)
+    nth = torch.get_num_threads()
+    if nth != _kernels_obj.threads:  # the elementwise kernels split large inputs over torch's threads
+        _kernels_obj.lib.pol_set_threads(nth)
+        _kernels_obj.threads = nth
     return _kernels_obj
 
 
@@ -153,6 +162,7 @@ class Kernels:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
+        self.threads = 0  # what pol_set_threads was last told (0: not yet)
 
     def exact_sum(self, x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
         x = x.contiguous()

@@ -98,11 +98,11 @@ void col2im(const float *dcols, float *dx, float *pbuf, i64 N, i64 C, i64 H, i64
 }
 
 /* ReLU as functional._ReLU: y = x if x > 0 else +0; backward dx = dy if y > 0 else +0. */
-void relu_fwd(const float *x, float *y, i64 n) {
+void pol1_relu_fwd(const float *x, float *y, i64 n) {
     for (i64 i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-void relu_bwd(const float *dy, const float *y, float *dx, i64 n) {
+void pol1_relu_bwd(const float *dy, const float *y, float *dx, i64 n) {
     for (i64 i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
