@@ -36,7 +36,6 @@ _SIGNATURES: dict[str, list[type]] = {
     "philox_u32": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, _P],
     "dropout_mask": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, ctypes.c_uint64, _F,
                      _P],
-    "im2col": [_P, _P, _P, _I, _I, _I, _I, _I],
     "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
     "conv2d_fwd": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT],
     "conv2d_bwd": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT, _INT, _INT],
@@ -241,15 +240,6 @@ class Kernels:
         self.lib.dropout_mask(seed, stream & 0xFFFFFFFF, a & 0xFFFFFFFF, b & 0xFFFFFFFF, mask.numel(), threshold,
                               scale, _ptr(mask))
         return mask
-
-    def im2col(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """unfold(x, k, padding=k//2) as [N*H*W, C*k*k] rows (pixel-major)."""
-        x = x.contiguous()
-        n, c, h, w = x.shape
-        cols = torch.empty(n * h * w, c * k * k, dtype=F32)
-        xp = torch.empty(c * (h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
-        self.lib.im2col(_ptr(x), _ptr(cols), _ptr(xp), n, c, h, w, k)
-        return cols
 
     def conv2d_fwd(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """functional._Conv2d's forward without an im2col matrix: (y, xp), xp the zero-padded input

@@ -186,12 +186,12 @@ def conv_layer_sides(n: int = 32, c: int = 32, hw: int = 32, o: int = 64, k: int
     dy = _randn(n, o, hw, hw, seed=14)
 
     def det() -> None:
-        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        F.conv2d(*leaves).backward(dy)  # type: ignore[no-untyped-call]
+        xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+        F.conv2d(xx, ww, bb).backward(dy)  # type: ignore[no-untyped-call]
 
     def native() -> None:
-        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        tf.conv2d(*leaves, padding=k // 2).backward(dy)  # type: ignore[no-untyped-call]
+        xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+        tf.conv2d(xx, ww, bb, padding=k // 2).backward(dy)  # type: ignore[no-untyped-call]
 
     rows, ckk = n * hw * hw, c * k * k
     cols = tf.unfold(x.double(), k, padding=k // 2).transpose(1, 2).reshape(rows, ckk).contiguous()

@@ -269,7 +269,7 @@ def test_relu_conv_fast_paths_match_reference() -> None:
     _check_op(lambda t: F.relu(t), x)
     _check_op(lambda t, w, b: F.relu(F.conv2d(t, w, b)), x, randn(4, 3, 5, 5, seed=41), randn(4, seed=42))
     _check_op(F.conv2d, randn(2, 1, 8, 8, seed=43), randn(8, 1, 3, 3, seed=44), randn(8, seed=45))
-    # k = 7: the generic (not specialised for k = 3 / 5) im2col loop of nnops.c
+    # k = 7 and a non-square image
     _check_op(F.conv2d, randn(2, 2, 6, 9, seed=60), randn(3, 2, 7, 7, seed=61), randn(3, seed=62))
 
 
