@@ -60,7 +60,7 @@ TOPICS = (TOPIC_TASKS, TOPIC_CLAIMS, TOPIC_VOTES, TOPIC_CERTS)
 TOPIC_OF: dict[type, str] = {TaskPosted: TOPIC_TASKS, ClaimAnnounced: TOPIC_CLAIMS, Vote: TOPIC_VOTES,
                              DisputeVote: TOPIC_VOTES, DoubleVoteProof: TOPIC_VOTES, Certificate: TOPIC_CERTS,
                              ForcedErrorReveal: TOPIC_CLAIMS}
-PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/1"
+PROTO_SYNC, PROTO_PROOF, PROTO_CHUNK = "/pol/sync/1", "/pol/proof/1", "/pol/chunk/2"
 MAX_SYNC_RESPONSE = 900 * 1024
 
 

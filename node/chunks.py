@@ -1,64 +1,72 @@
-"""Checkpoint transfer in chunks of at most 1 MiB, each tensor proven under the committed state root.
+"""Checkpoint transfer chunk by chunk, every chunk proven under the committed state root on arrival.
 
-Protocol ``/pol/chunk/1``: a ``ChunkRequest`` (claim id, checkpoint index, tensor name, offset,
-length) is answered by a ``ChunkResponse`` carrying ``data = tensor[offset : offset + length]``, the
-tensor's dtype and shape, its Merkle proof under the checkpoint's state root, and that root's path under
-the claim's commitment (SPEC.md §16.6). A response is one frame of at most 1 MiB (``CHUNK_BYTES`` of
-tensor data plus the proofs).
+Protocol ``/pol/chunk/2``: a ``ChunkRequest`` (claim id, checkpoint index, tensor name, chunk index) is
+answered by a ``ChunkResponse`` carrying that ``TENSOR_CHUNK_BYTES`` chunk of the tensor's bytes, its path
+under the tensor's chunk root, the tensor's proof under the checkpoint's state root and that root's path
+under the claim's commitment (SPEC.md §5.2, §16.6). A response is one frame of at most 1 MiB.
 
-The fetcher (``ChunkFetcher``) checks each response against the request and the commitment
-(``validate_chunk_response``) and against the root it already holds for that checkpoint, assembles each
-tensor, checks it against the root (``validate_assembled_tensor``) and finally that the set of tensors is
-the whole state (``compute_state_root``). Only then is the checkpoint written to disk and used. Progress
-survives a vanished holder: the fetch continues at the same tensor and offset from the next holder,
-and across retries of the caller. A tensor that fails its proof after assembly is fetched again from
-the start, from another holder.
+The fetcher (``ChunkFetcher``) takes every tensor's dtype and shape from the task, checks each chunk when
+it arrives (``validate_chunk_response``, against the root it already holds for that checkpoint) and writes
+it at its place in a temporary safetensors file whose header follows from that layout, so its memory is
+bounded by the chunks in flight, never a whole tensor. When every chunk is in, the state root recomputed
+from the chunk hashes proves that nothing is missing; only then is the file synced and renamed into place.
+A holder that fails or sends one wrong chunk is left for the rest of the fetch, which continues at the
+same chunk from the next holder; progress also survives across the caller's retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prover.checkpoint import read_checkpoint
-from protocol.constants import MAX_CHUNK_LENGTH
-from protocol.errors import InvalidInput, InvalidMessage, InvalidProof
-from protocol.merkle import MerkleProof, compute_merkle_proof, compute_proof_from_leaf_hashes
-from protocol.messages import (
-    ChunkRequest,
-    ChunkResponse,
-    decode_message,
-    encode_message,
-    validate_assembled_tensor,
-    validate_chunk_response,
+from prover.checkpoint import fsync_dir, read_checkpoint
+from protocol.constants import TENSOR_CHUNK_BYTES, Digest
+from protocol.errors import InvalidCheckpoint, InvalidInput, InvalidMessage, InvalidProof
+from protocol.merkle import (
+    MerkleProof,
+    compute_leaf_hash,
+    compute_merkle_proof,
+    compute_proof_from_leaf_hashes,
+    compute_root_from_leaf_hashes,
 )
-from protocol.state import TensorLeaf, compute_state_root, compute_tensor_leaf_hash, get_sorted_leaves
+from protocol.messages import ChunkRequest, ChunkResponse, decode_message, encode_message, validate_chunk_response
+from protocol.state import (
+    TensorLeaf,
+    compute_chunk_hashes,
+    compute_leaf_data,
+    get_chunk_count,
+    get_sorted_leaves,
+    get_tensor_nbytes,
+)
 
 log = logging.getLogger(__name__)
 
-PROTO_CHUNK = "/pol/chunk/1"
-FRAME_BYTES = 1 << 20  # one p2p DATA frame (node/_p2p_framing.py)
-CHUNK_BYTES = MAX_CHUNK_LENGTH - 16 * 1024  # tensor bytes per request: the response fits one 1 MiB frame
-MAX_TENSOR_RESTARTS = 3
-PIPELINE_DEPTH = 8  # chunk requests in flight per tensor (the server serves up to 16 at once)
+PROTO_CHUNK = "/pol/chunk/2"
+FRAME_BYTES = 1 << 20  # one p2p DATA frame (node/_p2p_framing.py): a chunk and its proofs fit
+PIPELINE_DEPTH = 8  # chunk requests in flight to one holder (the server serves up to 16 at once)
 
 # (claim_id, checkpoint) -> (checkpoint file, state root, the root's path under the commitment), or None
 Lookup = Callable[[bytes, int], "tuple[str, bytes, tuple[bytes, ...]] | None"]
 # (peer, multiaddr or None, protocol, payload, response limit) -> response bytes
 Requester = Callable[[str, "str | None", str, bytes, int], Awaitable[bytes]]
+# (name, dtype, shape) of every tensor of a checkpoint, from the task, in canonical (name byte) order
+Layout = Sequence[tuple[str, str, tuple[int, ...]]]
+_ST_DTYPE = {"f32": "F32", "i64": "I64"}
 
 
 class ChunkFetchFailed(Exception):
     """No holder could supply the rest of a checkpoint."""
 
 
-class _Mismatch(InvalidMessage):
-    """A chunk disagrees with the earlier chunks of its tensor (which of the holders lies is unknown)."""
+def _leaf_hash(name: str, dtype: str, shape: tuple[int, ...], chunk_hashes: Sequence[bytes]) -> Digest:
+    return compute_leaf_hash(compute_leaf_data(name, dtype, shape, compute_root_from_leaf_hashes(chunk_hashes)))
 
 
 @dataclass
@@ -66,13 +74,12 @@ class _Held:
     root: bytes
     root_path: tuple[bytes, ...]
     leaves: dict[str, TensorLeaf]
-    hashes: list[bytes]
-    order: list[str]
-    proofs: dict[str, MerkleProof] = field(default_factory=dict)
+    chunk_hashes: dict[str, list[Digest]]
+    tensor_proofs: dict[str, MerkleProof]
 
 
 class ChunkServer:
-    """Serves tensors of locally held checkpoints (re-checked against their root when loaded)."""
+    """Serves chunks of locally held checkpoints (re-checked against their root when loaded)."""
 
     def __init__(self, lookup: Lookup, cache_size: int = 4) -> None:
         self._lookup = lookup
@@ -90,9 +97,13 @@ class ChunkServer:
         if found is None:
             raise LookupError("checkpoint not held here")
         path, root, root_path = found
-        ordered = get_sorted_leaves(read_checkpoint(Path(path), expected_root=root))
-        held = _Held(root, tuple(root_path), {leaf.name: leaf for leaf in ordered},
-                     [compute_tensor_leaf_hash(leaf) for leaf in ordered], [leaf.name for leaf in ordered])
+        ordered = get_sorted_leaves(read_checkpoint(Path(path)))
+        chunks = {leaf.name: compute_chunk_hashes(leaf.data) for leaf in ordered}
+        hashes = [_leaf_hash(leaf.name, leaf.dtype, leaf.shape, chunks[leaf.name]) for leaf in ordered]
+        if compute_root_from_leaf_hashes(hashes) != root:
+            raise InvalidCheckpoint(f"checkpoint {Path(path).name} does not hash to its committed root")
+        held = _Held(root, tuple(root_path), {leaf.name: leaf for leaf in ordered}, chunks,
+                     {leaf.name: compute_proof_from_leaf_hashes(hashes, i) for i, leaf in enumerate(ordered)})
         self._cache[key] = held
         while len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -107,30 +118,43 @@ class ChunkServer:
         leaf = held.leaves.get(req.tensor)
         if leaf is None:
             raise LookupError("no such tensor in that checkpoint")
-        if req.offset > len(leaf.data):
-            raise InvalidMessage("offset beyond the tensor's end")
-        proof = held.proofs.get(req.tensor)
-        if proof is None:
-            proof = compute_proof_from_leaf_hashes(held.hashes, held.order.index(req.tensor))
-            held.proofs[req.tensor] = proof
-        data = leaf.data[req.offset:req.offset + req.length]
+        hashes = held.chunk_hashes[req.tensor]
+        if req.chunk >= len(hashes):
+            raise InvalidMessage(f"chunk {req.chunk} beyond the tensor's {len(hashes)} chunks")
+        data = bytes(memoryview(leaf.data)[req.chunk * TENSOR_CHUNK_BYTES:(req.chunk + 1) * TENSOR_CHUNK_BYTES])
+        path = compute_proof_from_leaf_hashes(hashes, req.chunk).path
         self.served += 1
         self.served_bytes += len(data)
         return encode_message(ChunkResponse(req.claim_id, req.checkpoint, req.tensor, leaf.dtype, leaf.shape,
-                                            req.offset, data, held.root, held.root_path, proof))
+                                            req.chunk, data, path, held.root, held.root_path,
+                                            held.tensor_proofs[req.tensor]))
 
     async def serve(self, peer: str, request: bytes) -> bytes:
         return await asyncio.to_thread(self.answer, request)
 
 
+def encode_safetensors_header(layout: Layout, metadata: dict[str, str]) -> tuple[bytes, list[int]]:
+    """The 8-byte length and JSON header of a safetensors file holding ``layout`` in that order, padded
+    with spaces to a multiple of 8 bytes, and each tensor's data offset after the header."""
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offsets, position = [], 0
+    for name, dtype, shape in layout:
+        nbytes = get_tensor_nbytes(dtype, shape)
+        entries[name] = {"dtype": _ST_DTYPE[dtype], "shape": list(shape), "data_offsets": [position, position + nbytes]}
+        offsets.append(position)
+        position += nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header, offsets
+
+
 @dataclass
 class _Progress:
-    done: dict[str, TensorLeaf] = field(default_factory=dict)
-    name: str = ""
-    buf: bytearray = field(default_factory=bytearray)
-    first: ChunkResponse | None = None
-    restarts: int = 0
-    layout: dict[str, tuple[str, tuple[int, ...]]] | None = None
+    tmp: Path
+    layout: tuple[tuple[str, str, tuple[int, ...]], ...]
+    start: int  # file offset of the first tensor byte
+    offsets: list[int]  # of each tensor, after ``start``
+    hashes: list[list[Digest | None]]  # per tensor, per chunk: the leaf hash of a checked chunk on disk
 
 
 @dataclass
@@ -138,134 +162,129 @@ class FetchStats:
     chunks: int = 0
     bytes: int = 0
     resumes: int = 0  # moves to another holder in the middle of a checkpoint
+    refused: int = 0  # chunks refused (wrong data, proof, dtype or shape)
     by_peer: dict[str, int] = field(default_factory=dict)
 
 
 class ChunkFetcher:
-    """Fetches whole checkpoints tensor by tensor; keeps partial progress between attempts."""
+    """Fetches whole checkpoints chunk by chunk into files; keeps partial progress between attempts.
 
-    def __init__(self, request: Requester, chunk_bytes: int = CHUNK_BYTES) -> None:
-        if not 0 < chunk_bytes <= MAX_CHUNK_LENGTH:
-            raise ValueError(f"chunk_bytes must be in 1..{MAX_CHUNK_LENGTH}")
+    ``chunks_per_s`` > 0 paces the requests (a bandwidth cap for operators; tests use it to make a
+    transfer last)."""
+
+    def __init__(self, request: Requester, chunks_per_s: float = 0.0) -> None:
         self._request = request
-        self.chunk_bytes = chunk_bytes
+        self.chunks_per_s = chunks_per_s
         self._progress: dict[tuple[bytes, int], _Progress] = {}
         self.stats = FetchStats()
         self.current: dict[str, object] = {}  # what is being fetched right now (for /status)
 
-    async def fetch(self, claim_id: bytes, index: int, root: bytes, commitment: bytes, num_checkpoints: int,
-                    names: list[str], candidates: list[tuple[str, str | None]],
-                    layout: dict[str, tuple[str, tuple[int, ...]]] | None = None) -> list[TensorLeaf]:
-        """All tensors ``names`` of checkpoint ``index``, proven under ``root`` (itself under ``commitment``).
+    def _start(self, key: tuple[bytes, int], dest: Path, layout: Layout, metadata: dict[str, str]) -> _Progress:
+        prog = self._progress.get(key)
+        frozen = tuple((n, d, tuple(s)) for n, d, s in layout)
+        if prog is not None and prog.layout == frozen and prog.tmp.exists():
+            return prog
+        header, offsets = encode_safetensors_header(frozen, metadata)
+        total = sum(get_tensor_nbytes(d, s) for _, d, s in frozen)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:  # sparse: every chunk is written at its place as it arrives
+            fh.write(header)
+            fh.truncate(len(header) + total)
+        prog = _Progress(tmp, frozen, len(header), offsets,
+                         [[None] * get_chunk_count(get_tensor_nbytes(d, s)) for _, d, s in frozen])
+        self._progress[key] = prog
+        return prog
 
-        ``layout`` (name -> dtype, shape, from the task) is what each tensor must be: a holder that states
-        another dtype or shape is refused at its first chunk, so no holder can make us buffer more than the
-        task's own tensor sizes.
-        """
+    async def fetch(self, claim_id: bytes, index: int, root: bytes, commitment: bytes, num_checkpoints: int,
+                    layout: Layout, candidates: list[tuple[str, str | None]], dest: Path,
+                    task_id: bytes = b"") -> None:
+        """Write checkpoint ``index`` (the tensors of ``layout``, from the task) to ``dest``, every chunk proven
+        under ``root`` (itself under ``commitment``) on arrival and the whole state checked before the rename.
+
+        A holder that states another dtype or shape than the task's, or sends a chunk that fails its proof,
+        costs that chunk: the fetch moves on to the next holder."""
         key = (claim_id, index)
-        prog = self._progress.setdefault(key, _Progress())
-        prog.layout = layout
+        prog = self._start(key, dest, layout, {"pol_root": root.hex(), "pol_task_id": task_id.hex()})
         holders = list(candidates)
-        at, errors = 0, list[str]()
-        limit = FRAME_BYTES if self.chunk_bytes <= CHUNK_BYTES else MAX_CHUNK_LENGTH + 64 * 1024
+        at, errors, trusted = 0, list[str](), set[str]()
         started = time.monotonic()
-        i = 0
-        while i < len(names):
-            name = names[i]
-            if name in prog.done:
-                i += 1
-                continue
-            if prog.name != name:
-                prog.name, prog.buf, prog.first, prog.restarts = name, bytearray(), None, 0
-            while prog.first is None or len(prog.buf) < _nbytes(prog.first):
+        fd = os.open(prog.tmp, os.O_WRONLY)
+        try:
+            while True:
+                todo = [(t, k) for t, chunks in enumerate(prog.hashes) for k, h in enumerate(chunks) if h is None]
+                if not todo:
+                    break
                 if at >= len(holders):
-                    raise ChunkFetchFailed(f"checkpoint {index}: no holder left at {name}+{len(prog.buf)} "
+                    name = prog.layout[todo[0][0]][0]
+                    raise ChunkFetchFailed(f"checkpoint {index}: no holder left at {name} chunk {todo[0][1]} "
                                            f"({'; '.join(errors[-3:]) or 'no candidates'})")
                 peer, addr = holders[at]
-                # Once the tensor's size is known, keep several requests in flight to the same holder:
-                # one request at a time leaves the link idle for a round trip per MiB.
-                total = _nbytes(prog.first) if prog.first is not None else 0
-                offsets = [len(prog.buf)] if prog.first is None else list(
-                    range(len(prog.buf), total, self.chunk_bytes))[:PIPELINE_DEPTH]
-                reqs = [ChunkRequest(claim_id, index, name, off, self.chunk_bytes) for off in offsets]
-                self.current = {"claim_id": claim_id.hex(), "checkpoint": index, "tensor": name,
-                                "offset": len(prog.buf), "from": peer}
+                # One request to a new holder first: a liar costs one chunk, then the pipeline opens.
+                depth = PIPELINE_DEPTH if peer in trusted and self.chunks_per_s <= 0 else 1
+                batch = todo[:depth]
+                self.current = {"claim_id": claim_id.hex(), "checkpoint": index, "tensor": prog.layout[batch[0][0]][0],
+                                "chunk": batch[0][1], "from": peer}
+                t0 = time.monotonic()
                 results = await asyncio.gather(
-                    *(self._one(peer, addr, r, limit, root, commitment, num_checkpoints, prog) for r in reqs),
-                    return_exceptions=True)
-                for req, result in zip(reqs, results):
+                    *(self._one(peer, addr, claim_id, index, prog.layout[t], k, root, commitment, num_checkpoints)
+                      for t, k in batch), return_exceptions=True)
+                failure: BaseException | None = None
+                for (t, k), result in zip(batch, results):
                     if isinstance(result, asyncio.CancelledError):
                         raise result
-                    if isinstance(result, _Mismatch):  # this holder or an earlier one lies: restart the tensor
-                        prog.restarts += 1
-                        if prog.restarts > MAX_TENSOR_RESTARTS:
-                            raise ChunkFetchFailed(f"tensor {name}: {result}") from result
-                        prog.buf, prog.first = bytearray(), None
-                        break
-                    if isinstance(result, BaseException):  # vanished, lying or slow holder: resume at the next
-                        errors.append(f"{peer[-8:]}: {result}")
-                        log.info("chunk %d/%s+%d from %s failed (%s); trying the next holder", index, name,
-                                 req.offset, peer[-8:], result)
-                        at += 1
-                        if prog.buf or prog.done:
-                            self.stats.resumes += 1
-                        break
-                    if req.offset != len(prog.buf):  # only contiguous data is kept
-                        break
-                    resp = result
-                    prog.first = prog.first or resp
-                    prog.buf += resp.data
+                    if isinstance(result, BaseException):
+                        failure = failure or result
+                        if isinstance(result, InvalidInput):  # the holder's answer, not the transport
+                            self.stats.refused += 1
+                        continue
+                    resp, chunk_hash = result
+                    os.pwrite(fd, resp.data, prog.start + prog.offsets[t] + k * TENSOR_CHUNK_BYTES)
+                    prog.hashes[t][k] = chunk_hash
                     self.stats.chunks += 1
                     self.stats.bytes += len(resp.data)
                     self.stats.by_peer[peer] = self.stats.by_peer.get(peer, 0) + 1
-            leaf = TensorLeaf(name, prog.first.dtype, prog.first.shape, bytes(prog.buf))
-            try:
-                validate_assembled_tensor(leaf, prog.first)
-            except InvalidInput as exc:  # some holder sent wrong bytes: start this tensor over elsewhere
-                prog.restarts += 1
-                log.warning("checkpoint %d tensor %s fails its proof (%s); fetching it again", index, name, exc)
-                if prog.restarts > MAX_TENSOR_RESTARTS:
-                    raise ChunkFetchFailed(f"tensor {name} failed its proof {prog.restarts} times") from exc
-                prog.buf, prog.first = bytearray(), None
-                at += 1
-                continue
-            prog.done[name] = leaf
-            prog.name, prog.buf, prog.first = "", bytearray(), None
-            i += 1
-        leaves = [prog.done[n] for n in names]
+                    trusted.add(peer)
+                if failure is not None:  # vanished, lying or slow holder: continue from the next one
+                    errors.append(f"{peer[-8:]}: {failure}")
+                    log.info("checkpoint %d: chunk from %s failed (%s); trying the next holder", index, peer[-8:],
+                             failure)
+                    at += 1
+                    if any(h is not None for chunks in prog.hashes for h in chunks):
+                        self.stats.resumes += 1
+                if self.chunks_per_s > 0:
+                    await asyncio.sleep(max(0.0, len(batch) / self.chunks_per_s - (time.monotonic() - t0)))
+            hashes = [_leaf_hash(n, d, s, [h for h in chunks if h is not None])
+                      for (n, d, s), chunks in zip(prog.layout, prog.hashes)]
+            if compute_root_from_leaf_hashes(hashes) != root:  # the task's tensors are the whole state
+                self._progress.pop(key, None)
+                prog.tmp.unlink(missing_ok=True)
+                raise InvalidProof(f"checkpoint {index}: the task's tensors are not the whole state under the committed root")
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+        os.replace(prog.tmp, dest)
+        await asyncio.to_thread(fsync_dir, dest.parent)
         self._progress.pop(key, None)
         self.current = {}
-        if compute_state_root(leaves) != root:  # the named tensors are the whole state, nothing missing
-            raise InvalidProof(f"checkpoint {index}: the tensors {names[:2]}... are not the whole state")
         log.info("fetched checkpoint %d of %s: %d tensors, %d bytes in %.2f s", index, claim_id.hex()[:12],
-                 len(leaves), sum(len(x.data) for x in leaves), time.monotonic() - started)
-        return leaves
+                 len(prog.layout), sum(get_tensor_nbytes(d, s) for _, d, s in prog.layout), time.monotonic() - started)
 
-    async def _one(self, peer: str, addr: str | None, req: ChunkRequest, limit: int, root: bytes,
-                   commitment: bytes, num_checkpoints: int, prog: _Progress) -> ChunkResponse:
-        raw = await self._request(peer, addr, PROTO_CHUNK, encode_message(req), limit)
+    async def _one(self, peer: str, addr: str | None, claim_id: bytes, index: int,
+                   tensor: tuple[str, str, tuple[int, ...]], chunk: int, root: bytes, commitment: bytes,
+                   num_checkpoints: int) -> tuple[ChunkResponse, Digest]:
+        name, dtype, shape = tensor
+        req = ChunkRequest(claim_id, index, name, chunk)
+        raw = await self._request(peer, addr, PROTO_CHUNK, encode_message(req), FRAME_BYTES)
         resp = decode_message(raw)
         if not isinstance(resp, ChunkResponse):
             raise InvalidMessage("expected a chunk response")
-        if prog.layout is not None and prog.layout.get(req.tensor) != (resp.dtype, resp.shape):
-            raise InvalidMessage(f"holder states {resp.dtype}{list(resp.shape)[:8]} for {req.tensor}; the task "
-                                 f"implies {prog.layout.get(req.tensor)}")
-        validate_chunk_response(resp, req, commitment, num_checkpoints)
+        if (resp.dtype, resp.shape) != (dtype, shape):
+            raise InvalidMessage(f"holder states {resp.dtype}{list(resp.shape)[:8]} for {name}; the task implies "
+                                 f"{dtype}{list(shape)}")
         if resp.state_root != root:
             raise InvalidProof("chunk's state root differs from the committed root")
-        if prog.first is not None and (resp.dtype, resp.shape, resp.tensor_proof) != (
-                prog.first.dtype, prog.first.shape, prog.first.tensor_proof):
-            raise _Mismatch("chunk's dtype, shape or proof changed within one tensor")
-        if not resp.data and _nbytes(resp) > req.offset:
-            raise InvalidMessage("empty chunk before the tensor's end")
-        return resp
-
-
-def _nbytes(resp: ChunkResponse) -> int:
-    count = 1
-    for d in resp.shape:
-        count *= d
-    return count * (8 if resp.dtype == "i64" else 4)
+        return resp, validate_chunk_response(resp, req, commitment, num_checkpoints)
 
 
 def compute_root_path(roots: list[bytes], index: int) -> tuple[bytes, ...]:

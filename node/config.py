@@ -18,7 +18,7 @@
     prove_tasks = ["<task id hex>"]   # tasks this prover claims ("*" = any open task)
     cheat = ""                        # "" honest, "tamper": alters one checkpoint and re-signs
     # optional: tick_s = 0.5, sync_interval_s = 2.0, fetch_timeout_s = 10.0,
-    # chunk_bytes = 0 (tensor bytes per /pol/chunk/1 request, 1..1048576; 0 = 1 MiB - 16 KiB)
+    # fetch_chunks_per_s = 0 (pace of /pol/chunk/2 requests, 512 KiB each; 0 = as fast as holders answer)
     # settlement on an EVM chain (node.onchain; without rpc_url the node folds gossip into a local
     # ledger, a model for tests that is NOT for money):
     rpc_url = "http://127.0.0.1:8545"  # JSON-RPC over HTTP
@@ -74,7 +74,7 @@ class NodeConfig:
     tick_s: float = 0.5
     sync_interval_s: float = 2.0
     fetch_timeout_s: float = 10.0
-    chunk_bytes: int = 0  # tensor bytes per chunk request; 0 = node.chunks.CHUNK_BYTES (1 MiB frames)
+    fetch_chunks_per_s: float = 0.0  # chunk requests per second when fetching; 0 = unpaced
     rpc_url: str = ""  # settlement chain; "" = gossip-folded ledger (a model, not for money)
     chain_id: int = 0
     contract: str = ""
@@ -95,7 +95,7 @@ class NodeConfig:
 KNOWN_KEYS: set[str] = {
     "role", "key", "genesis", "data_dir", "listen_host", "listen_port", "http_host", "http_port",
     "announce_addrs", "bootstrap", "log_file", "log_level", "prove_tasks", "cheat", "tick_s",
-    "sync_interval_s", "fetch_timeout_s", "chunk_bytes", "names",
+    "sync_interval_s", "fetch_timeout_s", "fetch_chunks_per_s", "names",
     # settlement chain (see _chain_fields)
     "rpc_url", "chain_id", "contract", "eth_key", "confirmations", "chain_poll_s", "chain_start_block",
 }
@@ -197,7 +197,9 @@ def load_config(path: Path) -> NodeConfig:
             bytes.fromhex(k)
         except ValueError:
             raise fail("names", f"{k[:20]!r} is not a public key in hex") from None
-    chunk_bytes = integer("chunk_bytes", 0, 0, 1 << 20)
+    chunks_per_s = raw.get("fetch_chunks_per_s", 0)
+    if isinstance(chunks_per_s, bool) or not isinstance(chunks_per_s, (int, float)) or not 0 <= chunks_per_s <= 1e6:
+        raise fail("fetch_chunks_per_s", f"must be a number in [0, 1e6], not {chunks_per_s!r}")
     limits = {k: v for k, v in raw.items() if k in _limit_keys()}
     try:
         from .limits import get_limits
@@ -216,7 +218,7 @@ def load_config(path: Path) -> NodeConfig:
         log_file=rel("log_file") if raw.get("log_file") else None,
         log_level=log_level, prove_tasks=strings("prove_tasks"), cheat=cheat,
         tick_s=number("tick_s", 0.5), sync_interval_s=number("sync_interval_s", 2.0),
-        fetch_timeout_s=number("fetch_timeout_s", 10.0), chunk_bytes=chunk_bytes,
+        fetch_timeout_s=number("fetch_timeout_s", 10.0), fetch_chunks_per_s=float(chunks_per_s),
         listen_host=host("listen_host"), http_host=host("http_host"),
         announce_addrs=multiaddrs("announce_addrs"), names={k.lower(): v for k, v in names.items()},
         config_file=Path(path).resolve(),

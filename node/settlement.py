@@ -42,6 +42,7 @@ from protocol.messages import (
     ClaimAnnounced,
     Message,
     decode_message,
+    validate_fetch_hints,
     validate_gossip_verdict_message,
 )
 from protocol.task import decode_task
@@ -212,7 +213,7 @@ class Settlement:
         for claim_id, info in list(node.chain.claims.items()):
             claim = node.chain.state.claims.get(claim_id)
             if claim is not None and claim.status == CLAIM_PENDING:
-                node.worker.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
+                node.worker.on_claim(ClaimAnnounced(b"", info.fetch, b""), claim_id)
         if self.account is not None:
             self._resubmit_certificates()
         for dispute_id, dispute in list(node.chain.state.disputes.items()):
@@ -247,6 +248,7 @@ class Settlement:
             elif isinstance(msg, ClaimAnnounced):
                 claim = decode_claim(msg.claim)
                 validate_claim_signature(claim)
+                validate_fetch_hints(msg, claim)
                 claim_id = compute_claim_id(claim.body)
                 if claim_id in chain.claims:
                     raise GossipIgnore("claim already known")

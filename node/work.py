@@ -2,11 +2,11 @@
 
 CPU work (training, replay, loading a task's data set) runs in worker threads so the event loop
 stays responsive. The claim's checkpoint roots (``/pol/proof/1``, pages of at most 16384 roots) and checkpoints
-(``/pol/chunk/1``, ``node.chunks``: tensors in pieces of at most 1 MiB, each with its Merkle proof) are
-fetched from the claim's fetch hints first, then from any other connected peer (every verifier serves
-what it fetched). Roots are checked against the claim's commitment and every tensor against its
-checkpoint's root before anything is used, so a lying or vanished holder only costs a move to the
-next one; a checkpoint fetch resumes at the same tensor and offset.
+(``/pol/chunk/2``, ``node.chunks``: 512 KiB chunks, each with its Merkle proofs) are fetched from the
+claim's signed fetch hints first, then from any other connected peer (every verifier serves what it
+fetched). Roots are checked against the claim's commitment and every chunk against its checkpoint's root
+as it arrives, so a lying or vanished holder only costs a chunk and a move to the next one; a checkpoint
+fetch resumes at the same chunk.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prover.checkpoint import write_checkpoint
 from prover.transcript import ProofDir, read_transcript
 from protocol.claim import compute_claim_id, compute_claim_training_seed, compute_commitment, decode_claim
 from protocol.constants import VERDICT_ACCEPT, VERDICT_REJECT
@@ -34,7 +33,7 @@ from protocol.sampling import compute_sample_proof, compute_verifier_sample
 from protocol.task import Task, compute_task_id, decode_task
 from protocol.vote import compute_dispute_id, compute_dispute_vote, compute_evidence, compute_vote
 
-from .chunks import CHUNK_BYTES, ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
+from .chunks import ChunkFetcher, ChunkFetchFailed, ChunkServer, compute_root_path
 
 if TYPE_CHECKING:
     from .app import Node
@@ -65,7 +64,7 @@ class Worker:
         self._fetching: dict[tuple[bytes, int], asyncio.Task[str]] = {}
         self._fetch_slots = asyncio.Semaphore(3)  # checkpoints fetched concurrently
         self.chunk_server = ChunkServer(self._lookup_checkpoint)
-        self.fetcher = ChunkFetcher(self._request, node.config.chunk_bytes or CHUNK_BYTES)
+        self.fetcher = ChunkFetcher(self._request, node.config.fetch_chunks_per_s)
 
     # --- triggers ------------------------------------------------------------------------------
 
@@ -75,7 +74,7 @@ class Worker:
         for posting in list(self.node.chain.postings.values()):
             self.on_task(posting)
         for claim_id, info in list(self.node.chain.claims.items()):
-            self.on_claim(ClaimAnnounced(b"", info.fetch), claim_id)
+            self.on_claim(ClaimAnnounced(b"", info.fetch, b""), claim_id)
         for dispute_id, dispute in list(self.node.chain.state.disputes.items()):
             if dispute.status == "open":
                 self.on_dispute(dispute_id)
@@ -178,7 +177,7 @@ class Worker:
         claim_id = compute_claim_id(claim.body)
         node.store.put_proof(claim_id, task_id, str(out))
         hints = tuple(node.net.listen_addrs[:1])
-        result = await node.publish_local(compute_claim_announced(claim, hints))
+        result = await node.publish_local(compute_claim_announced(claim, hints, self.sk))
         log.info("claim %s announced: %s", claim_id.hex()[:12], result)
 
     # --- verifier ----------------------------------------------------------------------------
@@ -422,11 +421,12 @@ class Worker:
     async def _fetch_checkpoint_now(self, claim_id: bytes, index: int, root: bytes, rt: Any) -> str:
         body = self.node.chain.claims[claim_id].claim.body
         names = await self._state_names(rt)
-        leaves = await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints, names,
-                                          self._candidates(claim_id), self._layouts.get(compute_task_id(rt.task)))
+        shapes = self._layouts[compute_task_id(rt.task)]
         path = self.node.config.data_dir / "checkpoints" / claim_id.hex() / f"{index:06d}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(write_checkpoint, path, leaves, root, body.task_id)
+        await self.fetcher.fetch(claim_id, index, root, body.commitment, body.num_checkpoints,
+                                 [(name, *shapes[name]) for name in names], self._candidates(claim_id), path,
+                                 body.task_id)
         self.node.store.put_checkpoint(claim_id, index, root, str(path))
         return str(path)
 

@@ -295,11 +295,22 @@ def cmd_economics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count_parameters(task: Any) -> int:
+    from protocol.budget import get_task_graph_info
+
+    return get_task_graph_info(task).param_count
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from prover.transcript import ProofDir, read_transcript
     from protocol.claim import compute_claim_id
     from protocol.task import compute_task_id
 
+    if Path(args.dir).is_file() or not Path(args.dir).exists():  # a task file (or built-in name): its model
+        from .task_cli import cmd_show
+
+        args.file = args.dir
+        return cmd_show(args)
     pdir = ProofDir(Path(args.dir))
     task = pdir.read_task()
     claim = pdir.read_claim() if pdir.claim_file.exists() else None
@@ -308,6 +319,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "task": task.name,
         "task_id": compute_task_id(task).hex(),
         "model": task.model_family,
+        "parameters": _count_parameters(task),
         "dataset": task.data.adapter,
         "total_steps": task.total_steps,
         "checkpoint_interval": task.checkpoint_interval,
@@ -529,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--json", action="store_true")
     ec.set_defaults(func=cmd_economics)
 
-    i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory")
-    i.add_argument("dir")
+    i = sub.add_parser("inspect", help="show task, prover, commitment and checkpoints of a proof directory; "
+                       "given a task file, its model graph and parameter count")
+    i.add_argument("dir", help="proof directory, or a task TOML file / built-in task name")
     i.add_argument("--eval", action="store_true",
                    help="load every checkpoint and report its loss and accuracy on a fixed evaluation set")
     i.add_argument("--plot", metavar="FILE.png", help="write the loss/accuracy curve over checkpoints (implies --eval)")
@@ -570,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .genesis_cli import register as register_genesis_commands
 
     register_genesis_commands(sub)
+    from .task_cli import register as register_task_commands
+
+    register_task_commands(sub)
     _add_verbose_everywhere(sub)
     return p
 

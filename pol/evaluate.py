@@ -31,8 +31,14 @@ class CheckpointEval:
     eval_accuracy: float
 
 
+def _is_text(task: Any) -> bool:
+    from protocol.task import get_model_context
+
+    return get_model_context(task) > 0
+
+
 def describe_eval_set(task: Any, n: int) -> str:
-    if task.model_family == "transformer":
+    if _is_text(task):
         return f"{n} evenly spaced text windows of the task's data (next-token accuracy); the task trains on all of it"
     return f"first {n} examples of the task's data in canonical order; the task trains on all of it (fit, not held-out)"
 
@@ -40,7 +46,7 @@ def describe_eval_set(task: Any, n: int) -> str:
 def _eval_batch(task: Any, dataset: Any) -> tuple[Any, Any, int]:
     import torch
 
-    if task.model_family == "transformer":
+    if _is_text(task):
         ctx = task.model.context
         limit = len(dataset.inputs) - ctx - 1
         starts = np.linspace(0, limit - 1, num=min(EVAL_WINDOWS, limit)).astype(np.int64)
@@ -66,6 +72,9 @@ def evaluate_proof(path: Path) -> tuple[list[CheckpointEval], str]:
     eval_task = task
     if task.model_family == "transformer" and getattr(task.model, "dropout", 0.0):
         eval_task = dataclasses.replace(task, model=dataclasses.replace(task.model, dropout=0.0))
+    elif task.model_family == "graph":  # evaluation never drops: every dropout node's p set to 0
+        nodes = tuple(dataclasses.replace(n, attrs=(("p", 0.0),)) if n.op == "dropout" else n for n in task.model.nodes)
+        eval_task = dataclasses.replace(task, model=dataclasses.replace(task.model, nodes=nodes))
     forward = nn_module.get_forward(eval_task)
     x, y, n = _eval_batch(task, rt.dataset)
     real_ce = nn_module.F.cross_entropy

@@ -35,11 +35,15 @@ MAX_TASK_BYTES: Final = 64 * 1024
 MAX_CLAIM_BYTES: Final = 64 * 1024
 MAX_TENSORS_PER_STATE: Final = 4096
 MAX_TENSOR_ELEMENTS: Final = 1 << 28
+# A tensor's raw bytes are hashed in chunks of this size (SPEC.md §5.2), so a fetcher checks each chunk on
+# arrival; one chunk and its two proofs fit one 1 MiB stream frame.
+TENSOR_CHUNK_BYTES: Final = 1 << 19
 MAX_TOTAL_STEPS: Final = 10_000_000
 MAX_CHECKPOINTS: Final = 100_000
 # Budgets every valid task fits (SPEC.md §18.2): a prover may train and a verifier must accept up to them.
 MAX_STATE_BYTES: Final = 256 * 1024 * 1024  # tensor bytes of one checkpoint (params, optimizer slots, step)
 MAX_SEGMENT_FLOPS: Final = 2 * 10**13  # upper bound on multiply-adds of one segment's replay
+MAX_ACTIVATION_BYTES: Final = 1 << 36  # float32 bytes of a graph's node outputs for one batch (§18.2)
 MAX_SAFETENSORS_HEADER: Final = 1024 * 1024  # bytes of a checkpoint file's JSON header
 
 # --- Network layer (SPEC.md network chapter) ---
@@ -50,6 +54,7 @@ DOMAIN_DISPUTE_VOTE: Final = b"pol/v1/dispute-vote"  # || dispute_id || verdict 
 DOMAIN_TASK_POSTED: Final = b"pol/v1/task-posted"  # || canonical posting body, signed by the requester
 DOMAIN_MESSAGE_ID: Final = b"pol/v1/message-id"  # || envelope bytes: gossip de-duplication id
 DOMAIN_GENESIS: Final = b"pol/v1/genesis"  # || canonical genesis document: network id
+DOMAIN_FETCH_HINTS: Final = b"pol/v1/fetch-hints"  # || claim_id || canonical hint list, signed by the prover
 
 VERDICT_REJECT: Final = 0  # for disputes: the dispute failed (the prover's root stands)
 VERDICT_ACCEPT: Final = 1  # for disputes: the dispute is upheld (the prover's root is false)
@@ -65,7 +70,6 @@ MAX_SAMPLES: Final = 4096  # segments one vote may list
 MAX_VOTE_BYTES: Final = 64 * 1024
 MAX_CERTIFICATE_BYTES: Final = 16 * 1024
 MAX_GOSSIP_BYTES: Final = 128 * 1024  # any gossip envelope; below libp2p's 1 MiB frame
-MAX_CHUNK_LENGTH: Final = 1 << 20  # tensor bytes per checkpoint-chunk response
 MAX_STREAM_BYTES: Final = (1 << 20) + 64 * 1024  # a chunk or sync response, with its proofs
 MAX_SYNC_ITEMS: Final = 256
 MAX_FETCH_HINTS: Final = 8

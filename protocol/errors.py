@@ -89,6 +89,10 @@ class InvalidMessage(InvalidInput):
     """A gossip or stream envelope with a wrong type, schema or size."""
 
 
+class InvalidFetchHints(InvalidInput):
+    """A claim announcement whose fetch hints are not signed by the claim's prover (SPEC.md §16.6)."""
+
+
 class GossipReject(PolError):
     """Gossip that is invalid for everyone: drop it and penalise the forwarding peer."""
 

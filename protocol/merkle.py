@@ -76,13 +76,18 @@ def compute_merkle_proof(leaves: Sequence[bytes], index: int) -> MerkleProof:
 
 def compute_root_from_proof(leaf: bytes, proof: MerkleProof) -> Digest:
     """Recompute the root implied by ``leaf`` and ``proof`` (RFC 9162 §2.1.3.2)."""
+    return compute_root_from_leaf_hash(compute_leaf_hash(leaf), proof)
+
+
+def compute_root_from_leaf_hash(leaf_hash: bytes, proof: MerkleProof) -> Digest:
+    """``compute_root_from_proof`` for a leaf given by its hash ``H(0x00 || data)``."""
     if not 0 <= proof.index < proof.size:
         raise InvalidProof(f"leaf index {proof.index} outside a tree of {proof.size} leaves")
     for node in proof.path:
         if len(node) != HASH_LEN:
             raise InvalidProof("proof node is not 32 bytes")
     fn, sn = proof.index, proof.size - 1
-    result = compute_leaf_hash(leaf)
+    result = Digest(bytes(leaf_hash))
     for node in proof.path:
         if sn == 0:
             raise InvalidProof("proof is longer than the tree is deep")

@@ -22,10 +22,10 @@ from .claim import Claim, compute_claim_id, decode_claim, encode_claim, validate
 from .constants import (
     BLS_PUBKEY_LEN,
     BLS_SIGNATURE_LEN,
+    DOMAIN_FETCH_HINTS,
     DOMAIN_MESSAGE_ID,
     HASH_LEN,
     MAX_CHECKPOINTS,
-    MAX_CHUNK_LENGTH,
     MAX_CLAIM_BYTES,
     MAX_FETCH_HINT_LEN,
     MAX_FETCH_HINTS,
@@ -34,10 +34,12 @@ from .constants import (
     MAX_SYNC_ITEMS,
     MAX_TASK_BYTES,
     MAX_TENSOR_ELEMENTS,
+    TENSOR_CHUNK_BYTES,
     Digest,
 )
 from .encoding import decode_canonical, encode_canonical
-from .errors import GossipIgnore, GossipReject, InvalidInput, InvalidMessage, InvalidProof
+from . import bls
+from .errors import GossipIgnore, GossipReject, InvalidFetchHints, InvalidInput, InvalidMessage, InvalidProof
 from .economics import compute_claim_bond
 from .forced import ForcedErrorReveal, validate_forced_reveal
 from .genesis import get_field, get_list, get_uint, validate_keys
@@ -51,9 +53,9 @@ from .ledger import (
     is_claim_settled,
     validate_task_posted,
 )
-from .merkle import MerkleProof, compute_root_from_proof
+from .merkle import MerkleProof, compute_leaf_hash, compute_root_from_proof
 from .task import compute_task_id, decode_task
-from .state import DTYPES, TensorLeaf, compute_root_from_tensor_proof
+from .state import DTYPES, compute_root_from_chunk
 from .vote import (
     MAX_PATH,
     SUBJECT_CLAIM,
@@ -80,6 +82,7 @@ _TENSOR_NAME = re.compile(r"[a-z0-9_./-]{1,128}")  # the same rule as protocol.s
 class ClaimAnnounced:
     claim: bytes  # protocol.claim.encode_claim bytes
     fetch: tuple[str, ...]  # where checkpoints can be fetched: libp2p peer ids or multiaddrs
+    fetch_signature: bytes  # the prover's BLS signature over compute_fetch_hints_message (SPEC.md §16.6)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,7 @@ class ChunkRequest:
     claim_id: bytes
     checkpoint: int
     tensor: str
-    offset: int
-    length: int  # 1 .. MAX_CHUNK_LENGTH
+    chunk: int  # index of a TENSOR_CHUNK_BYTES chunk of the tensor's bytes (SPEC.md §5.2)
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ class ChunkResponse:
     tensor: str
     dtype: str
     shape: tuple[int, ...]
-    offset: int
-    data: bytes  # tensor bytes [offset, offset + len(data))
+    chunk: int
+    data: bytes  # the chunk's bytes
+    chunk_path: tuple[bytes, ...]  # Merkle path of the chunk under the tensor's chunk root
     state_root: bytes  # root of the checkpoint
     state_root_path: tuple[bytes, ...]  # Merkle path of state_root in the claim's commitment
     tensor_proof: MerkleProof  # the tensor's leaf under state_root
@@ -147,14 +150,15 @@ def _parse_task_posted(doc: Any) -> TaskPosted:
 
 
 def _parse_claim(doc: Any) -> ClaimAnnounced:
-    d = validate_keys(doc, {"claim", "fetch"}, "claim", InvalidMessage)
+    d = validate_keys(doc, {"claim", "fetch", "fetch_signature"}, "claim", InvalidMessage)
     claim = get_field(d, "claim", bytes, "claim", InvalidMessage)
     if len(claim) > MAX_CLAIM_BYTES:
         raise InvalidMessage(f"claim.claim exceeds {MAX_CLAIM_BYTES} bytes")
     fetch = get_list(d, "fetch", "claim", InvalidMessage, MAX_FETCH_HINTS)
     if not all(isinstance(h, str) and 0 < len(h) <= MAX_FETCH_HINT_LEN and h.isascii() for h in fetch):
         raise InvalidMessage("claim.fetch hints are short ASCII strings")
-    return ClaimAnnounced(claim, tuple(fetch))
+    return ClaimAnnounced(claim, tuple(fetch), get_field(d, "fetch_signature", bytes, "claim", InvalidMessage,
+                                                         BLS_SIGNATURE_LEN))
 
 
 def _parse_forced_reveal(doc: Any) -> ForcedErrorReveal:
@@ -196,21 +200,23 @@ def _tensor_name(d: dict[str, Any], w: str) -> str:
     return name
 
 
+# Chunks of the largest tensor: MAX_TENSOR_ELEMENTS 8-byte elements in TENSOR_CHUNK_BYTES pieces.
+MAX_TENSOR_CHUNKS = MAX_TENSOR_ELEMENTS * 8 // TENSOR_CHUNK_BYTES
+
+
 def _parse_chunk_request(doc: Any) -> ChunkRequest:
     w = "chunk_request"
-    d = validate_keys(doc, {"claim_id", "checkpoint", "tensor", "offset", "length"}, w, InvalidMessage)
-    length = get_uint(d, "length", w, InvalidMessage, maximum=MAX_CHUNK_LENGTH)
-    if length == 0:
-        raise InvalidMessage("chunk_request.length must be positive")
+    d = validate_keys(doc, {"claim_id", "checkpoint", "tensor", "chunk"}, w, InvalidMessage)
     return ChunkRequest(get_field(d, "claim_id", bytes, w, InvalidMessage, HASH_LEN),
                         get_uint(d, "checkpoint", w, InvalidMessage, maximum=MAX_CHECKPOINTS),
-                        _tensor_name(d, w), get_uint(d, "offset", w, InvalidMessage), length)
+                        _tensor_name(d, w), get_uint(d, "chunk", w, InvalidMessage, maximum=MAX_TENSOR_CHUNKS))
 
 
 def _parse_chunk_response(doc: Any) -> ChunkResponse:
     w = "chunk_response"
-    d = validate_keys(doc, {"claim_id", "checkpoint", "tensor", "dtype", "shape", "offset", "data", "state_root",
-                            "state_root_path", "tensor_index", "tensor_count", "tensor_path"}, w, InvalidMessage)
+    d = validate_keys(doc, {"claim_id", "checkpoint", "tensor", "dtype", "shape", "chunk", "data", "chunk_path",
+                            "state_root", "state_root_path", "tensor_index", "tensor_count", "tensor_path"},
+                      w, InvalidMessage)
     dtype = get_field(d, "dtype", str, w, InvalidMessage)
     if dtype not in DTYPES:
         raise InvalidMessage(f"chunk_response.dtype {dtype[:16]!r} is not one of {sorted(DTYPES)}")
@@ -218,14 +224,14 @@ def _parse_chunk_response(doc: Any) -> ChunkResponse:
     if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_TENSOR_ELEMENTS for x in shape):
         raise InvalidMessage("chunk_response.shape holds a bad dimension")
     data = get_field(d, "data", bytes, w, InvalidMessage)
-    if len(data) > MAX_CHUNK_LENGTH:
-        raise InvalidMessage("chunk_response.data exceeds the chunk limit")
+    if len(data) > TENSOR_CHUNK_BYTES:
+        raise InvalidMessage("chunk_response.data exceeds the chunk size")
     proof = MerkleProof(get_uint(d, "tensor_index", w, InvalidMessage), get_uint(d, "tensor_count", w, InvalidMessage),
                         tuple(Digest(h) for h in _hashes(d, "tensor_path", w)))
     return ChunkResponse(get_field(d, "claim_id", bytes, w, InvalidMessage, HASH_LEN),
                          get_uint(d, "checkpoint", w, InvalidMessage, maximum=MAX_CHECKPOINTS), _tensor_name(d, w),
-                         dtype, tuple(shape), get_uint(d, "offset", w, InvalidMessage), data,
-                         get_field(d, "state_root", bytes, w, InvalidMessage, HASH_LEN),
+                         dtype, tuple(shape), get_uint(d, "chunk", w, InvalidMessage, maximum=MAX_TENSOR_CHUNKS), data,
+                         _hashes(d, "chunk_path", w), get_field(d, "state_root", bytes, w, InvalidMessage, HASH_LEN),
                          _hashes(d, "state_root_path", w), proof)
 
 
@@ -244,7 +250,8 @@ def get_message_document(msg: Message) -> dict[str, Any]:
                                 "expires_at": msg.expires_at, "signature": msg.signature}
         return {"type": "task_posted", "body": body}
     if isinstance(msg, ClaimAnnounced):
-        return {"type": "claim", "body": {"claim": msg.claim, "fetch": list(msg.fetch)}}
+        return {"type": "claim", "body": {"claim": msg.claim, "fetch": list(msg.fetch),
+                                          "fetch_signature": msg.fetch_signature}}
     if isinstance(msg, Vote):
         return {"type": "vote", "body": get_vote_document(msg)}
     if isinstance(msg, DisputeVote):
@@ -263,10 +270,11 @@ def get_message_document(msg: Message) -> dict[str, Any]:
                                                   "complete": msg.complete}}
     if isinstance(msg, ChunkRequest):
         return {"type": "chunk_request", "body": {"claim_id": msg.claim_id, "checkpoint": msg.checkpoint,
-                                                  "tensor": msg.tensor, "offset": msg.offset, "length": msg.length}}
+                                                  "tensor": msg.tensor, "chunk": msg.chunk}}
     return {"type": "chunk_response", "body": {
         "claim_id": msg.claim_id, "checkpoint": msg.checkpoint, "tensor": msg.tensor, "dtype": msg.dtype,
-        "shape": list(msg.shape), "offset": msg.offset, "data": msg.data, "state_root": msg.state_root,
+        "shape": list(msg.shape), "chunk": msg.chunk, "data": msg.data, "chunk_path": list(msg.chunk_path),
+        "state_root": msg.state_root,
         "state_root_path": list(msg.state_root_path), "tensor_index": msg.tensor_proof.index,
         "tensor_count": msg.tensor_proof.size, "tensor_path": list(msg.tensor_proof.path)}}
 
@@ -293,34 +301,36 @@ def compute_message_id(data: bytes) -> Digest:
 
 
 def validate_chunk_response(resp: ChunkResponse, request: ChunkRequest, commitment: bytes,
-                            num_checkpoints: int) -> None:
-    """The response answers ``request`` and its state root is the claim's committed one.
-
-    The tensor itself can only be checked once all chunks are in: ``validate_assembled_tensor``.
-    """
-    if (resp.claim_id, resp.checkpoint, resp.tensor, resp.offset) != (
-            request.claim_id, request.checkpoint, request.tensor, request.offset):
+                            num_checkpoints: int) -> Digest:
+    """The response answers ``request``, its state root is the claim's committed one for that checkpoint,
+    and the chunk itself leads to that root through its two paths (SPEC.md §5.2): each chunk is checked
+    alone, on arrival. Returns the chunk's leaf hash ``H(0x00 || data)`` (the fetcher keeps it)."""
+    if (resp.claim_id, resp.checkpoint, resp.tensor, resp.chunk) != (
+            request.claim_id, request.checkpoint, request.tensor, request.chunk):
         raise InvalidMessage("chunk response does not answer the request")
-    count = 1
-    for dim in resp.shape:
-        count *= dim
-    total = count * DTYPES[resp.dtype].itemsize
-    if count > MAX_TENSOR_ELEMENTS or len(resp.data) != max(0, min(request.length, total - request.offset)):
-        raise InvalidMessage(f"chunk of {len(resp.data)} bytes does not fit offset {request.offset}, length "
-                             f"{request.length} of a {total}-byte tensor")
     if not 0 <= request.checkpoint < num_checkpoints:
         raise InvalidMessage(f"checkpoint {request.checkpoint} outside the claim's {num_checkpoints}")
     proof = MerkleProof(request.checkpoint, num_checkpoints, tuple(Digest(h) for h in resp.state_root_path))
     if compute_root_from_proof(resp.state_root, proof) != commitment:
         raise InvalidProof("chunk's state root is not the claim's committed root for that checkpoint")
+    chunk_hash = compute_leaf_hash(resp.data)
+    found = compute_root_from_chunk(resp.tensor, resp.dtype, resp.shape, resp.chunk, resp.data, resp.chunk_path,
+                                    resp.tensor_proof, chunk_hash)
+    if found != resp.state_root:
+        raise InvalidProof(f"chunk {resp.chunk} of tensor {resp.tensor} does not lead to the checkpoint's state root")
+    return chunk_hash
 
 
-def validate_assembled_tensor(leaf: TensorLeaf, resp: ChunkResponse) -> None:
-    """A tensor assembled from chunks must sit under the state root the chunks vouched for."""
-    if (leaf.name, leaf.dtype, leaf.shape) != (resp.tensor, resp.dtype, resp.shape):
-        raise InvalidMessage("assembled tensor's name, dtype or shape differ from the chunks'")
-    if compute_root_from_tensor_proof(leaf, resp.tensor_proof) != resp.state_root:
-        raise InvalidProof(f"tensor {leaf.name} does not lead to the checkpoint's state root")
+def compute_fetch_hints_message(claim_id: bytes, fetch: tuple[str, ...]) -> bytes:
+    """What the prover signs for its fetch hints: ``DOMAIN_FETCH_HINTS || claim_id || canonical(list)``."""
+    return DOMAIN_FETCH_HINTS + claim_id + encode_canonical(list(fetch))
+
+
+def validate_fetch_hints(msg: ClaimAnnounced, claim: Claim) -> None:
+    """Raise ``InvalidFetchHints`` unless the claim's prover signed exactly these hints for this claim."""
+    message = compute_fetch_hints_message(compute_claim_id(claim.body), msg.fetch)
+    if not bls.is_valid_signature(claim.body.prover, message, msg.fetch_signature):
+        raise InvalidFetchHints("fetch hints are not signed by the claim's prover")
 
 
 # --- gossip validation ----------------------------------------------------------------------
@@ -381,6 +391,8 @@ def validate_gossip_claim(msg: ClaimAnnounced, state: LedgerState, now: int) -> 
         raise GossipIgnore("prover's balance does not cover the bond")
     # [REJECT] the prover signed the claim
     _or_reject(validate_claim_signature, claim)
+    # [REJECT] the prover signed the fetch hints (nobody who re-gossips the claim can swap them)
+    _or_reject(validate_fetch_hints, msg, claim)
     return claim
 
 
@@ -477,5 +489,7 @@ def validate_gossip_verdict_message(msg: Message, state: LedgerState, now: int) 
         raise GossipReject(f"{type(msg).__name__} is a stream message, not gossip")
 
 
-def compute_claim_announced(claim: Claim, fetch: tuple[str, ...]) -> ClaimAnnounced:
-    return ClaimAnnounced(encode_claim(claim), fetch)
+def compute_claim_announced(claim: Claim, fetch: tuple[str, ...], secret_key: bytes) -> ClaimAnnounced:
+    """The claims-topic message for ``claim`` with ``fetch`` hints signed by the prover's ``secret_key``."""
+    signature = bls.sign(secret_key, compute_fetch_hints_message(compute_claim_id(claim.body), fetch))
+    return ClaimAnnounced(encode_claim(claim), fetch, signature)

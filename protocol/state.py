@@ -2,9 +2,10 @@
 
 A training state is a set of named tensors: parameters (``param/...``), optimizer slots
 (``opt/<slot>/...``) and the step counter (``meta/step``). Each tensor becomes one Merkle
-leaf whose data is a small header followed by the tensor's raw little-endian bytes; the
-state root is the Merkle root over the leaves in byte order of their names. A verifier that
-holds one tensor and its proof can check it against the root alone.
+leaf whose data is a small header followed by its *chunk root*: the Merkle root over
+``TENSOR_CHUNK_BYTES``-sized chunks of the tensor's raw little-endian bytes. The state root is
+the Merkle root over the leaves in byte order of their names. A holder of one chunk, its path
+under the chunk root and the tensor's proof under the state root can check that chunk alone.
 """
 
 from __future__ import annotations
@@ -22,21 +23,23 @@ from .constants import (
     DOMAIN_LEAF,
     MAX_TENSOR_ELEMENTS,
     MAX_TENSORS_PER_STATE,
+    TENSOR_CHUNK_BYTES,
     Digest,
 )
 from .errors import InvalidCheckpoint
+from .errors import InvalidProof
 from .merkle import (
     MerkleProof,
+    compute_leaf_hash,
     compute_proof_from_leaf_hashes,
+    compute_root_from_leaf_hash,
     compute_root_from_leaf_hashes,
-    compute_root_from_proof,
 )
 
 DTYPES: Mapping[str, np.dtype] = {"f32": np.dtype("<f4"), "i64": np.dtype("<i8")}
 STEP_TENSOR = "meta/step"
 _NAME_RE = re.compile(r"[a-z0-9_./-]{1,128}")
-# Elements per chunk when a tensor is checked (and hashed) chunk by chunk: few enough calls that
-# their overhead is nothing, a size that stays in the last-level cache between the two reads.
+# Elements per piece of the finite check: few enough calls that their overhead is nothing.
 _CHUNK = 1 << 20
 
 
@@ -100,13 +103,46 @@ def validate_tensor_leaf(leaf: TensorLeaf, check_data: bool = True) -> None:
         raise InvalidCheckpoint(f"tensor {leaf.name} holds NaN or Inf; such a state is never valid")
 
 
-def compute_tensor_leaf_hash(leaf: TensorLeaf) -> Digest:
-    """``H(0x00 || header || raw bytes)``, streamed so large tensors are not copied."""
-    h = hashlib.sha256(b"\x00")
-    h.update(compute_leaf_header(leaf.name, leaf.dtype, leaf.shape))
-    h.update(leaf.data)
-    return Digest(h.digest())
+def get_chunk_count(nbytes: int) -> int:
+    """Chunks of a tensor of ``nbytes`` raw bytes: ``max(1, ceil(nbytes / TENSOR_CHUNK_BYTES))`` (an empty
+    tensor has one empty chunk)."""
+    return max(1, -(-nbytes // TENSOR_CHUNK_BYTES))
 
+
+def get_chunk_length(nbytes: int, index: int) -> int:
+    """Bytes of chunk ``index`` of a tensor of ``nbytes`` bytes (every chunk but the last is full)."""
+    if not 0 <= index < get_chunk_count(nbytes):
+        raise IndexError(f"chunk {index} outside a tensor of {get_chunk_count(nbytes)} chunks")
+    return min(TENSOR_CHUNK_BYTES, nbytes - index * TENSOR_CHUNK_BYTES)
+
+
+def get_tensor_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count * DTYPES[dtype].itemsize
+
+
+def compute_chunk_hashes(data: bytes | memoryview) -> list[Digest]:
+    """Leaf hashes ``H(0x00 || chunk)`` of the tensor bytes' chunks, read in place (no copies)."""
+    view = memoryview(data).cast("B")
+    out = []
+    for i in range(get_chunk_count(len(view))):
+        h = hashlib.sha256(b"\x00")
+        h.update(view[i * TENSOR_CHUNK_BYTES:(i + 1) * TENSOR_CHUNK_BYTES])
+        out.append(Digest(h.digest()))
+    return out
+
+
+def compute_leaf_data(name: str, dtype: str, shape: Sequence[int], chunk_root: bytes) -> bytes:
+    """The tensor's leaf data: header || chunk root (SPEC.md §5.2)."""
+    return compute_leaf_header(name, dtype, shape) + chunk_root
+
+
+def compute_tensor_leaf_hash(leaf: TensorLeaf) -> Digest:
+    """``H(0x00 || header || chunk root of the raw bytes)``; the bytes are hashed in place."""
+    chunk_root = compute_root_from_leaf_hashes(compute_chunk_hashes(leaf.data))
+    return compute_leaf_hash(compute_leaf_data(leaf.name, leaf.dtype, leaf.shape, chunk_root))
 
 
 def _dtype_of_array(arr: np.ndarray) -> str:
@@ -127,15 +163,17 @@ def compute_array_leaf_hash(name: str, arr: np.ndarray) -> Digest:
     dtype = _dtype_of_array(arr)
     shape = tuple(int(d) for d in arr.shape)
     validate_tensor_leaf(TensorLeaf(name, dtype, shape, b""), check_data=False)
-    h = hashlib.sha256(b"\x00")
-    h.update(compute_leaf_header(name, dtype, shape))
     flat = arr.reshape(-1)
-    for i in range(0, flat.size, _CHUNK):
-        part = flat[i:i + _CHUNK]
-        if dtype == "f32" and not is_all_finite(part):
+    raw = flat.data.cast("B")
+    # Pieces of _CHUNK elements (a multiple of TENSOR_CHUNK_BYTES): one finite check per piece (few numpy
+    # calls), then its chunks are hashed while the piece is still in cache.
+    step = _CHUNK * arr.itemsize
+    hashes: list[Digest] = []
+    for start in range(0, max(len(raw), 1), step):
+        if dtype == "f32" and not is_all_finite(flat[start // 4:(start + step) // 4]):
             raise InvalidCheckpoint(f"tensor {name} holds NaN or Inf; such a state is never valid")
-        h.update(part.data)
-    return Digest(h.digest())
+        hashes += compute_chunk_hashes(raw[start:start + step])
+    return compute_leaf_hash(compute_leaf_data(name, dtype, shape, compute_root_from_leaf_hashes(hashes)))
 
 
 def compute_state_root_from_arrays(arrays: Mapping[str, np.ndarray]) -> Digest:
@@ -184,11 +222,38 @@ def compute_tensor_proof(leaves: Sequence[TensorLeaf], name: str) -> MerkleProof
 
 
 def compute_root_from_tensor_proof(leaf: TensorLeaf, proof: MerkleProof) -> Digest:
-    """Root implied by one tensor and its proof (lets a fetcher check tensors one at a time)."""
+    """Root implied by one tensor and its proof (lets a holder check tensors one at a time)."""
     validate_tensor_leaf(leaf)
-    header = compute_leaf_header(leaf.name, leaf.dtype, leaf.shape)
-    # compute_root_from_proof leaf-hashes its argument; the header+data is the leaf data.
-    return compute_root_from_proof(header + leaf.data, proof)
+    return compute_root_from_leaf_hash(compute_tensor_leaf_hash(leaf), proof)
+
+
+def compute_chunk_proof(data: bytes | memoryview, index: int) -> MerkleProof:
+    """Path of chunk ``index`` of the tensor bytes ``data`` under their chunk root."""
+    return compute_proof_from_leaf_hashes(compute_chunk_hashes(data), index)
+
+
+def compute_root_from_chunk(name: str, dtype: str, shape: Sequence[int], index: int, data: bytes,
+                            chunk_path: Sequence[bytes], tensor_proof: MerkleProof,
+                            chunk_hash: bytes | None = None) -> Digest:
+    """State root implied by chunk ``index`` of tensor (name, dtype, shape), the chunk's path under the
+    tensor's chunk root and the tensor's proof under the state root (SPEC.md §5.2). ``chunk_hash``, when
+    the caller has it, is ``H(0x00 || data)`` (saves hashing the chunk twice).
+
+    Raises ``InvalidCheckpoint`` for a bad name, dtype or shape, ``InvalidProof`` for a chunk of the wrong
+    length or a path that cannot belong to the tensor's chunk tree."""
+    validate_tensor_leaf(TensorLeaf(name, dtype, tuple(shape), b""), check_data=False)
+    nbytes = get_tensor_nbytes(dtype, shape)
+    count = get_chunk_count(nbytes)
+    if not 0 <= index < count:
+        raise InvalidProof(f"chunk {index} outside tensor {name}'s {count} chunks")
+    if len(data) != get_chunk_length(nbytes, index):
+        raise InvalidProof(f"chunk {index} of tensor {name} has {len(data)} bytes, "
+                           f"not {get_chunk_length(nbytes, index)}")
+    leaf_hash = compute_leaf_hash(data) if chunk_hash is None else Digest(bytes(chunk_hash))
+    chunk_root = compute_root_from_leaf_hash(leaf_hash,
+                                             MerkleProof(index, count, tuple(Digest(bytes(p)) for p in chunk_path)))
+    return compute_root_from_leaf_hash(compute_leaf_hash(compute_leaf_data(name, dtype, shape, chunk_root)),
+                                       tensor_proof)
 
 
 def get_step(leaves: Sequence[TensorLeaf]) -> int:

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 from .constants import DOMAIN_TASK, MAX_CHECKPOINTS, MAX_TASK_BYTES, MAX_TOTAL_STEPS, OPS_SPEC_VERSION, Digest
 from .encoding import decode_canonical, encode_canonical
 from .errors import InvalidTask
+from .graph import GraphConfig, GraphInput, get_family_graph, get_graph_canonical, parse_graph
 
-MODEL_FAMILIES = ("mlp", "cnn", "transformer")
+MODEL_FAMILIES = ("mlp", "cnn", "transformer", "graph")
 DATASETS = {"sklearn-digits": "image", "pydoc-topics": "text"}
 ACTIVATIONS = ("relu", "tanh", "gelu")
 OPTIMIZERS = ("sgd", "adamw")
@@ -83,7 +84,7 @@ class Task:
     checkpoint_interval: int
     batch_size: int
     model_family: str
-    model: MLPConfig | CNNConfig | TransformerConfig
+    model: MLPConfig | CNNConfig | TransformerConfig | GraphConfig
     data: DataSpec
     optim: OptimSpec
     schedule: ScheduleSpec
@@ -163,12 +164,19 @@ def validate_task_fields(task: Task) -> None:
     _check(1 <= task.batch_size <= 4096, "batch_size must be in [1, 4096]")
     _check(task.model_family in MODEL_FAMILIES,
            f"unknown model family {task.model_family!r}; built-in families: {list(MODEL_FAMILIES)}")
+    _check((task.model_family == "graph") == isinstance(task.model, GraphConfig),
+           f"model family {task.model_family!r} does not match its config")
     _check(task.data.adapter in DATASETS,
            f"unknown dataset adapter {task.data.adapter!r}; built-in adapters: {sorted(DATASETS)}")
     _check(len(task.data.sha256) == 32, "data.sha256 must be 32 bytes (64 hex digits)")
     kind = DATASETS[task.data.adapter]
     model = task.model
-    if isinstance(model, TransformerConfig):
+    if isinstance(model, GraphConfig):
+        if kind == "text":
+            _check(model.context >= 2, "a graph on a text dataset needs context >= 2 (the window length T)")
+        else:
+            _check(model.context == 0, "a graph on an image dataset takes no context (leave it 0)")
+    elif isinstance(model, TransformerConfig):
         _check(kind == "text", "the transformer family needs a text dataset")
         _check(1 <= model.n_layers <= 16 and 1 <= model.n_heads <= 16, "n_layers and n_heads must be in [1, 16]")
         _check(8 <= model.d_model <= 1024 and model.d_model % model.n_heads == 0,
@@ -222,9 +230,9 @@ def parse_task(raw: Mapping[str, Any]) -> Task:
         raise InvalidTask("[task] name must be a string")
     m = _section(raw, "model")
     family = m.get("family")
-    if not isinstance(family, str) or family not in _MODEL_CONFIGS:
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:
         raise InvalidTask(f"unknown model family {family!r}; built-in families: {list(MODEL_FAMILIES)}")
-    model = _fill(_MODEL_CONFIGS[family], m, "model", skip=("family",))
+    model = parse_graph(m) if family == "graph" else _fill(_MODEL_CONFIGS[family], m, "model", skip=("family",))
     d = _section(raw, "data")
     unknown = sorted(set(d) - {"adapter", "sha256"})
     if unknown:
@@ -273,8 +281,11 @@ def _dc_dict(obj: Any) -> dict[str, Any]:
 
 def get_task_canonical(task: Task) -> dict[str, Any]:
     """The normalized task as a plain document (what is hashed and what TOML round-trips to)."""
-    model = _dc_dict(task.model)
-    model["family"] = task.model_family
+    if isinstance(task.model, GraphConfig):
+        model = get_graph_canonical(task.model)
+    else:
+        model = _dc_dict(task.model)
+        model["family"] = task.model_family
     return {
         "task": {
             "name": task.name,
@@ -308,12 +319,42 @@ def format_task_toml(task: Task) -> str:
     lines: list[str] = []
     for section, values in get_task_canonical(task).items():
         lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            elif isinstance(value, float):
-                lines.append(f"{key} = {value!r}")
-            else:
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
+        nodes = values.pop("nodes", None) if section == "model" else None
+        lines += [_toml_line(key, value) for key, value in values.items()]
         lines.append("")
+        for node in nodes or ():  # a graph's nodes: one [[model.nodes]] table each, after [model]
+            lines.append("[[model.nodes]]")
+            lines += [_toml_line(key, value) for key, value in node.items()]
+            lines.append("")
     return "\n".join(lines)
+
+
+def _toml_line(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{key} = {'true' if value else 'false'}"
+    if isinstance(value, str):
+        return f'{key} = "{value}"'
+    if isinstance(value, float):
+        return f"{key} = {value!r}"
+    return f"{key} = {value!r}".replace("'", '"')
+
+
+def get_model_graph(task: Task) -> GraphConfig:
+    """The task's model as a graph: a ``graph`` task's own, or its built-in family's expansion (§11.2)."""
+    if isinstance(task.model, GraphConfig):
+        return task.model
+    return get_family_graph(task.model_family, task.model)
+
+
+def get_model_context(task: Task) -> int:
+    """T, the token window of a text task's model; 0 for an image task."""
+    if isinstance(task.model, (TransformerConfig, GraphConfig)):
+        return task.model.context
+    return 0
+
+
+def get_graph_input(task: Task, in_features: int, classes: int) -> GraphInput:
+    """What the task's data set feeds its graph; ``classes`` may be an upper bound (§18.2)."""
+    if DATASETS[task.data.adapter] == "text":
+        return GraphInput("tokens", (get_model_context(task),), classes)
+    return GraphInput("image", (in_features,), classes)

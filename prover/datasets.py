@@ -20,7 +20,7 @@ import torch
 from protocol.constants import DOMAIN_DATASET
 from protocol.errors import InvalidTask, ReplayError
 from protocol.rng import STREAM_DATA, compute_permutation, compute_random_u32
-from protocol.task import DataSpec, Task, TransformerConfig
+from protocol.task import DataSpec, Task, get_model_context
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Dataset:
     def get_batch(self, task: Task, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of training step ``step`` (a pure function of task and step)."""
         b = task.batch_size
-        if isinstance(task.model, TransformerConfig):
-            ctx = task.model.context
+        ctx = get_model_context(task)
+        if ctx:
             limit = len(self.inputs) - ctx - 1
             starts = compute_random_u32(task.seed, STREAM_DATA, step, 1, b).astype(np.int64) % limit
             windows = np.stack([self.inputs[s:s + ctx + 1] for s in starts]).astype(np.int64)

@@ -57,8 +57,10 @@ def test_claim_latency_quiet_vs_flood(benchmark: Any, tmp_path: Path) -> None:
 
 
 def test_peak_memory_fetching_from_a_lying_holder(benchmark: Any, tmp_path: Path) -> None:
-    """Python heap peak (tracemalloc, fetcher and in-process server together) of a fetch where the first
-    holder states a 16x larger tensor than the task's."""
+    """Python heap peak (tracemalloc) of fetching a checkpoint with one 64 MiB tensor where the first holder
+    states a 16x larger tensor, the second sends a flipped bit in every chunk and the third is honest. The
+    in-process server has loaded its checkpoint before the measurement, so the peak is the fetcher's plus
+    the server's copies of the chunks in flight."""
     if benchmark.disabled:
         pytest.skip("a benchmark: make bench, or --benchmark-enable")
     import hashlib
@@ -66,14 +68,14 @@ def test_peak_memory_fetching_from_a_lying_holder(benchmark: Any, tmp_path: Path
 
     import numpy as np
 
-    from node.chunks import CHUNK_BYTES, ChunkFetcher, ChunkServer, compute_root_path
-    from prover.checkpoint import write_checkpoint
+    from node.chunks import ChunkFetcher, ChunkServer, compute_root_path
+    from prover.checkpoint import read_checkpoint, write_checkpoint
     from protocol.claim import compute_commitment
     from protocol.messages import ChunkRequest, ChunkResponse, decode_message, encode_message
     from protocol.state import TensorLeaf, compute_state_root, get_sorted_leaves
 
     claim = hashlib.sha256(b"claim").digest()
-    elements = 1 << 20  # a 4 MiB tensor; the liar states 16x that
+    elements = 1 << 24  # a 64 MiB tensor (128 chunks); the shape liar states 16x that
     leaves = get_sorted_leaves([TensorLeaf("meta/step", "i64", (), np.int64(5).tobytes()),
                                 TensorLeaf("param/a", "f32", (elements,), np.ones(elements, "<f4").tobytes())])
     root = compute_state_root(leaves)
@@ -81,33 +83,35 @@ def test_peak_memory_fetching_from_a_lying_holder(benchmark: Any, tmp_path: Path
     path = tmp_path / "ckpt.safetensors"
     write_checkpoint(path, leaves, root, b"\x00" * 32)
     server = ChunkServer(lambda c, i: (str(path), root, compute_root_path(roots, 1)))
+    server.answer(encode_message(ChunkRequest(claim, 1, "param/a", 0)))  # loaded before measuring
 
     async def request(peer: str, addr: Any, protocol: str, payload: bytes, limit: int) -> bytes:
+        raw = server.answer(payload)
         req = decode_message(payload)
         assert isinstance(req, ChunkRequest)
-        if peer != "liar" or req.tensor != "param/a":
-            return server.answer(payload)
-        honest = decode_message(server.answer(encode_message(ChunkRequest(**{**req.__dict__, "offset": 0}))))
-        assert isinstance(honest, ChunkResponse)
-        big = 16 * elements * 4
-        return encode_message(ChunkResponse(**{**honest.__dict__, "offset": req.offset, "shape": (16 * elements,),
-                                               "data": bytes(max(0, min(req.length, big - req.offset)))}))
+        if peer == "honest" or req.tensor != "param/a":
+            return raw
+        resp = decode_message(raw)
+        assert isinstance(resp, ChunkResponse)
+        if peer == "shape-liar":
+            return encode_message(ChunkResponse(**{**resp.__dict__, "shape": (16 * elements,)}))
+        return encode_message(ChunkResponse(**{**resp.__dict__, "data": bytes([resp.data[0] ^ 1]) + resp.data[1:]}))
 
-    names = [leaf.name for leaf in leaves]
-    layout = {leaf.name: (leaf.dtype, leaf.shape) for leaf in leaves}
+    layout = [(leaf.name, leaf.dtype, leaf.shape) for leaf in leaves]
+    dest = tmp_path / "fetched.safetensors"
+    fetcher = ChunkFetcher(request)
     peaks: dict[str, float] = {}
 
     def measure() -> None:
-        for label, lay in (("shapes from the task", layout), ("shapes from the holder (before)", None)):
-            tracemalloc.start()
-            fetched = asyncio.run(ChunkFetcher(request, CHUNK_BYTES).fetch(
-                claim, 1, root, compute_commitment(roots), 2, names, [("liar", None), ("honest", None)], lay))
-            peaks[label] = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
-            assert fetched == leaves
+        tracemalloc.start()
+        asyncio.run(fetcher.fetch(claim, 1, root, compute_commitment(roots), 2, layout,
+                                  [("shape-liar", None), ("bit-liar", None), ("honest", None)], dest))
+        peaks["fetch"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
-    print(f"state 4 MiB, liar states 64 MiB: peak Python heap (MiB) {peaks}")
-    # Both include the in-process server's copies (8 chunk requests in flight, each ~1 MiB encoded,
-    # decoded and sliced); what differs is the liar's 64 MiB the fetcher buffered before.
-    assert peaks["shapes from the task"] < peaks["shapes from the holder (before)"] / 4
+    assert read_checkpoint(dest, expected_root=root) == leaves
+    print(f"tensor 64 MiB, shape liar states 1 GiB, bit liar flips a bit per chunk: peak Python heap "
+          f"{peaks['fetch']:.1f} MiB; refused {fetcher.stats.refused} chunks, {fetcher.stats.chunks} fetched")
+    benchmark.extra_info.update(peak_mib=round(peaks["fetch"], 1), refused=fetcher.stats.refused)
+    assert peaks["fetch"] < 16  # a few chunks in flight (8 x 512 KiB, each encoded and decoded), not 64 MiB

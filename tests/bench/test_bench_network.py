@@ -1,6 +1,6 @@
 """Network benchmarks: verification of a 100-signer aggregate certificate per BLS backend, and a
-checkpoint fetched over libp2p from another process by the node's chunk protocol (``/pol/chunk/1``,
-≤ 1 MiB frames, every tensor checked against its Merkle proof and the state root).
+checkpoint fetched over libp2p from another process by the node's chunk protocol (``/pol/chunk/2``,
+512 KiB chunks, each checked on arrival against its two Merkle paths and the state root, written to disk).
 
 Run: .venv/bin/pytest tests/bench/test_bench_network.py -s   (prints the figures; docs/network.md)
 Time from claim to certificate is measured by `pol devnet --json` (seconds_to_certificate).
@@ -82,14 +82,14 @@ def _make_checkpoint(directory: Path) -> dict[str, object]:
     root = compute_state_root(leaves)
     roots = [hashlib.sha256(b"r0").digest(), root, hashlib.sha256(b"r2").digest()]
     write_checkpoint(directory / "ckpt.safetensors", leaves, root, b"\x00" * 32)
-    meta = {"roots": [r.hex() for r in roots], "names": [leaf.name for leaf in leaves],
+    meta = {"roots": [r.hex() for r in roots], "layout": [[leaf.name, leaf.dtype, list(leaf.shape)] for leaf in leaves],
             "commitment": compute_commitment(roots).hex(), "bytes": sum(len(x.data) for x in leaves)}
     (directory / "meta.json").write_text(json.dumps(meta))
     return meta
 
 
 def serve_checkpoint(directory: Path) -> None:
-    """Child process: serve ``directory/ckpt.safetensors`` over /pol/chunk/1 until stdin closes."""
+    """Child process: serve ``directory/ckpt.safetensors`` over /pol/chunk/2 until stdin closes."""
     from node.chunks import PROTO_CHUNK, ChunkServer, compute_root_path
     from node.p2p import P2PConfig, P2PNetwork
 
@@ -121,7 +121,7 @@ def test_bench_checkpoint_transfer_over_libp2p(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     net = P2PNetwork(P2PConfig(identity_seed=hashlib.sha256(b"bench-client").digest()))
     roots = [bytes.fromhex(r) for r in meta["roots"]]  # type: ignore[attr-defined]
-    names: list[str] = meta["names"]  # type: ignore[assignment]
+    layout = [(n, d, tuple(s)) for n, d, s in meta["layout"]]  # type: ignore[attr-defined]
     size: int = meta["bytes"]  # type: ignore[assignment]
     try:
         assert proc.stdout is not None
@@ -133,10 +133,12 @@ def test_bench_checkpoint_transfer_over_libp2p(tmp_path: Path) -> None:
         async def fetch_once() -> float:
             fetcher = ChunkFetcher(request)
             started = time.perf_counter()
-            leaves = await fetcher.fetch(CLAIM_ID, 1, roots[1], bytes.fromhex(meta["commitment"]), 3,  # type: ignore
-                                         names, [(hello["peer_id"], None)])
+            dest = tmp_path / "fetched.safetensors"
+            await fetcher.fetch(CLAIM_ID, 1, roots[1], bytes.fromhex(meta["commitment"]), 3,  # type: ignore
+                                layout, [(hello["peer_id"], None)], dest)
             seconds = time.perf_counter() - started
-            assert sum(len(x.data) for x in leaves) == size and fetcher.stats.chunks > CKPT_TENSORS * 4
+            assert fetcher.stats.bytes == size and fetcher.stats.chunks == CKPT_TENSORS * 8 + 1
+            dest.unlink()
             return seconds
 
         loop.run_until_complete(asyncio.wait_for(net.start(), 30))
@@ -154,6 +156,6 @@ def test_bench_checkpoint_transfer_over_libp2p(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     rates = [size / t / 1e6 for t in times]
-    print(f"\n{size >> 20} MiB checkpoint ({CKPT_TENSORS} tensors) over /pol/chunk/1 in <= 1 MiB frames, verified: "
+    print(f"\n{size >> 20} MiB checkpoint ({CKPT_TENSORS} tensors) over /pol/chunk/2 in 512 KiB chunks, each verified: "
           f"median {statistics.median(times):.2f} s = {statistics.median(rates):.0f} MB/s "
           f"(min {min(rates):.0f}, max {max(rates):.0f}; 5 runs); load average {os.getloadavg()[0]:.1f}")

@@ -159,7 +159,7 @@ def test_prover_claim_missing_on_chain_is_sent_again(tmp_path: Path) -> None:
                                          compute_claim_body(task, task_id, prover.key.public_key, roots))
             claim_id = compute_claim_id(claim.body)
             # Announced, but its transaction never went out (say the endpoint was down): only the record.
-            p0.chain.apply(compute_claim_announced(claim, ()), int(time.time()), time.time())
+            p0.chain.apply(compute_claim_announced(claim, (), prover.key.bls_secret_key), int(time.time()), time.time())
             deadline = time.monotonic() + 30
             while claim_id not in p0.chain.state.claims:
                 assert time.monotonic() < deadline, "claim never registered on chain"

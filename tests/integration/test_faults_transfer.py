@@ -1,11 +1,11 @@
 """A prover that vanishes (SIGKILL) while a verifier is fetching its checkpoints, with real processes.
 
-1. Another verifier already fetched the checkpoints: the fetch resumes from it at the same tensor and
-   offset, the claim certifies and the prover is paid.
+1. Another verifier already fetched the checkpoints: the fetch resumes from it at the same chunk, the
+   claim certifies and the prover is paid.
 2. No other holder: the fetch cannot finish, no certificate forms, and at the availability deadline
    the claim is void: the escrow goes back to the requester and the prover earns nothing.
 
-Small chunks (``chunk_bytes``) make each checkpoint hundreds of requests, so the kill lands mid-transfer.
+Paced requests (``fetch_chunks_per_s``) make each transfer last seconds, so the kill lands mid-transfer.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _kill_mid_transfer(fetcher: dn.NodeSpec, prover: dn.NodeSpec, timeout: float
 
 def test_prover_vanishes_fetch_resumes_from_other_verifier(tmp_path: Path) -> None:
     # Two equal verifiers: the certificate needs both, and both replay every segment (samples = S).
-    net = dn.create(tmp_path / "net", 2, 1, 0, extra_config={"chunk_bytes": 1024})
+    net = dn.create(tmp_path / "net", 2, 1, 0, extra_config={"fetch_chunks_per_s": 5})
     v0, v1 = net.verifiers
     prover = net.provers[0]
     try:
@@ -78,7 +78,7 @@ def test_prover_vanishes_fetch_resumes_from_other_verifier(tmp_path: Path) -> No
 
 
 def test_prover_vanishes_without_other_holder_claim_voids(tmp_path: Path) -> None:
-    net = dn.create(tmp_path / "net", 1, 1, 0, availability_window_s=20, extra_config={"chunk_bytes": 512})
+    net = dn.create(tmp_path / "net", 1, 1, 0, availability_window_s=20, extra_config={"fetch_chunks_per_s": 5})
     v0, prover = net.verifiers[0], net.provers[0]
     assert net.requester is not None
     try:

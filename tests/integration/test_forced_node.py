@@ -40,7 +40,7 @@ def test_node_slashes_a_lazy_accept_on_a_revealed_forced_error(tmp_path: Path) -
     async def scenario() -> None:
         node = Node(config)
         assert await node.handle_message(encode_message(posting), "gossip") == "accept"
-        assert await node.handle_message(encode_message(compute_claim_announced(claim, ())), "gossip") == "accept"
+        assert await node.handle_message(encode_message(compute_claim_announced(claim, (), tester)), "gossip") == "accept"
         lazy = compute_vote(net.verifiers[1].key.bls_secret_key, get_claim_context(node.chain.state, claim_id))
         assert await node.handle_message(encode_message(lazy), "gossip") == "accept"
         stake = node.chain.state.verifiers[1].stake

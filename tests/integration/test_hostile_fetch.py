@@ -1,12 +1,14 @@
 """A holder that lies about a tensor's shape to make the verifier download and buffer far more than the
-task's state (before: up to 2^28 elements per tensor, checked only once assembled)."""
+task's state: refused at its first chunk (shapes come from the task), and nothing is buffered beyond the
+chunks in flight (each chunk is checked on arrival and written to disk)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from node.chunks import ChunkFetcher
+from node.chunks import PIPELINE_DEPTH, ChunkFetcher
+from prover.checkpoint import read_checkpoint
 from protocol.messages import ChunkRequest, ChunkResponse, decode_message, encode_message
 
 from .test_chunks import CLAIM, Peers, setup  # noqa: F401 - setup is the shared fixture
@@ -21,31 +23,20 @@ class Inflating(Peers):
         if peer != "inflater" or req.tensor != "param/a":
             return await super().request(peer, addr, protocol, payload, limit)
         self.log.append((peer, req))
-        honest = decode_message(self.server.answer(encode_message(ChunkRequest(**{**req.__dict__, "offset": 0}))))
+        honest = decode_message(self.server.answer(encode_message(ChunkRequest(**{**req.__dict__, "chunk": 0}))))
         assert isinstance(honest, ChunkResponse)
-        big = 300_000 * 4
-        data = bytes(max(0, min(req.length, big - req.offset)))
-        return encode_message(ChunkResponse(**{**honest.__dict__, "offset": req.offset, "shape": (300_000,),
-                                               "data": data}))
-
-
-def _fetch(peers: Peers, s: dict[str, Any], layout: Any) -> Any:
-    fetcher = ChunkFetcher(peers.request, chunk_bytes=1000)
-    leaves = asyncio.run(fetcher.fetch(CLAIM, 1, s["root"], s["commitment"], 3, s["names"],
-                                       [("inflater", None), ("honest", None)], layout))
-    return leaves, fetcher
+        return encode_message(ChunkResponse(**{**honest.__dict__, "chunk": req.chunk,
+                                               "shape": (100 * honest.shape[0],), "data": bytes(len(honest.data))}))
 
 
 def test_holder_stating_a_larger_shape_is_dropped_at_its_first_chunk(setup: dict[str, Any]) -> None:  # noqa: F811
-    layout = {leaf.name: (leaf.dtype, leaf.shape) for leaf in setup["leaves"]}
     peers = Inflating(setup["server"])
-    leaves, fetcher = _fetch(peers, setup, layout)
-    assert leaves == setup["leaves"]
+    fetcher = ChunkFetcher(peers.request)
+    asyncio.run(fetcher.fetch(CLAIM, 1, setup["root"], setup["commitment"], 3, setup["layout"],
+                              [("inflater", None), ("honest", None)], setup["dest"]))
+    assert read_checkpoint(setup["dest"], expected_root=setup["root"]) == setup["leaves"]
     asked = [r for p, r in peers.log if p == "inflater" and r.tensor == "param/a"]
-    assert len(asked) == 1  # refused on its first answer, then the honest holder serves the rest
-    # Without the task's layout the same liar is believed until the tensor is assembled: 1200 requests,
-    # 1.2 MB buffered for a 12 KB tensor.
-    peers = Inflating(setup["server"])
-    leaves, _ = _fetch(peers, setup, None)
-    assert leaves == setup["leaves"]
-    assert len([r for p, r in peers.log if p == "inflater" and r.tensor == "param/a"]) > 1000
+    # Each refused on arrival: only the requests already in flight when the first lie came back (it had
+    # answered meta/step honestly, so its pipeline was open), then the holder is left.
+    assert len(asked) == fetcher.stats.refused <= PIPELINE_DEPTH
+    assert {(r.tensor, r.chunk) for p, r in peers.log if p == "honest"} >= {("param/a", k) for k in range(3)}

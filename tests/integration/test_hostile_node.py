@@ -99,7 +99,7 @@ def test_early_vote_waits_for_its_claim_and_is_validated_once(tmp_path: Path,
         body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), os.urandom(32), os.urandom(32),
                          task.num_checkpoints, task.total_steps, task.checkpoint_interval,
                          compute_posting_id(posting_msg))
-        claim = encode_message(compute_claim_announced(compute_signed_claim(prover, body), ()))
+        claim = encode_message(compute_claim_announced(compute_signed_claim(prover, body), (), prover))
         # The claim arrives before its task: parked under the task's key, retried when the task is applied.
         assert (await node.handle_message(claim, "gossip", "p1")).startswith("ignore: claim names a task")
         assert len(node.guard.pending) == 1

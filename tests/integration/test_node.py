@@ -45,7 +45,7 @@ def test_every_bad_message_is_refused_without_state_change(tmp_path: Path) -> No
         assert (await node.handle_message(b"\x90" * (MAX_GOSSIP_BYTES + 1), "gossip")).startswith("reject")
         non_canonical = msgpack.packb({"body": {}, "type": "claim"})  # keys out of canonical order
         assert (await node.handle_message(non_canonical, "gossip")).startswith("reject")
-        chunk = encode_message(ChunkRequest(b"\x00" * 32, 0, "param/w", 0, 10))
+        chunk = encode_message(ChunkRequest(b"\x00" * 32, 0, "param/w", 0))
         assert (await node.handle_message(chunk, "gossip")).startswith("reject")  # stream type on gossip
         posting = _posting(net)
         forged = posting.__class__(posting.task, posting.requester, posting.reward + 1, posting.expires_at,
@@ -60,10 +60,17 @@ def test_every_bad_message_is_refused_without_state_change(tmp_path: Path) -> No
         body = ClaimBody(compute_task_id(task), bls.compute_public_key(prover), os.urandom(32), os.urandom(32),
                          task.num_checkpoints, task.total_steps, task.checkpoint_interval, compute_posting_id(posting))
         offline = compute_signed_claim(prover, dataclasses.replace(body, posting_id=bytes(32)))
-        assert (await node.handle_message(encode_message(compute_claim_announced(offline, ())), "gossip")).startswith(
+        assert (await node.handle_message(encode_message(compute_claim_announced(offline, (), prover)), "gossip")).startswith(
             "reject")  # a run for no posting (or another) is no work for this one
         claim = compute_signed_claim(prover, body)
-        assert await node.handle_message(encode_message(compute_claim_announced(claim, ())), "gossip") == "accept"
+        # Fetch hints swapped by whoever relays the claim (or unsigned) are refused: only the prover's count.
+        signed = compute_claim_announced(claim, ("/ip4/127.0.0.1/tcp/1/p2p/prover",), prover)
+        for bad in (dataclasses.replace(signed, fetch=("/ip4/127.0.0.1/tcp/2/p2p/liar",)),
+                    dataclasses.replace(signed, fetch_signature=compute_claim_announced(claim, (), prover).fetch_signature),
+                    compute_claim_announced(claim, signed.fetch, bls.compute_secret_key(os.urandom(32)))):
+            result = await node.handle_message(encode_message(bad), "gossip")
+            assert result.startswith("reject") and "InvalidFetchHints" in result, result
+        assert await node.handle_message(encode_message(signed), "gossip") == "accept"
         claim_id = compute_claim_id(body)
         ctx = get_claim_context(node.chain.state, claim_id)
         # A vote by a key that is not a verifier, and a vote with a forged signature.
@@ -116,19 +123,19 @@ def test_node_process_survives_garbage_over_the_network(tmp_path: Path) -> None:
                     for topic in TOPICS:
                         await peer.publish(topic, payload or b"\x00")
                 await asyncio.sleep(1.5)
-                status = dn.http_get(target, "/status")
+                status = dn.http_get(target, "/status", timeout=30)
                 assert status["log_seq"] == 0
                 # Still fully working: a valid posting by gossip is applied.
                 data = encode_message(_posting(net))
-                deadline = time.monotonic() + 20
-                while dn.http_get(target, "/status")["log_seq"] == 0:
+                deadline = time.monotonic() + 40
+                while dn.http_get(target, "/status", timeout=30)["log_seq"] == 0:
                     assert time.monotonic() < deadline, "valid gossip after garbage was never applied"
                     await peer.publish(TOPICS[0], data)
                     await asyncio.sleep(1.0)
             finally:
                 await peer.stop()
 
-        asyncio.run(asyncio.wait_for(attack(), 90))
+        asyncio.run(asyncio.wait_for(attack(), 150))
         assert target.proc is not None and target.proc.poll() is None
         wait_for(lambda: dn.http_get(target, "/tasks")["tasks"], 5, "task listed")
 
@@ -155,7 +162,7 @@ def test_double_vote_is_detected_proven_and_slashed(tmp_path: Path) -> None:
                          roots[-1], task.num_checkpoints, task.total_steps, task.checkpoint_interval,
                          compute_posting_id(posting))
         assert await node.handle_message(encode_message(compute_claim_announced(compute_signed_claim(prover, body),
-                                                                                ())), "gossip") == "accept"
+                                                                                (), prover)), "gossip") == "accept"
         claim_id = compute_claim_id(body)
         ctx = get_claim_context(node.chain.state, claim_id)
         cheater = net.verifiers[1].key.bls_secret_key

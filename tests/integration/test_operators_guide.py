@@ -140,9 +140,13 @@ def test_three_machines_to_a_paid_claim(machines: dict[str, Any]) -> None:
     out = pol("submit-task", "task.toml", "--reward", "100", "--key", "requester.json", "--node", urls["alice"],
               "--token-file", "alice-data/api_token", cwd=dirs["alice"])
     assert "accept" in out
-    deadline, claims = time.monotonic() + 150, []
+    deadline, claims = time.monotonic() + 300, []  # bounded; a loaded 2-core machine trains and replays slowly
     while time.monotonic() < deadline:
-        claims = get(urls["alice"] + "/claims")["claims"]
+        try:
+            claims = get(urls["alice"] + "/claims")["claims"]
+        except OSError:  # a node busy replaying on a loaded machine may answer late; the deadline bounds it
+            time.sleep(1)
+            continue
         if claims and claims[0]["status"] == "paid":
             break
         time.sleep(1)

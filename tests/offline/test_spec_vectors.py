@@ -23,9 +23,11 @@ from protocol.claim import compute_claim_id, decode_claim, encode_claim_body
 from protocol.encoding import decode_canonical, encode_canonical
 from protocol.errors import DecodeError, InvalidTask
 from protocol.merkle import compute_merkle_proof, compute_merkle_root
+from protocol.messages import ClaimAnnounced, decode_message, validate_fetch_hints
 from protocol.rng import compute_permutation, compute_random_u32, compute_uniform_f64
 from protocol.sampling import compute_segment_sample
-from protocol.state import TensorLeaf, compute_state_root, compute_tensor_leaf_hash
+from protocol.constants import TENSOR_CHUNK_BYTES
+from protocol.state import TensorLeaf, compute_chunk_hashes, compute_chunk_proof, compute_state_root, compute_tensor_leaf_hash
 from protocol.task import compute_task_id, encode_task, parse_task_toml
 from tests.spec_impl import core, mlp, ops
 
@@ -137,19 +139,42 @@ def test_merkle_roots_and_paths() -> None:
                 assert core.root_from_path(leaves[i], i, len(leaves), nodes[:-1]) is None
 
 
+def _state_vector_bytes(x: dict[str, Any]) -> bytes:
+    if "data" in x:
+        return bytes.fromhex(x["data"])
+    assert x["fill"] == "arange" and x["dtype"] == "f32"  # element j is j
+    raw = np.arange(int(np.prod(x["shape"])), dtype="<f4").tobytes()
+    assert core.sha256(raw).hex() == x["data_sha256"]
+    return raw
+
+
 def test_leaf_encodings_and_state_roots() -> None:
-    for state in load("state.json")["states"]:
-        leaves = [TensorLeaf(x["name"], x["dtype"], tuple(x["shape"]), bytes.fromhex(x["data"])) for x in state["leaves"]]
+    doc = load("state.json")
+    assert doc["chunk_bytes"] == core.TENSOR_CHUNK_BYTES == TENSOR_CHUNK_BYTES
+    multi = 0
+    for state in doc["states"]:
+        raws = [_state_vector_bytes(x) for x in state["leaves"]]
+        leaves = [TensorLeaf(x["name"], x["dtype"], tuple(x["shape"]), raw) for x, raw in zip(state["leaves"], raws)]
         assert compute_state_root(leaves).hex() == state["state_root"]
         datas = {}
-        for leaf, x in zip(leaves, state["leaves"]):
+        for leaf, x, raw in zip(leaves, state["leaves"], raws):
             assert compute_tensor_leaf_hash(leaf).hex() == x["leaf_hash"]
-            data = core.leaf_data(x["name"], x["dtype"], x["shape"], bytes.fromhex(x["data"]))
+            assert [h.hex() for h in compute_chunk_hashes(raw)] == x["chunk_hashes"]
+            chunks = core.tensor_chunks(raw)
+            assert [core.sha256(b"\x00" + c).hex() for c in chunks] == x["chunk_hashes"]
+            assert core.chunk_root(raw).hex() == x["chunk_root"]
+            for i, path in enumerate(x["chunk_paths"]):  # each chunk checks alone against the chunk root
+                nodes = [bytes.fromhex(p) for p in path]
+                assert core.root_from_path(chunks[i], i, len(chunks), nodes).hex() == x["chunk_root"]
+                assert [p.hex() for p in compute_chunk_proof(raw, i).path] == path
+            multi += len(chunks) > 1
+            data = core.leaf_data(x["name"], x["dtype"], x["shape"], raw)
             assert data.hex() == x["leaf_data"]
             assert core.sha256(b"\x00" + data).hex() == x["leaf_hash"]
             datas[x["name"]] = data
         ordered = [datas[k] for k in sorted(datas, key=lambda s: s.encode("ascii"))]
         assert core.merkle_root(ordered).hex() == state["state_root"]
+    assert multi  # the vectors hold a tensor of several chunks
 
 
 def test_claim_encoding_id_and_signature() -> None:
@@ -169,6 +194,17 @@ def test_claim_encoding_id_and_signature() -> None:
         sk = int.from_bytes(bytes.fromhex(case["secret_key"]), "big")
         assert G2ProofOfPossession.SkToPk(sk) == body["prover"]
         assert G2ProofOfPossession.Sign(sk, bytes.fromhex(case["signing_message"])).hex() == case["signature"]
+        # §16.6: the claims-topic message, its fetch hints signed by the prover.
+        ann = case["announce"]
+        message = b"pol/v1/fetch-hints" + core.claim_id(body) + core.pack(ann["fetch"])
+        assert message.hex() == ann["fetch_message"]
+        assert G2ProofOfPossession.Sign(sk, message).hex() == ann["fetch_signature"]
+        envelope = core.pack({"type": "claim", "body": {"claim": bytes.fromhex(case["claim_hex"]), "fetch": ann["fetch"],
+                                                        "fetch_signature": bytes.fromhex(ann["fetch_signature"])}})
+        assert envelope.hex() == ann["envelope"]
+        decoded = decode_message(envelope)
+        assert isinstance(decoded, ClaimAnnounced) and list(decoded.fetch) == ann["fetch"]
+        validate_fetch_hints(decoded, claim)
 
 
 def test_segment_sampling() -> None:

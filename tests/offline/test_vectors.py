@@ -102,7 +102,7 @@ def test_state_root_from_spec_text() -> None:
         nb = name.encode()
         header = b"pol/v1/tensor" + struct.pack("<H", len(nb)) + nb + struct.pack("<B", len(dtype)) + dtype.encode()
         header += struct.pack("<B", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
-        return header + raw
+        return header + _rfc6962([raw])  # one chunk of at most 512 KiB: chunk root = H(0x00 || raw)
 
     expected = _rfc6962([leaf("meta/step", "i64", (), step.tobytes()), leaf("param/w", "f32", (2, 2), w.tobytes())])
     got = compute_state_root([TensorLeaf("param/w", "f32", (2, 2), w.tobytes()),

@@ -90,6 +90,8 @@ def test_fuzzed_messages_never_crash(fx: Fixture) -> None:  # noqa: F811
     states = (fx.empty, fx.state)
     crashes: list[str] = []
     outcomes = {"decode_error": 0, "reject": 0, "ignore": 0, "accept": 0}
+    originals = set(encoded)
+    mutated_accepted: list[str] = []  # a changed message that still passes: some field is not signed
     started = time.perf_counter()
     for i in range(CASES):
         data = _mutate(rng, encoded[i % len(encoded)], rng.choice(encoded))
@@ -102,6 +104,8 @@ def test_fuzzed_messages_never_crash(fx: Fixture) -> None:  # noqa: F811
         try:
             validate_gossip_message(data, states[i % 2], T0)
             outcomes["accept"] += 1
+            if data not in originals:
+                mutated_accepted.append(decode_canonical(data, 1 << 20).get("type", "?"))
         except GossipReject:
             outcomes["reject"] += 1
         except GossipIgnore:
@@ -111,4 +115,5 @@ def test_fuzzed_messages_never_crash(fx: Fixture) -> None:  # noqa: F811
     elapsed = time.perf_counter() - started
     print(f"{CASES} fuzz cases in {elapsed:.1f} s: {outcomes}; crashes: {len(crashes)}")
     assert not crashes, crashes[:5]
+    assert not mutated_accepted, f"accepted mutations: {sorted(set(mutated_accepted))}"
     assert outcomes["reject"] > CASES // 2 and outcomes["accept"] < CASES // 10

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from test_vote_cert import make_claim, make_network, make_reject_vote, make_task
 
 from protocol.certificate import compute_certificate
-from protocol.claim import compute_claim_id, encode_claim
-from protocol.constants import MAX_CHUNK_LENGTH, MAX_GOSSIP_BYTES
+from protocol.claim import compute_claim_id
+from protocol.constants import MAX_GOSSIP_BYTES, TENSOR_CHUNK_BYTES
 from protocol.encoding import encode_canonical
 from protocol.errors import GossipIgnore, GossipReject, InvalidInput, InvalidMessage, InvalidProof
 from protocol.ledger import (
@@ -27,18 +27,17 @@ from protocol.merkle import compute_merkle_proof
 from protocol.messages import (
     ChunkRequest,
     ChunkResponse,
-    ClaimAnnounced,
     Message,
     SyncRequest,
     SyncResponse,
+    compute_claim_announced,
     compute_message_id,
     decode_message,
     encode_message,
-    validate_assembled_tensor,
     validate_chunk_response,
     validate_gossip_message,
 )
-from protocol.state import TensorLeaf, compute_state_root, compute_tensor_proof
+from protocol.state import TensorLeaf, compute_chunk_proof, compute_state_root, compute_tensor_proof
 from protocol.forced import ForcedErrorReveal
 from protocol.vote import compute_double_vote_proof, compute_vote
 
@@ -67,13 +66,13 @@ def fx() -> Fixture:
     cert = compute_certificate([vote, compute_vote(net.verifier_keys[1], ctx)], net.genesis.verifiers)
     leaf = TensorLeaf("param/w", "f32", (2, 3), np.arange(6, dtype="<f4").tobytes())
     samples: dict[str, Message] = {
-        "task_posted": posting, "claim": ClaimAnnounced(encode_claim(claim), ("peer0",)), "vote": vote,
+        "task_posted": posting, "claim": compute_claim_announced(claim, ("peer0",), net.prover_key), "vote": vote,
         "reject": reject, "certificate": cert,
         "double_vote": compute_double_vote_proof(compute_vote(net.verifier_keys[1], ctx), reject),
         "forced_reveal": ForcedErrorReveal(ctx.claim_id, b"\x01" * 32, ((0, b"\x02" * 32), (3, b"\x03" * 32))),
         "sync_request": SyncRequest(5, 10), "sync_response": SyncResponse((b"abc",), 6, True),
-        "chunk_request": ChunkRequest(ctx.claim_id, 3, "param/w", 0, 16),
-        "chunk_response": ChunkResponse(ctx.claim_id, 3, leaf.name, leaf.dtype, leaf.shape, 0, leaf.data[:16],
+        "chunk_request": ChunkRequest(ctx.claim_id, 3, "param/w", 0),
+        "chunk_response": ChunkResponse(ctx.claim_id, 3, leaf.name, leaf.dtype, leaf.shape, 0, leaf.data, (),
                                         b"\x00" * 32, (), compute_merkle_proof([b"a", b"b"], 0)),
     }
     return Fixture(empty, state, samples)
@@ -118,8 +117,9 @@ def test_gossip_accepts_valid_and_classifies_failures(fx: Fixture) -> None:
             validate_gossip_message(raw, fx.state, T0)
 
 
-def test_chunk_response_checks_commitment_and_tensor() -> None:
-    leaves = [TensorLeaf("param/w", "f32", (600,), np.linspace(0, 1, 600, dtype="<f4").tobytes()),
+def test_chunk_response_checks_commitment_and_each_chunk() -> None:
+    n = 2 * TENSOR_CHUNK_BYTES // 4 + 600  # three chunks, the last one 2400 bytes
+    leaves = [TensorLeaf("param/w", "f32", (n,), np.linspace(0, 1, n, dtype="<f4").tobytes()),
               TensorLeaf("meta/step", "i64", (), np.array(25, dtype="<i8").tobytes())]
     state_root = compute_state_root(leaves)
     checkpoint_roots = [b"\x01" * 32, state_root, b"\x03" * 32]
@@ -130,29 +130,27 @@ def test_chunk_response_checks_commitment_and_tensor() -> None:
     tensor_proof = compute_tensor_proof(leaves, "param/w")
     data = leaves[0].data
     chunks = []
-    for offset in range(0, len(data), 1000):
-        request = ChunkRequest(b"\x07" * 32, 1, "param/w", offset, 1000)
-        response = ChunkResponse(request.claim_id, 1, "param/w", "f32", (600,), offset, data[offset:offset + 1000],
-                                 state_root, path, tensor_proof)
+    for k in range(3):
+        request = ChunkRequest(b"\x07" * 32, 1, "param/w", k)
+        piece = data[k * TENSOR_CHUNK_BYTES:(k + 1) * TENSOR_CHUNK_BYTES]
+        response = ChunkResponse(request.claim_id, 1, "param/w", "f32", (n,), k, piece,
+                                 compute_chunk_proof(data, k).path, state_root, path, tensor_proof)
         validate_chunk_response(response, request, commitment, 3)
         chunks.append(response)
-    assert sum(len(c.data) for c in chunks) == 2400  # the last chunk is short
-    assembled = TensorLeaf("param/w", "f32", (600,), b"".join(c.data for c in chunks))
-    validate_assembled_tensor(assembled, chunks[0])
-    tampered = replace(assembled, data=assembled.data[:-4] + np.float32(9).tobytes())
-    with pytest.raises(InvalidProof):
-        validate_assembled_tensor(tampered, chunks[0])
-    request = ChunkRequest(b"\x07" * 32, 1, "param/w", 0, 1000)
-    with pytest.raises(InvalidProof):
+    assert len(chunks[2].data) == 2400  # the last chunk is short
+    request = ChunkRequest(b"\x07" * 32, 1, "param/w", 0)
+    with pytest.raises(InvalidProof, match="committed root"):
         validate_chunk_response(replace(chunks[0], state_root=b"\x03" * 32), request, commitment, 3)
-    with pytest.raises(InvalidMessage, match="does not fit"):
-        validate_chunk_response(replace(chunks[0], data=data[:999]), request, commitment, 3)
+    with pytest.raises(InvalidProof, match="bytes, not"):
+        validate_chunk_response(replace(chunks[0], data=chunks[0].data[:-4]), request, commitment, 3)
+    with pytest.raises(InvalidProof, match="does not lead"):  # another chunk's bytes under chunk 0's path
+        validate_chunk_response(replace(chunks[0], data=chunks[1].data), request, commitment, 3)
     with pytest.raises(InvalidMessage, match="does not answer"):
         validate_chunk_response(chunks[1], request, commitment, 3)
-    too_long = encode_canonical({"type": "chunk_request", "body": {
-        "claim_id": b"\x07" * 32, "checkpoint": 1, "tensor": "param/w", "offset": 0, "length": MAX_CHUNK_LENGTH + 1}})
-    with pytest.raises(InvalidMessage, match="length"):
-        decode_message(too_long)
+    too_big = encode_canonical({"type": "chunk_request", "body": {
+        "claim_id": b"\x07" * 32, "checkpoint": 1, "tensor": "param/w", "chunk": 2**40}})
+    with pytest.raises(InvalidMessage, match="chunk"):
+        decode_message(too_big)
 
 
 def _assert_decodes_or_invalid(data: bytes) -> None:

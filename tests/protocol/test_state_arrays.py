@@ -25,11 +25,21 @@ def _leaves(arrays: dict[str, np.ndarray]) -> list[TensorLeaf]:
 
 
 def test_spec_text_leaf_hash() -> None:
-    """The leaf hash as SPEC.md §5 words it (0x00 || header || little-endian bytes), built by hand."""
+    """The leaf hash as SPEC.md §5 words it (0x00 || header || chunk root), built by hand: a tensor of one
+    chunk has chunk root H(0x00 || bytes); one of three chunks (the last short) the RFC 6962 tree over them."""
+    sha = hashlib.sha256
     w = np.array([[1.5, -0.0], [2.0, 3.25]], dtype="<f4")
     header = b"pol/v1/tensor" + struct.pack("<H", 7) + b"param/w" + struct.pack("<B", 3) + b"f32"
     header += struct.pack("<B", 2) + struct.pack("<Q", 2) + struct.pack("<Q", 2)
-    assert compute_array_leaf_hash("param/w", w) == hashlib.sha256(b"\x00" + header + w.tobytes()).digest()
+    one_chunk = sha(b"\x00" + w.tobytes()).digest()
+    assert compute_array_leaf_hash("param/w", w) == sha(b"\x00" + header + one_chunk).digest()
+    big = np.arange(2 * (1 << 17) + 3, dtype="<f4")  # 2 chunks of 2^19 bytes and one of 12 bytes
+    raw = big.tobytes()
+    c0, c1, c2 = (sha(b"\x00" + raw[i << 19:(i + 1) << 19]).digest() for i in range(3))
+    root = sha(b"\x01" + sha(b"\x01" + c0 + c1).digest() + c2).digest()
+    header = b"pol/v1/tensor" + struct.pack("<H", 9) + b"param/big" + struct.pack("<B", 3) + b"f32"
+    header += struct.pack("<B", 1) + struct.pack("<Q", big.size)
+    assert compute_array_leaf_hash("param/big", big) == sha(b"\x00" + header + root).digest()
 
 
 def test_roots_equal_the_byte_leaves() -> None:

@@ -135,11 +135,24 @@ def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) ->
 
 # --- §5 leaves and state roots ---
 
+TENSOR_CHUNK_BYTES = 2**19
+
+
+def tensor_chunks(raw: bytes) -> list[bytes]:
+    """§5.2: max(1, ceil(L / C)) chunks of C bytes, the last one short (empty for an empty tensor)."""
+    n = max(1, (len(raw) + TENSOR_CHUNK_BYTES - 1) // TENSOR_CHUNK_BYTES)
+    return [raw[i * TENSOR_CHUNK_BYTES:min((i + 1) * TENSOR_CHUNK_BYTES, len(raw))] for i in range(n)]
+
+
+def chunk_root(raw: bytes) -> bytes:
+    return merkle_root(tensor_chunks(raw))
+
+
 def leaf_data(name: str, dtype: str, shape: Sequence[int], raw: bytes) -> bytes:
     nb = name.encode("ascii")
     out = b"pol/v1/tensor" + struct.pack("<H", len(nb)) + nb + struct.pack("<B", len(dtype)) + dtype.encode("ascii")
     out += struct.pack("<B", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
-    return out + raw
+    return out + chunk_root(raw)
 
 
 def state_root(tensors: dict[str, np.ndarray], step: int) -> bytes:

@@ -42,13 +42,21 @@ from protocol.claim import (  # noqa: E402
 )
 from protocol.encoding import encode_canonical  # noqa: E402
 from protocol.errors import InvalidTask  # noqa: E402
-from protocol.merkle import compute_merkle_proof, compute_merkle_root  # noqa: E402
+from protocol.merkle import compute_merkle_proof, compute_merkle_root, compute_root_from_leaf_hashes  # noqa: E402
 from protocol.rng import STREAM_DATA, STREAM_DROPOUT, compute_permutation, compute_random_u32  # noqa: E402
-from protocol.constants import OFFLINE_POSTING_ID  # noqa: E402
+from protocol.constants import OFFLINE_POSTING_ID, TENSOR_CHUNK_BYTES  # noqa: E402
 from protocol.rng import compute_training_seed, compute_uniform_f64  # noqa: E402
 from protocol.sampling import compute_segment_sample  # noqa: E402
-from protocol.state import TensorLeaf, compute_leaf_header, compute_state_root, compute_tensor_leaf_hash  # noqa: E402
+from protocol.state import (  # noqa: E402
+    TensorLeaf,
+    compute_chunk_hashes,
+    compute_chunk_proof,
+    compute_leaf_data,
+    compute_state_root,
+    compute_tensor_leaf_hash,
+)
 from protocol.task import Task, compute_task_id, encode_task, get_task_canonical, parse_task_toml  # noqa: E402
+from protocol.messages import compute_claim_announced, compute_fetch_hints_message, encode_message  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "examples"
@@ -294,17 +302,31 @@ def gen_state() -> dict[str, Any]:
             _leaf("param/b", np.zeros((0, 3), dtype=np.float32)), _leaf("param/a-b", np.ones(1, dtype=np.float32)), _leaf("param/a0", np.ones(1, dtype=np.float32)),
             _leaf("param/a.b", np.ones(2, dtype=np.float32)), _leaf("param/a_b", np.ones(2, dtype=np.float32)),
             _leaf("meta/step", np.array(0, dtype=np.int64))],
+        # TENSOR_CHUNK_BYTES of f32 is one full chunk; 2 chunks + 12 bytes is three with a short last one.
+        "chunk boundaries: one full chunk, three chunks with a short last one": [
+            _leaf("param/full", np.arange(TENSOR_CHUNK_BYTES // 4, dtype=np.float32)),
+            _leaf("param/multi", np.arange((2 * TENSOR_CHUNK_BYTES + 12) // 4, dtype=np.float32).reshape(-1, 1)),
+            _leaf("meta/step", np.array(3, dtype=np.int64))],
     }
     out = []
     for label, leaves in states.items():
-        out.append({
-            "name": label,
-            "leaves": [{"name": lf.name, "dtype": lf.dtype, "shape": list(lf.shape), "data": lf.data.hex(),
-                        "leaf_data": (compute_leaf_header(lf.name, lf.dtype, lf.shape) + lf.data).hex(),
-                        "leaf_hash": compute_tensor_leaf_hash(lf).hex()} for lf in leaves],
-            "state_root": compute_state_root(leaves).hex(),
-        })
-    return {"section": "SPEC.md §5", "states": out}
+        items = []
+        for lf in leaves:
+            hashes = compute_chunk_hashes(lf.data)
+            item: dict[str, Any] = {"name": lf.name, "dtype": lf.dtype, "shape": list(lf.shape)}
+            if len(lf.data) > 64:  # big tensors by rule: element j is j (exact in binary32)
+                item.update({"fill": "arange", "data_sha256": hashlib.sha256(lf.data).hexdigest()})
+            else:
+                item["data"] = lf.data.hex()
+            chunk_root = compute_root_from_leaf_hashes(hashes)
+            item.update({
+                "chunk_hashes": [h.hex() for h in hashes], "chunk_root": chunk_root.hex(),
+                "chunk_paths": [[p.hex() for p in compute_chunk_proof(lf.data, i).path] for i in range(len(hashes))],
+                "leaf_data": compute_leaf_data(lf.name, lf.dtype, lf.shape, chunk_root).hex(),
+                "leaf_hash": compute_tensor_leaf_hash(lf).hex()})
+            items.append(item)
+        out.append({"name": label, "leaves": items, "state_root": compute_state_root(leaves).hex()})
+    return {"section": "SPEC.md §5", "chunk_bytes": TENSOR_CHUNK_BYTES, "states": out}
 
 
 def gen_claims() -> dict[str, Any]:
@@ -321,7 +343,13 @@ def gen_claims() -> dict[str, Any]:
                       "signing_message": compute_claim_signing_message(body).hex(),
                       "signature": claim.signature.hex(), "claim_hex": encode_claim(claim).hex(),
                       "run_seed": str(compute_training_seed(compute_task_id(task), body.prover, posting))})
-    return {"section": "SPEC.md §6", "cases": cases}
+        hints = ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",) if posting != \
+            OFFLINE_POSTING_ID else ()
+        announced = compute_claim_announced(claim, hints, sk)
+        cases[-1]["announce"] = {  # the claims-topic message with its signed fetch hints (§16.6)
+            "fetch": list(hints), "fetch_message": compute_fetch_hints_message(compute_claim_id(body), hints).hex(),
+            "fetch_signature": announced.fetch_signature.hex(), "envelope": encode_message(announced).hex()}
+    return {"section": "SPEC.md §6, §16.6", "cases": cases}
 
 
 def gen_sampling() -> dict[str, Any]:
@@ -563,6 +591,63 @@ def gen_segments() -> dict[str, Any]:
     return {"section": "SPEC.md §13, §14", "note": "step_roots[0] is r_0, step_roots[k] is r_1", "segments": out}
 
 
+# §11.1: graph tasks covering every graph operator (tied weights, dropout, patches, non-causal
+# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten), built from the presets of §11.3.
+GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt2-tied-dropout": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "dropout": 0.1}),
+    "llama-style": ("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 4, "context": 6, "norm": "rms_norm",
+                             "mlp": "swiglu", "tied": False, "vocab": 300, "optim.grad_clip": 0.5}),
+    "vit": ("vit", {"d_model": 12, "n_layers": 1, "n_heads": 3, "dropout": 0.2, "patch": 4}),
+    "resnet-pool": ("resnet", {"channels": 3, "blocks": 1, "stages": 3}),
+    "resnet-flatten": ("resnet", {"channels": 2, "blocks": 2, "stages": 2, "kernel": 5, "pool": False,
+                                  "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.05}),
+    "mlp-tanh": ("mlp", {"hidden": (12, 8), "activation": "tanh"}),  # the §11.2 mlp expansion, as a graph task
+}
+GRAPH_STEPS = 2
+
+
+def graph_task(case: str) -> Task:
+    from protocol.presets import get_preset_task
+    from protocol.task import parse_task
+
+    from protocol.graph import get_family_graph, get_graph_canonical
+    from protocol.task import MLPConfig
+
+    preset, sets = GRAPH_CASES[case]
+    sha = "a294f1bbebc6ddcdbc2748588245b2b0d5c5864c0cd89ad469a0495182df8fab" if preset == "gpt2" else DIGITS_SHA
+    task_keys = {"task.batch_size": 3, "task.total_steps": 4, "task.checkpoint_interval": 2, "optim.lr": 0.01}
+    if preset == "mlp":
+        doc = get_preset_task("resnet", task_keys, sha)
+        doc["model"] = get_graph_canonical(get_family_graph("mlp", MLPConfig(**sets)))
+    else:
+        doc = get_preset_task(preset, {**task_keys, **sets}, sha)
+    doc["task"]["name"] = case
+    return parse_task(doc)
+
+
+def gen_graphs() -> dict[str, Any]:
+    from protocol.task import format_task_toml
+
+    out = []
+    for case in GRAPH_CASES:
+        task = graph_task(case)
+        rt = run_runtime(task)
+        state = init_state(rt)
+        params = [{"index": i, "name": s.name, "shape": list(s.shape), "init": s.init[0],
+                   "bound_f64": struct.pack(">d", s.init[1]).hex() if s.init[0] == "uniform" else None,
+                   "sha256": tensor_hash(state.params[s.name])} for i, s in enumerate(rt.specs)]
+        steps = []
+        init_root = compute_root(state).hex()
+        for _ in range(GRAPH_STEPS):
+            loss = train_step(rt, state)
+            steps.append({"loss_f32": f32_bits(np.float32(loss))[0], "root": compute_root(state).hex()})
+        out.append({"name": case, "task_toml": format_task_toml(task), "canonical_hex": encode_task(task).hex(),
+                    "task_id": compute_task_id(task).hex(), **run_binding(task), "params": params,
+                    "init_root": init_root, "steps": steps})
+    return {"section": "SPEC.md §11.1, §10.5, §13", "note": "task_toml is the normalized task; each step from "
+            "the previous state, under the run seed of the vector prover and the offline posting", "graphs": out}
+
+
 GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "msgpack_edges.json": gen_msgpack_edges,
     "tasks.json": gen_tasks,
@@ -577,6 +662,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "datasets.json": gen_datasets,
     "steps.json": gen_steps,
     "segments.json": gen_segments,
+    "graphs.json": gen_graphs,
 }
 
 
