@@ -36,8 +36,9 @@ _SIGNATURES: dict[str, list[type]] = {
     "philox_u32": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, _P],
     "dropout_mask": [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, _I, ctypes.c_uint64, _F,
                      _P],
-    "im2col": [_P, _P, _P, _I, _I, _I, _I, _I],
     "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
+    "conv2d_fwd": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT],
+    "conv2d_bwd": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT, _INT, _INT],
     "relu_fwd": [_P, _P, _I],
     "scale_mask": [_P, _P, _I, _I, _F, _INT],
     "relu_bwd": [_P, _P, _P, _I],
@@ -56,10 +57,14 @@ _SIGNATURES: dict[str, list[type]] = {
     "layer_norm_bwd": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _INT, _INT, _F],
     "sgd_step": [_P, _P, _P, _I, _F, _F, _F, _INT],
     "adamw_step": [_P, _P, _P, _P, _I, _F, _INT, _F, _F, _F, _F, _F, _F, _F],
+    "pol_set_threads": [_INT],
+    "pol_set_par_min_ns": [ctypes.c_double],
+    "pol_par_last_nth": [],
 }
 
 # Functions that return a status (0 ok, -1 out of memory) instead of nothing.
-_RETURNS_INT = frozenset({"exact_mm"})
+_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd", "pol_par_last_nth"})
+_RETURNS_DOUBLE = frozenset({"pol_set_par_min_ns"})
 
 _lib: ctypes.CDLL | None = None
 _load_failed = False
@@ -76,7 +81,8 @@ def _load() -> ctypes.CDLL | None:
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes = args
-                fn.restype = ctypes.c_int if name in _RETURNS_INT else None
+                fn.restype = ctypes.c_int if name in _RETURNS_INT else (
+                    ctypes.c_double if name in _RETURNS_DOUBLE else None)
             _lib = lib
         except Exception as exc:  # noqa: BLE001 - any build/load problem means "use the reference"
             _load_failed = True
@@ -136,6 +142,10 @@ def kernels(*ts: torch.Tensor) -> Kernels | None:
         if lib is None:
             return None
         _kernels_obj = Kernels(lib)
+    nth = torch.get_num_threads()
+    if nth != _kernels_obj.threads:  # the elementwise kernels split large inputs over torch's threads
+        _kernels_obj.lib.pol_set_threads(nth)
+        _kernels_obj.threads = nth
     return _kernels_obj
 
 
@@ -151,6 +161,7 @@ class Kernels:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
+        self.threads = 0  # what pol_set_threads was last told (0: not yet)
 
     def exact_sum(self, x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
         x = x.contiguous()
@@ -230,14 +241,33 @@ class Kernels:
                               scale, _ptr(mask))
         return mask
 
-    def im2col(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """unfold(x, k, padding=k//2) as [N*H*W, C*k*k] rows (pixel-major)."""
-        x = x.contiguous()
-        n, c, h, w = x.shape
-        cols = torch.empty(n * h * w, c * k * k, dtype=F32)
-        xp = torch.empty(c * (h + 2 * (k // 2)) * (w + 2 * (k // 2)), dtype=F32)
-        self.lib.im2col(_ptr(x), _ptr(cols), _ptr(xp), n, c, h, w, k)
-        return cols
+    def conv2d_fwd(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """functional._Conv2d's forward without an im2col matrix: (y, xp), xp the zero-padded input
+        (what the backward needs instead of the im2col matrix, k*k times smaller)."""
+        x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+        n, c, h, wd = x.shape
+        o, _, k, _ = w.shape
+        pad = k // 2
+        y = torch.empty(n, o, h, wd, dtype=F32)
+        xp = torch.empty(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
+        if self.lib.conv2d_fwd(_ptr(x), _ptr(w), _ptr(b), _ptr(y), _ptr(xp), n, c, h, wd, o, k,
+                               _slice_bits(c * k * k), torch.get_num_threads()):
+            raise MemoryError(f"conv2d: no memory for a [{n}x{c}x{h}x{wd}] input")
+        return y, xp
+
+    def conv2d_bwd(self, dy: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, need_dx: bool
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(dx or None, dw, db) of conv2d_fwd from dy [N, O, H, W] and the padded input xp."""
+        dy, w = dy.contiguous(), w.contiguous()
+        n, o, h, wd = dy.shape
+        c, k = w.shape[1], w.shape[2]
+        dw, db = torch.empty_like(w), torch.empty(o, dtype=F32)
+        dx = torch.empty(n, c, h, wd, dtype=F32) if need_dx else None
+        rows = n * h * wd
+        if self.lib.conv2d_bwd(_ptr(dy), _ptr(xp), _ptr(w), _ptr(dw), _ptr(db), _ptr(dx), n, c, h, wd, o, k,
+                               _slice_bits(rows), ref.grid_bits(rows), _slice_bits(o), torch.get_num_threads()):
+            raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
+        return dx, dw, db
 
     def col2im(self, dcols: torch.Tensor, n: int, c: int, h: int, w: int, k: int) -> torch.Tensor:
         """functional._Conv2d.backward's shifted-patch accumulation (row-major offsets, one add each)."""

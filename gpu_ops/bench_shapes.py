@@ -177,6 +177,38 @@ CASES: dict[str, Callable[[], _Case]] = {"mlp-784-1024-1024-10": mlp_case, "tran
                                          "conv-32to64-3x3-32x32": conv_case}
 
 
+def conv_layer_sides(n: int = 32, c: int = 32, hw: int = 32, o: int = 64, k: int = 3) -> dict[str, Step]:
+    """One conv layer's forward + backward (input gradient included) against the GEMM floor of
+    the same FLOPs: ``det`` (gpu_ops), ``native`` (fp32 torch conv), ``floor`` (one square DGEMM
+    with the FLOPs of the conv's three GEMMs) and ``floor_im2col`` (the three DGEMMs on the
+    im2col shapes, operands prepared beforehand: no im2col, no layout changes)."""
+    x, w, b = _randn(n, c, hw, hw, seed=11), _randn(o, c, k, k, seed=12, scale=0.1), _randn(o, seed=13)
+    dy = _randn(n, o, hw, hw, seed=14)
+
+    def det() -> None:
+        xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+        F.conv2d(xx, ww, bb).backward(dy)  # type: ignore[no-untyped-call]
+
+    def native() -> None:
+        xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+        tf.conv2d(xx, ww, bb, padding=k // 2).backward(dy)  # type: ignore[no-untyped-call]
+
+    rows, ckk = n * hw * hw, c * k * k
+    cols = tf.unfold(x.double(), k, padding=k // 2).transpose(1, 2).reshape(rows, ckk).contiguous()
+    w2 = w.double().reshape(o, ckk).contiguous()
+    w2t, dy2 = w2.t().contiguous(), dy.double().permute(0, 2, 3, 1).reshape(rows, o).contiguous()
+    dy2t = dy2.t().contiguous()
+    side = round((3 * rows * ckk * o) ** (1 / 3))  # 2 side^3 = the three GEMMs' 3 * 2 rows ckk o FLOPs
+    sq_a, sq_b = _randn(side, side, seed=15, dtype=torch.float64), _randn(side, side, seed=16, dtype=torch.float64)
+
+    def floor_im2col() -> None:
+        torch.mm(cols, w2t)
+        torch.mm(dy2t, cols)
+        torch.mm(dy2, w2)
+    return {"det": det, "native": native, "floor": lambda: None if torch.mm(sq_a, sq_b) is None else None,
+            "floor_im2col": floor_im2col}
+
+
 def interleave(sides: dict[str, Step], steps: int, warmup: int = 2) -> dict[str, list[float]]:
     """CPU ms (key ``side``) and wall ms (key ``side:wall``) of each side per round; the sides
     alternate within every round (A B C A B C ...)."""
@@ -209,16 +241,22 @@ def _row(name: str, t: dict[str, list[float]]) -> dict[str, Any]:
 
 def run_large(steps: int = 10, threads: int | None = None, n: int = 2048, cases: list[str] | None = None
               ) -> dict[str, Any]:
-    """The large-shape table: one row per case (default: all of ``CASES``), plus the exact matmul
-    (n x n) vs SGEMM / DGEMM."""
+    """The large-shape table: one row per case (default: all of ``CASES`` and ``conv-layer``, one
+    conv layer's forward + backward vs the DGEMM floor of its FLOPs), plus the exact matmul (n x n)
+    vs SGEMM / DGEMM."""
     torch.set_num_threads(threads or 1)
     rows = []
-    for name in cases if cases is not None else list(CASES):
+    for name in [c for c in cases if c in CASES] if cases is not None else list(CASES):
         make = CASES[name]
         case = make()
         t = interleave({"det": case.det_step, "root": case.hash_root,
                         "native": case.native(torch.float32), "floor": case.native(torch.float64)}, steps)
         rows.append(_row(name, t))
+    if cases is None or "conv-layer" in cases:
+        t = interleave(conv_layer_sides(), steps)
+        row = _row("conv-layer-fwd+bwd", t)
+        row["floor_im2col_ratio"] = round(statistics.median(t["det"]) / statistics.median(t["floor_im2col"]), 3)
+        rows.append(row)
     a, b = _randn(n, n, seed=7), _randn(n, n, seed=8)
     a64, b64 = a.double(), b.double()
     t = interleave({"det": lambda: None if F.matmul(a, b) is None else None,

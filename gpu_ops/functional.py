@@ -531,9 +531,10 @@ class _Conv2d(torch.autograd.Function):
     """3x3/5x5 convolution, stride 1, zero padding k//2, as im2col + exact matmul.
 
     The input gradient sums the k*k shifted patch gradients in row-major offset order, one
-    float32 add at a time (fold's scatter-add has no specified order). The fast path does the
-    same gathers and adds in C and lets the matmul kernel write y in [N, O, H*W] layout (same
-    values: each output row depends only on its own pixel row).
+    float32 add at a time (fold's scatter-add has no specified order). The fast path
+    (gpu_ops/cpu/conv.c) computes the same matmuls without building the im2col matrix (the
+    matmul packs its slices straight from the zero-padded input, which is what it saves for
+    the backward), writes y in [N, O, H*W] layout and folds the column gradients per sample.
     """
 
     @staticmethod
@@ -542,13 +543,11 @@ class _Conv2d(torch.autograd.Function):
         o, _, k, _ = w.shape
         kern = backend.kernels(x, w, b)
         ctx.geom = (n, c, h, wd, k)
+        ctx.padded = kern is not None
         if kern is not None:
-            cols_t = kern.im2col(x, k)
-            ctx.save_for_backward(cols_t, w)
-            w2t = w.reshape(o, -1).t()
-            y = kern.matmul(cols_t.view(n, h * wd, -1), w2t.expand(n, *w2t.shape), b, transpose_out=True)
-            assert y is not None
-            return y.view(n, o, h, wd)
+            y, xp = kern.conv2d_fwd(x, w, b)
+            ctx.save_for_backward(xp, w)
+            return y
         cols = torch.nn.functional.unfold(x, k, padding=k // 2)  # [N, C*k*k, H*W], pure gather
         cols_t = cols.transpose(1, 2).reshape(n * h * wd, c * k * k)
         ctx.save_for_backward(cols_t, w)
@@ -557,9 +556,17 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        cols_t, w = ctx.saved_tensors
+        saved, w = ctx.saved_tensors
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
+        if ctx.padded:  # saved is the zero-padded input
+            kern = backend.kernels(dy, saved, w)
+            if kern is not None:
+                dx, dw, db = kern.conv2d_bwd(dy, saved, w, bool(ctx.needs_input_grad[0]))
+                return dx, dw, db
+            cols_t = torch.nn.functional.unfold(saved, k).transpose(1, 2).reshape(n * h * wd, c * k * k)
+        else:
+            cols_t = saved
         dy2 = dy.permute(0, 2, 3, 1).reshape(n * h * wd, o)
         (db,), (dw,) = _reduce_rows([dy2], [(dy2.t(), cols_t)])
         dw = dw.view_as(w)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels.c")
 # Every C file of this directory is compiled into the one shared object (kernels.c first).
 SOURCES = (SOURCE, *sorted(p for p in SOURCE.parent.glob("*.c") if p != SOURCE))
+HEADERS = tuple(sorted(SOURCE.parent.glob("*.h")))  # part of the cache key, not compiled on their own
 ABI = 1
 # Result-preserving flags only; kernels.c explains why -march=native cannot change a bit.
 BASE_FLAGS = ("-O3", "-std=c99", "-fno-fast-math", "-ffp-contract=off", "-fno-unsafe-math-optimizations",
@@ -74,7 +75,7 @@ def load() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = b"\0".join(p.name.encode() + b"\0" + p.read_bytes() for p in SOURCES)
+    src = b"\0".join(p.name.encode() + b"\0" + p.read_bytes() for p in SOURCES + HEADERS)
     last_err: Exception | None = None
     for flags in (BASE_FLAGS + NATIVE_FLAGS, BASE_FLAGS):
         key_src = b"\0".join([src, cc.encode(), _compiler_version(cc).encode(), " ".join(flags).encode(),

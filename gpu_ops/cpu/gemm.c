@@ -21,22 +21,15 @@
 #define POL_GEMM_AVX2 1
 #endif
 
-typedef int64_t i64;
+#include "gemm.h"
 
 #define MR 6
 #define NR 8
 
 static inline uint32_t g_f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static inline float g_u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline double g_pow2d(int k) { uint64_t u = (uint64_t)(k + 1023) << 52; double d; memcpy(&d, &u, 8); return d; }
 
-/* frexp exponent of the largest |x| from its bits; 0 for 0, inf and NaN (like torch.frexp). */
-static inline int g_exp_of_absbits(uint32_t mb) {
-    int e = 0;
-    if (mb == 0 || mb >= 0x7f800000u) return 0;
-    (void)frexpf(g_u2f(mb), &e);
-    return e;
-}
+#define g_exp_of_absbits mm_exp_of_absbits
 
 /* Exponents of the R lines of length L of x (element strides sr between lines, sl along one). */
 static void line_exps(const float *x, i64 R, i64 L, i64 sr, i64 sl, int32_t *e, uint32_t *tmp) {
@@ -81,6 +74,112 @@ static void pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, cons
         for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
 }
 
+#ifdef POL_GEMM_AVX2
+/* pack_tab for W = w = MR or NR scattered lines: one 8-lane gather per index (the loads only;
+ * the conversion, product and truncation are the scalar path's operations, 4 lanes at a time).
+ * Returns 0 when the lines' offsets do not fit the gather's 32-bit indices (nothing written). */
+static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, i64 W, i64 l0, i64 L,
+                           const double *sc, double *p) {
+    int32_t off[8];
+    i64 b0 = lo[r];
+    int contig = 1;
+    for (i64 i = 0; i < 8; i++) {
+        i64 d = i < W ? lo[r + i] - b0 : 0;
+        if (d > INT32_MAX || d < INT32_MIN) return 0;
+        off[i] = (int32_t)d;
+        contig &= i >= W || d == i;
+    }
+    const __m256i vi = _mm256_loadu_si256((const __m256i *)off);
+    const __m256d s0 = _mm256_loadu_pd(sc);
+    const float *xb = x + b0;
+    if (contig) { /* consecutive lines (a conv's pixels in one row): plain loads, no gather */
+        for (i64 l = 0; l < L; l++) {
+            const float *src = xb + io[l0 + l];
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(src)), s0);
+            _mm256_storeu_pd(p + l * W, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            if (W == NR) {
+                __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(src + 4)), _mm256_loadu_pd(sc + 4));
+                _mm256_storeu_pd(p + l * W + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            } else {
+                __m128 t2 = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)(src + 4)));
+                __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(t2), _mm_loadu_pd(sc + 4));
+                _mm_storeu_pd(p + l * W + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            }
+        }
+        return 1;
+    }
+    if (W == NR) {
+        const __m256d s1 = _mm256_loadu_pd(sc + 4);
+        for (i64 l = 0; l < L; l++) {
+            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+            __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+            _mm256_storeu_pd(p + l * NR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            _mm256_storeu_pd(p + l * NR + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        }
+    } else {
+        const __m128d s1 = _mm_loadu_pd(sc + 4);
+        for (i64 l = 0; l < L; l++) {
+            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
+            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+            __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+            _mm256_storeu_pd(p + l * MR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            _mm_storeu_pd(p + l * MR + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        }
+    }
+    return 1;
+}
+#endif
+
+/* Like pack_lines for an operand given by offset tables: element (line r, index l) is
+ * x[lo[r] + io[l]] (the conv's implicit im2col matrix and its gradients' views, gemm.h). */
+static void pack_tab(const float *x, const i64 *lo, const i64 *io, i64 r, i64 w, i64 W, i64 l0, i64 L,
+                     const double *sc, double *p) {
+#ifdef POL_GEMM_AVX2
+    if (w == W && (W == MR || W == NR) && pack_tab_gather(x, lo, io, r, W, l0, L, sc, p)) return;
+#endif
+    int contig = w == W;
+    for (i64 i = 1; i < w && contig; i++) contig = lo[r + i] == lo[r] + i;
+    if (contig && W == MR) { /* consecutive lines (pixels of one padded row): contiguous loads */
+        const float *xr = x + lo[r];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = xr + io[l0 + l];
+            double *pl = p + l * MR;
+            for (i64 i = 0; i < MR; i++) pl[i] = trunc((double)s[i] * sc[i]);
+        }
+        return;
+    }
+    if (contig && W == NR) {
+        const float *xr = x + lo[r];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = xr + io[l0 + l];
+            double *pl = p + l * NR;
+            for (i64 i = 0; i < NR; i++) pl[i] = trunc((double)s[i] * sc[i]);
+        }
+        return;
+    }
+    if (w == NR && W == NR) { /* eight scattered lines: per index, a gather at fixed offsets */
+        i64 o0 = lo[r], o1 = lo[r + 1], o2 = lo[r + 2], o3 = lo[r + 3], o4 = lo[r + 4], o5 = lo[r + 5],
+            o6 = lo[r + 6], o7 = lo[r + 7];
+        for (i64 l = 0; l < L; l++) {
+            const float *s = x + io[l0 + l];
+            double *pl = p + l * NR;
+            pl[0] = trunc((double)s[o0] * sc[0]); pl[1] = trunc((double)s[o1] * sc[1]);
+            pl[2] = trunc((double)s[o2] * sc[2]); pl[3] = trunc((double)s[o3] * sc[3]);
+            pl[4] = trunc((double)s[o4] * sc[4]); pl[5] = trunc((double)s[o5] * sc[5]);
+            pl[6] = trunc((double)s[o6] * sc[6]); pl[7] = trunc((double)s[o7] * sc[7]);
+        }
+        return;
+    }
+    for (i64 i = 0; i < w; i++) {
+        const float *xi = x + lo[r + i];
+        double s = sc[i];
+        for (i64 l = 0; l < L; l++) p[l * W + i] = trunc((double)xi[io[l0 + l]] * s);
+    }
+    for (i64 i = w; i < W; i++)
+        for (i64 l = 0; l < L; l++) p[l * W + i] = 0.0;
+}
+
 /* ct[MR][NR] = (load ? ct : +0) + sum_k ap[k][:] (outer) bp[k][:]. Every partial sum is an
  * integer below 2^53 (see the top), so splitting K into blocks changes nothing. */
 static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int load) {
@@ -89,14 +188,10 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
             c11 = _mm256_setzero_pd(), c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(),
             c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd(), c40 = _mm256_setzero_pd(),
             c41 = _mm256_setzero_pd(), c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
-    if (load) {
-        c00 = _mm256_loadu_pd(ct + 0); c01 = _mm256_loadu_pd(ct + 4);
-        c10 = _mm256_loadu_pd(ct + 8); c11 = _mm256_loadu_pd(ct + 12);
-        c20 = _mm256_loadu_pd(ct + 16); c21 = _mm256_loadu_pd(ct + 20);
-        c30 = _mm256_loadu_pd(ct + 24); c31 = _mm256_loadu_pd(ct + 28);
-        c40 = _mm256_loadu_pd(ct + 32); c41 = _mm256_loadu_pd(ct + 36);
-        c50 = _mm256_loadu_pd(ct + 40); c51 = _mm256_loadu_pd(ct + 44);
-    }
+    /* The previous K blocks' partial sums are added after this block's (integers: the order is
+     * free), so their loads are off the FMA chains; prefetched now, they are in L1 by then. */
+    if (load)
+        for (int i = 0; i < MR * NR; i += 8) _mm_prefetch((const char *)(ct + i), _MM_HINT_T0);
     for (i64 k = 0; k < K; k++) {
         __m256d b0 = _mm256_loadu_pd(bp + k * NR), b1 = _mm256_loadu_pd(bp + k * NR + 4);
         const double *a = ap + k * MR;
@@ -108,6 +203,14 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
         c30 = _mm256_fmadd_pd(a3, b0, c30); c31 = _mm256_fmadd_pd(a3, b1, c31);
         c40 = _mm256_fmadd_pd(a4, b0, c40); c41 = _mm256_fmadd_pd(a4, b1, c41);
         c50 = _mm256_fmadd_pd(a5, b0, c50); c51 = _mm256_fmadd_pd(a5, b1, c51);
+    }
+    if (load) {
+        c00 = _mm256_add_pd(c00, _mm256_loadu_pd(ct + 0)); c01 = _mm256_add_pd(c01, _mm256_loadu_pd(ct + 4));
+        c10 = _mm256_add_pd(c10, _mm256_loadu_pd(ct + 8)); c11 = _mm256_add_pd(c11, _mm256_loadu_pd(ct + 12));
+        c20 = _mm256_add_pd(c20, _mm256_loadu_pd(ct + 16)); c21 = _mm256_add_pd(c21, _mm256_loadu_pd(ct + 20));
+        c30 = _mm256_add_pd(c30, _mm256_loadu_pd(ct + 24)); c31 = _mm256_add_pd(c31, _mm256_loadu_pd(ct + 28));
+        c40 = _mm256_add_pd(c40, _mm256_loadu_pd(ct + 32)); c41 = _mm256_add_pd(c41, _mm256_loadu_pd(ct + 36));
+        c50 = _mm256_add_pd(c50, _mm256_loadu_pd(ct + 40)); c51 = _mm256_add_pd(c51, _mm256_loadu_pd(ct + 44));
     }
     _mm256_storeu_pd(ct + 0, c00); _mm256_storeu_pd(ct + 4, c01);
     _mm256_storeu_pd(ct + 8, c10); _mm256_storeu_pd(ct + 12, c11);
@@ -140,6 +243,13 @@ static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int l
 #define NCP 64 /* NC = NCP * NR = 512 columns */
 #endif
 #define MAXTH 64
+
+/* K is cut into equal blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
+ * runs the micro-kernel at a fraction of its speed); block k0 has kblock(K, k0) rows. */
+static inline i64 kblock(i64 K, i64 k0) {
+    i64 nkb = (K + KC - 1) / KC, kc = (K + nkb - 1) / nkb;
+    return K - k0 < kc ? K - k0 : kc;
+}
 /* Per-thread scratch above this size is freed after a call instead of kept for the next one. */
 #define KEEP_BYTES ((size_t)64 << 20)
 
@@ -187,6 +297,7 @@ typedef struct {
     gbuf bp;    /* packed B: K x (panels * NR) doubles */
     gbuf ap;    /* packed A block: MC x KC doubles */
     gbuf acc;   /* MC x NC double accumulators */
+    gbuf cs;    /* col2im epilogue: one batch's result and a padded plane (floats) */
 } wscratch;
 
 typedef struct {
@@ -210,7 +321,9 @@ typedef struct {
     const float *A, *B, *bias;
     float *C;
     i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N, npan;
-    int t, tc, nth, batch_mode, phase, stream_b;
+    int t, tc, brow, nth, batch_mode, phase, stream_b;
+    const mmtab *ta, *tb;
+    const mmc2i *c2i;
     volatile int failed;
     wscratch *ws;
     lines shared; /* matrix mode: worker 0's line arrays, filled in parallel */
@@ -222,9 +335,12 @@ typedef struct {
     int tid;
 } mmarg;
 
-static void store_tile(float *Cb, const double *ct, const lines *l, const float *bias, i64 i0, i64 n0, i64 h,
-                       i64 w, i64 M, i64 N, int tc) {
-    if (tc) {
+/* The unscale (f32((s + 0) * 2^(ea-t) * 2^(eb-t)), both scalings exact: no double underflow or
+ * overflow for float32 exponents) and the bias (float32 add; per column, or per row when brow). */
+static void store_tile(const mmjob *j, float *Cb, const double *ct, const lines *l, i64 i0, i64 n0, i64 h, i64 w) {
+    const float *bias = j->bias;
+    i64 M = j->M, N = j->N;
+    if (j->tc) {
         for (i64 i = 0; i < h; i++) {
             const double *s = ct + i * NR;
             double f = l->fa[i0 + i];
@@ -244,7 +360,11 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
             __m256d s0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR), z), f), g0);
             __m256d s1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_add_pd(_mm256_loadu_pd(ct + i * NR + 4), z), f), g1);
             __m128 v0 = _mm256_cvtpd_ps(s0), v1 = _mm256_cvtpd_ps(s1);
-            if (bias) {
+            if (bias && j->brow) {
+                __m128 bb = _mm_set1_ps(bias[i0 + i]);
+                v0 = _mm_add_ps(v0, bb);
+                v1 = _mm_add_ps(v1, bb);
+            } else if (bias) {
                 v0 = _mm_add_ps(v0, _mm_loadu_ps(bias + n0));
                 v1 = _mm_add_ps(v1, _mm_loadu_ps(bias + n0 + 4));
             }
@@ -258,7 +378,9 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
         float *cr = Cb + (i0 + i) * N + n0;
         const double *s = ct + i * NR;
         double f = l->fa[i0 + i];
-        if (bias) {
+        if (bias && j->brow) {
+            for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]) + bias[i0 + i];
+        } else if (bias) {
             for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]) + bias[n0 + q];
         } else {
             for (i64 q = 0; q < w; q++) cr[q] = (float)((s[q] + 0.0) * f * l->fb[n0 + q]);
@@ -267,41 +389,51 @@ static void store_tile(float *Cb, const double *ct, const lines *l, const float 
 }
 
 /* Exponents and scales of rows [r0, r1) of A[b]. */
-static void prep_rows(const mmjob *j, const float *Ab, const lines *l, i64 r0, i64 r1) {
+static void prep_rows(const mmjob *j, i64 b, const lines *l, i64 r0, i64 r1) {
     if (r1 <= r0) return;
-    line_exps(Ab + r0 * j->sam, r1 - r0, j->K, j->sam, j->sak, l->ea + r0, l->tmp + r0);
+    if (j->ta) memcpy(l->ea + r0, j->ta->e + b * j->M + r0, (size_t)(r1 - r0) * sizeof(int32_t));
+    else line_exps(j->A + b * j->sab + r0 * j->sam, r1 - r0, j->K, j->sam, j->sak, l->ea + r0, l->tmp + r0);
     for (i64 m = r0; m < r1; m++) { l->sa[m] = g_pow2d(j->t - l->ea[m]); l->fa[m] = g_pow2d(l->ea[m] - j->t); }
 }
 
 /* Exponents, scales and packed slices of the B panels [p0, p1) of B[b] into bp. Layout: K
  * blocks of KC rows; in the block starting at row k0 (kc rows), panel q is kc x NR doubles at
  * bp + k0 * npan * NR + q * kc * NR. */
-static void prep_panel_scales(const mmjob *j, const float *Bb, const lines *l, i64 p0, i64 p1) {
+static void prep_panel_scales(const mmjob *j, i64 b, const lines *l, i64 p0, i64 p1) {
     if (p1 <= p0) return;
     i64 n0 = p0 * NR, n1 = p1 * NR < j->N ? p1 * NR : j->N;
-    line_exps(Bb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + j->M + n0);
+    if (j->tb) memcpy(l->eb + n0, j->tb->e + b * j->N + n0, (size_t)(n1 - n0) * sizeof(int32_t));
+    else line_exps(j->B + b * j->sbb + n0 * j->sbn, n1 - n0, j->K, j->sbn, j->sbk, l->eb + n0, l->tmp + j->M + n0);
     for (i64 n = n0; n < n1; n++) { l->sb[n] = g_pow2d(j->t - l->eb[n]); l->fb[n] = g_pow2d(l->eb[n] - j->t); }
     for (i64 n = n1; n < p1 * NR; n++) { l->sb[n] = 0.0; l->fb[n] = 0.0; }
 }
 
-static void prep_panels(const mmjob *j, const float *Bb, const lines *l, double *bp, i64 p0, i64 p1) {
+/* Strip of h <= MR rows from r, K range [k0, k0 + kc) of A[b], packed as integer slices. */
+static void pack_a(const mmjob *j, i64 b, i64 r, i64 h, i64 k0, i64 kc, const double *sc, double *p) {
+    if (j->ta) pack_tab(j->A + b * j->sab, j->ta->lo, j->ta->io, r, h, MR, k0, kc, sc, p);
+    else pack_lines(j->A + b * j->sab + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, sc, p);
+}
+
+/* Panel q (columns q*NR ...), K range [k0, k0 + kc) of B[b]. */
+static void pack_b(const mmjob *j, i64 b, i64 q, i64 k0, i64 kc, const double *sc, double *p) {
+    i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
+    if (j->tb) pack_tab(j->B + b * j->sbb, j->tb->lo, j->tb->io, q * NR, w, NR, k0, kc, sc, p);
+    else pack_lines(j->B + b * j->sbb + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, sc, p);
+}
+
+static void prep_panels(const mmjob *j, i64 b, const lines *l, double *bp, i64 p0, i64 p1) {
     if (p1 <= p0) return;
-    prep_panel_scales(j, Bb, l, p0, p1);
-    for (i64 k0 = 0; k0 < j->K; k0 += KC) {
-        i64 kc = j->K - k0 < KC ? j->K - k0 : KC;
+    prep_panel_scales(j, b, l, p0, p1);
+    for (i64 k0 = 0, kc; k0 < j->K; k0 += kc) {
+        kc = kblock(j->K, k0);
         double *blk = bp + k0 * j->npan * NR;
-        for (i64 q = p0; q < p1; q++) {
-            i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
-            pack_lines(Bb + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR, blk + q * kc * NR);
-        }
+        for (i64 q = p0; q < p1; q++) pack_b(j, b, q, k0, kc, l->sb + q * NR, blk + q * kc * NR);
     }
 }
 
 /* C[b] rows [m0, m1) x panels [p0, p1), from packed B and the scales in l. */
-static void compute_block(const mmjob *j, i64 b, const lines *l, const double *bp, double *ap, double *acc, i64 m0,
-                          i64 m1, i64 p0, i64 p1) {
-    const float *Ab = j->A + b * j->sab;
-    float *Cb = j->C + b * j->M * j->N;
+static void compute_block(const mmjob *j, i64 b, float *Cb, const lines *l, const double *bp, double *ap,
+                          double *acc, i64 m0, i64 m1, i64 p0, i64 p1) {
     i64 K = j->K, npan = j->npan;
     int one = K <= KC;
     double ct[MR * NR];
@@ -310,12 +442,12 @@ static void compute_block(const mmjob *j, i64 b, const lines *l, const double *b
         for (i64 i0 = m0; i0 < m1; i0 += MC) {
             i64 mc = m1 - i0 < MC ? m1 - i0 : MC;
             i64 ns = (mc + MR - 1) / MR;
-            for (i64 k0 = 0; k0 < K; k0 += KC) {
-                i64 kc = K - k0 < KC ? K - k0 : KC;
+            for (i64 k0 = 0, kc; k0 < K; k0 += kc) {
+                kc = kblock(K, k0);
                 int first = k0 == 0, last = k0 + kc == K;
                 for (i64 s = 0; s < ns; s++) {
                     i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
-                    pack_lines(Ab + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+                    pack_a(j, b, r, h, k0, kc, l->sa + r, ap + s * kc * MR);
                 }
                 const double *blk = bp + k0 * npan * NR;
                 for (i64 q = jc; q < je; q++) {
@@ -324,7 +456,7 @@ static void compute_block(const mmjob *j, i64 b, const lines *l, const double *b
                         i64 r = i0 + s * MR, h = m1 - r < MR ? m1 - r : MR;
                         double *t = one ? ct : acc + (s * NCP + (q - jc)) * MR * NR;
                         ukernel(kc, ap + s * kc * MR, blk + q * kc * NR, t, !first);
-                        if (last) store_tile(Cb, t, l, j->bias, r, n0, h, w, j->M, j->N, j->tc);
+                        if (last) store_tile(j, Cb, t, l, r, n0, h, w);
                     }
                 }
             }
@@ -333,26 +465,24 @@ static void compute_block(const mmjob *j, i64 b, const lines *l, const double *b
 }
 
 /* Few rows (M <= MC), one matrix: B is not packed whole beforehand (for a long K that would
- * write and re-read K * N doubles, e.g. 75 MB for a conv weight gradient) but one KC x NCS
- * block at a time into bb (L2-sized), right before the rows' strips pass over it. */
-#define NCS 16
+ * write and re-read K * N doubles, e.g. 75 MB for a conv weight gradient) but one KC x ncs
+ * block at a time into bb (L2-sized), right before the rows' strips pass over it. Up to NCS
+ * panels per block, so that all of a narrow B (a conv's 288 columns) is one block and A,
+ * whose packing is the im2col gather for a conv's weight gradient, is packed only once. */
+#define NCS 40
 static void compute_stream(const mmjob *j, const lines *l, double *ap, double *acc, double *bb, i64 p0, i64 p1) {
     i64 K = j->K, M = j->M, ns = (M + MR - 1) / MR;
     int one = K <= KC;
     double ct[MR * NR];
     for (i64 jc = p0; jc < p1; jc += NCS) {
         i64 je = jc + NCS < p1 ? jc + NCS : p1;
-        for (i64 k0 = 0; k0 < K; k0 += KC) {
-            i64 kc = K - k0 < KC ? K - k0 : KC;
+        for (i64 k0 = 0, kc; k0 < K; k0 += kc) {
+            kc = kblock(K, k0);
             int first = k0 == 0, last = k0 + kc == K;
-            for (i64 q = jc; q < je; q++) {
-                i64 w = j->N - q * NR < NR ? j->N - q * NR : NR;
-                pack_lines(j->B + q * NR * j->sbn + k0 * j->sbk, w, NR, kc, j->sbn, j->sbk, l->sb + q * NR,
-                           bb + (q - jc) * kc * NR);
-            }
+            for (i64 q = jc; q < je; q++) pack_b(j, 0, q, k0, kc, l->sb + q * NR, bb + (q - jc) * kc * NR);
             for (i64 s = 0; s < ns; s++) {
                 i64 r = s * MR, h = M - r < MR ? M - r : MR;
-                pack_lines(j->A + r * j->sam + k0 * j->sak, h, MR, kc, j->sam, j->sak, l->sa + r, ap + s * kc * MR);
+                pack_a(j, 0, r, h, k0, kc, l->sa + r, ap + s * kc * MR);
             }
             for (i64 q = jc; q < je; q++) {
                 i64 n0 = q * NR, w = j->N - n0 < NR ? j->N - n0 : NR;
@@ -360,7 +490,7 @@ static void compute_stream(const mmjob *j, const lines *l, double *ap, double *a
                     i64 r = s * MR, h = M - r < MR ? M - r : MR;
                     double *t = one ? ct : acc + (s * NCS + (q - jc)) * MR * NR;
                     ukernel(kc, ap + s * kc * MR, bb + (q - jc) * kc * NR, t, !first);
-                    if (last) store_tile(j->C, t, l, j->bias, r, n0, h, w, M, j->N, j->tc);
+                    if (last) store_tile(j, j->C, t, l, r, n0, h, w);
                 }
             }
         }
@@ -381,6 +511,28 @@ static void split(i64 n, i64 unit, int nth, int tid, i64 *a, i64 *b) {
     *b = hi * unit < n ? hi * unit : n;
 }
 
+/* dx[b] from the batch's transposed result d ([C, k, k, H*W]: the column gradients of
+ * functional._Conv2d): each element of the zero-padded plane sums its k*k shifted patch
+ * gradients one float32 add at a time from +0, offsets in row-major order, as the reference;
+ * the adds run along contiguous rows (vectorised across elements, never within one). */
+static void col2im_planes(const float *d, const mmc2i *c, i64 b, float *plane) {
+    i64 k = c->k, pad = k / 2, H = c->H, W = c->W, hp = H + 2 * pad, wp = W + 2 * pad, hw = H * W;
+    for (i64 ch = 0; ch < c->C; ch++) {
+        for (i64 q = 0; q < hp * wp; q++) plane[q] = 0.0f;
+        for (i64 di = 0; di < k; di++)
+            for (i64 dj = 0; dj < k; dj++) {
+                const float *src = d + ((ch * k + di) * k + dj) * hw;
+                for (i64 y = 0; y < H; y++) {
+                    float *dst = plane + (y + di) * wp + dj;
+                    const float *s = src + y * W;
+                    for (i64 x = 0; x < W; x++) dst[x] = dst[x] + s[x];
+                }
+            }
+        float *out = c->dx + (b * c->C + ch) * hw;
+        for (i64 y = 0; y < H; y++) memcpy(out + y * W, plane + (y + pad) * wp + pad, (size_t)W * sizeof(float));
+    }
+}
+
 static void *mm_worker(void *arg) {
     mmarg *a = (mmarg *)arg;
     mmjob *j = a->job;
@@ -392,11 +544,20 @@ static void *mm_worker(void *arg) {
         lines l;
         double *bp = (double *)gb_get(&w->bp, (size_t)j->K * j->npan * NR * sizeof(double));
         if (bad || !bp || lines_get(w, j->M, j->N, j->npan, &l)) { j->failed = 1; return NULL; }
+        float *cs = NULL, *plane = NULL;
+        if (j->c2i) { /* the batch's [C*k*k x H*W] result, then the padded plane col2im adds into */
+            const mmc2i *c = j->c2i;
+            i64 pad = c->k / 2, np = (c->H + 2 * pad) * (c->W + 2 * pad);
+            cs = (float *)gb_get(&w->cs, (size_t)(j->M * j->N + np) * sizeof(float));
+            if (!cs) { j->failed = 1; return NULL; }
+            plane = cs + j->M * j->N;
+        }
         for (i64 b = tid; b < j->nb; b += j->nth) {
-            prep_rows(j, j->A + b * j->sab, &l, 0, j->M);
+            prep_rows(j, b, &l, 0, j->M);
             if (b == tid || j->sbb != 0) /* a broadcast B (batch stride 0) is packed once */
-                prep_panels(j, j->B + b * j->sbb, &l, bp, 0, j->npan);
-            compute_block(j, b, &l, bp, ap, acc, 0, j->M, 0, j->npan);
+                prep_panels(j, b, &l, bp, 0, j->npan);
+            compute_block(j, b, cs ? cs : j->C + b * j->M * j->N, &l, bp, ap, acc, 0, j->M, 0, j->npan);
+            if (cs) col2im_planes(cs, j->c2i, b, plane);
         }
         return NULL;
     }
@@ -406,9 +567,9 @@ static void *mm_worker(void *arg) {
     split(j->M, 1, j->nth, tid, &r0, &r1);
     split(j->npan, 1, j->nth, tid, &p0, &p1);
     if (j->phase == 0) {
-        prep_rows(j, j->A, &j->shared, r0, r1);
-        if (j->stream_b) prep_panel_scales(j, j->B, &j->shared, p0, p1);
-        else prep_panels(j, j->B, &j->shared, j->bp, p0, p1);
+        prep_rows(j, 0, &j->shared, r0, r1);
+        if (j->stream_b) prep_panel_scales(j, 0, &j->shared, p0, p1);
+        else prep_panels(j, 0, &j->shared, j->bp, p0, p1);
         return NULL;
     }
     if (bad) { j->failed = 1; return NULL; }
@@ -420,9 +581,9 @@ static void *mm_worker(void *arg) {
     }
     if (j->M >= (i64)j->nth * MR * 4 || j->npan < j->nth) {
         split(j->M, MR, j->nth, tid, &r0, &r1);
-        compute_block(j, 0, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
+        compute_block(j, 0, j->C, &j->shared, j->bp, ap, acc, r0, r1, 0, j->npan);
     } else {
-        compute_block(j, 0, &j->shared, j->bp, ap, acc, 0, j->M, p0, p1);
+        compute_block(j, 0, j->C, &j->shared, j->bp, ap, acc, 0, j->M, p0, p1);
     }
     return NULL;
 }
@@ -444,17 +605,15 @@ static void run_workers(mmjob *j) {
 static wscratch g_ws[MAXTH];
 static pthread_mutex_t g_ws_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
- * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
- * transposed) when tc != 0; bias (or NULL) is [N]. Up to nth threads (each output element is
- * computed by one of them, from the same exact integers). Returns 0, or -1 when out of memory. */
-int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
-             const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc, int nth) {
+int exact_mm_run(const mmspec *sp) {
     mmjob j;
     memset(&j, 0, sizeof(j));
-    j.A = A; j.B = B; j.C = C; j.bias = bias;
-    j.sab = sab; j.sam = sam; j.sak = sak; j.sbb = sbb; j.sbk = sbk; j.sbn = sbn;
-    j.nb = nb; j.M = M; j.K = K; j.N = N; j.t = t; j.tc = tc;
+    j.A = sp->A; j.B = sp->B; j.C = sp->C; j.bias = sp->bias;
+    j.sab = sp->sab; j.sam = sp->sam; j.sak = sp->sak; j.sbb = sp->sbb; j.sbk = sp->sbk; j.sbn = sp->sbn;
+    j.nb = sp->nb; j.M = sp->M; j.K = sp->K; j.N = sp->N; j.t = sp->t; j.tc = sp->tc;
+    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i; j.brow = sp->brow;
+    i64 M = j.M, K = j.K, N = j.N, nb = j.nb;
+    int nth = sp->nth;
     j.npan = (N + NR - 1) / NR;
     /* Threads only where the work (32 MFLOP, about a millisecond, per thread at least) outweighs
      * starting them: on a busy machine each hand-off waits for the scheduler, so threading many
@@ -463,7 +622,7 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     if (nth > MAXTH) nth = MAXTH;
     if (nth < 1) nth = 1;
     while (nth > 1 && flops < 3.2e7 * nth) nth--;
-    j.batch_mode = nb > 1;
+    j.batch_mode = nb > 1 || j.c2i != NULL;
     if (j.batch_mode && nth > nb) nth = (int)nb;
     j.nth = nth;
     /* Concurrent callers (other Python threads) get private scratch instead of waiting. */
@@ -484,11 +643,25 @@ int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb,
     }
     for (int i = 0; i < j.nth || i < 1; i++) {
         if (owned) {
-            gb_trim(&j.ws[i].lines); gb_trim(&j.ws[i].bp);
+            gb_trim(&j.ws[i].lines); gb_trim(&j.ws[i].bp); gb_trim(&j.ws[i].cs);
         } else {
-            free(priv[i].lines.p); free(priv[i].bp.p); free(priv[i].ap.p); free(priv[i].acc.p);
+            free(priv[i].lines.p); free(priv[i].bp.p); free(priv[i].ap.p); free(priv[i].acc.p); free(priv[i].cs.p);
         }
     }
     if (owned) pthread_mutex_unlock(&g_ws_lock);
     return j.failed ? -1 : 0;
+}
+
+/* C[b] = ref.matmul(A[b], B[b]) (+ bias) for b < nb. A[b][m][k] is A + b*sab + m*sam + k*sak,
+ * B[b][k][n] is B + b*sbb + k*sbk + n*sbn; C is contiguous [nb, M, N], or [nb, N, M] (the result
+ * transposed) when tc != 0; bias (or NULL) is [N]. Up to nth threads (each output element is
+ * computed by one of them, from the same exact integers). Returns 0, or -1 when out of memory. */
+int exact_mm(const float *A, i64 sab, i64 sam, i64 sak, const float *B, i64 sbb, i64 sbk, i64 sbn, float *C,
+             const float *bias, i64 nb, i64 M, i64 K, i64 N, int t, int tc, int nth) {
+    mmspec s;
+    memset(&s, 0, sizeof(s));
+    s.A = A; s.B = B; s.C = C; s.bias = bias;
+    s.sab = sab; s.sam = sam; s.sak = sak; s.sbb = sbb; s.sbk = sbk; s.sbn = sbn;
+    s.nb = nb; s.M = M; s.K = K; s.N = N; s.t = t; s.tc = tc; s.nth = nth;
+    return exact_mm_run(&s);
 }

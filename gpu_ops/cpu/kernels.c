@@ -166,11 +166,11 @@ static inline float det_logf(float x) {
 
 static inline float det_tanhf(float x) { return 1.0f - 2.0f / (det_expf(x + x) + 1.0f); }
 
-void exp_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_expf(x[i]); }
-void log_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_logf(x[i]); }
-void tanh_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_tanhf(x[i]); }
+void pol1_exp_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_expf(x[i]); }
+void pol1_log_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_logf(x[i]); }
+void pol1_tanh_f32(const float *x, float *y, i64 n) { for (i64 i = 0; i < n; i++) y[i] = det_tanhf(x[i]); }
 
-void tanh_bwd(const float *dy, const float *y, float *dx, i64 n) {
+void pol1_tanh_bwd(const float *dy, const float *y, float *dx, i64 n) {
     for (i64 i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - y[i] * y[i]);
 }
 
@@ -178,7 +178,7 @@ void tanh_bwd(const float *dy, const float *y, float *dx, i64 n) {
 #define GELU_C 0x1.6e4e26p-5f
 #define GELU_C3 0x1.12ba9ep-3f
 
-void gelu_fwd(const float *x, float *y, float *th, i64 n) {
+void pol1_gelu_fwd(const float *x, float *y, float *th, i64 n) {
     for (i64 i = 0; i < n; i++) {
         float v = x[i];
         float x3 = v * v * v;
@@ -189,7 +189,7 @@ void gelu_fwd(const float *x, float *y, float *th, i64 n) {
     }
 }
 
-void gelu_bwd(const float *dy, const float *x, const float *th, float *dx, i64 n) {
+void pol1_gelu_bwd(const float *dy, const float *x, const float *th, float *dx, i64 n) {
     for (i64 i = 0; i < n; i++) {
         float v = x[i], t = th[i];
         float du = GELU_K * (1.0f + GELU_C3 * (v * v));
@@ -201,7 +201,7 @@ void gelu_bwd(const float *dy, const float *x, const float *th, float *dx, i64 n
 /* ---- row ops: softmax, log-softmax, cross-entropy, layer norm ------------------------------ */
 
 /* y = e / exact_sum(e), e = exp(x - mx[r]) */
-void softmax_fwd(const float *x, const float *mx, float *y, i64 R, i64 N, int p) {
+void pol1_softmax_fwd(const float *x, const float *mx, float *y, i64 R, i64 N, int p) {
     for (i64 r = 0; r < R; r++) {
         const float *xr = x + r * N;
         float *yr = y + r * N;
@@ -213,7 +213,7 @@ void softmax_fwd(const float *x, const float *mx, float *y, i64 R, i64 N, int p)
 }
 
 /* dx = y * (dy - exact_sum(dy * y)) */
-void softmax_bwd(const float *y, const float *dy, float *dx, i64 R, i64 N, int p) {
+void pol1_softmax_bwd(const float *y, const float *dy, float *dx, i64 R, i64 N, int p) {
     for (i64 r = 0; r < R; r++) {
         const float *yr = y + r * N, *dr = dy + r * N;
         float *xr = dx + r * N;
@@ -225,7 +225,7 @@ void softmax_bwd(const float *y, const float *dy, float *dx, i64 R, i64 N, int p
 
 /* logp = z - log(s), prob = e / s with z = x - mx, e = exp(z), s = exact_sum(e).
  * logp may be NULL; then lp_at[r] = logp[r, target[r]] is written (cross-entropy). */
-void log_softmax_fwd(const float *x, const float *mx, float *logp, float *prob, const int64_t *target,
+void pol1_log_softmax_fwd(const float *x, const float *mx, float *logp, float *prob, const int64_t *target,
                      float *lp_at, i64 R, i64 N, int p) {
     for (i64 r = 0; r < R; r++) {
         const float *xr = x + r * N;
@@ -244,7 +244,7 @@ void log_softmax_fwd(const float *x, const float *mx, float *logp, float *prob, 
 }
 
 /* dx = dy - p * exact_sum(dy) */
-void log_softmax_bwd(const float *prob, const float *dy, float *dx, i64 R, i64 N, int p) {
+void pol1_log_softmax_bwd(const float *prob, const float *dy, float *dx, i64 R, i64 N, int p) {
     for (i64 r = 0; r < R; r++) {
         const float *pr = prob + r * N, *dr = dy + r * N;
         float *xr = dx + r * N;
@@ -254,7 +254,7 @@ void log_softmax_bwd(const float *prob, const float *dy, float *dx, i64 R, i64 N
 }
 
 /* g = ((p - onehot) / nrows) * dloss */
-void cross_entropy_bwd(const float *prob, const int64_t *target, float dloss, float nrows, float *dx, i64 R,
+void pol1_cross_entropy_bwd(const float *prob, const int64_t *target, float dloss, float nrows, float *dx, i64 R,
                        i64 N) {
     for (i64 r = 0; r < R; r++) {
         const float *pr = prob + r * N;
@@ -264,7 +264,7 @@ void cross_entropy_bwd(const float *prob, const int64_t *target, float dloss, fl
     }
 }
 
-void layer_norm_fwd(const float *x, const float *g, const float *b, float *y, float *xhat, float *rstd, i64 R,
+void pol1_layer_norm_fwd(const float *x, const float *g, const float *b, float *y, float *xhat, float *rstd, i64 R,
                     i64 N, int p, float eps, float nf) {
     float *sq = (float *)malloc((size_t)N * sizeof(float));
     for (i64 r = 0; r < R; r++) {
@@ -305,7 +305,7 @@ void layer_norm_bwd(const float *dy, const float *xhat, const float *rstd, const
 
 /* ---- optimizers (gpu_ops/optim.py) ---------------------------------------------------------- */
 
-void sgd_step(float *p, const float *g, float *buf, i64 n, float lr, float mom, float wd, int has_wd) {
+void pol1_sgd_step(float *p, const float *g, float *buf, i64 n, float lr, float mom, float wd, int has_wd) {
     for (i64 i = 0; i < n; i++) {
         float gi = g[i];
         if (has_wd) gi = gi + wd * p[i];
@@ -314,7 +314,7 @@ void sgd_step(float *p, const float *g, float *buf, i64 n, float lr, float mom, 
     }
 }
 
-void adamw_step(float *p, const float *g, float *m, float *v, i64 n, float lrwd, int has_wd, float b1, float omb1,
+void pol1_adamw_step(float *p, const float *g, float *m, float *v, i64 n, float lrwd, int has_wd, float b1, float omb1,
                 float b2, float omb2, float step_size, float sqbc2, float eps) {
     for (i64 i = 0; i < n; i++) {
         float pi = p[i], gi = g[i];

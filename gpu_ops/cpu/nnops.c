@@ -1,8 +1,8 @@
-/* Layer helpers for gpu_ops/functional.py and gpu_ops/nn.py: Philox dropout masks, im2col /
- * col2im for the convolution, ReLU. Same build flags and argument as kernels.c: gathers and
- * integer ops are exact; the only float operations are the float32 adds of col2im, done one
- * at a time per element in the reference's order (kernel offsets in row-major order, starting
- * from +0), and ReLU's compare/select.
+/* Layer helpers for gpu_ops/functional.py and gpu_ops/nn.py: Philox dropout masks, col2im for a
+ * convolution backward whose forward ran on the reference (conv.c does the fast path), ReLU.
+ * Same build flags and argument as kernels.c: gathers and integer ops are exact; the only float
+ * operations are the float32 adds of col2im, done one at a time per element in the reference's
+ * order (kernel offsets in row-major order, starting from +0), and ReLU's compare/select.
  */
 #include <math.h>
 #include <stdint.h>
@@ -47,34 +47,6 @@ void dropout_mask(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, i64 n,
     }
 }
 
-/* cols[(n, i, j), (c, di, dj)] = x[n, c, i + di - pad, j + dj - pad] (+0 outside); x [N, C, H, W].
- * xp is scratch of C * (H + 2 pad) * (W + 2 pad) floats (a zero-padded copy of one sample). */
-static inline void im2col_k(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
-    i64 pad = k / 2, hp = H + 2 * pad, wp = W + 2 * pad, ckk = C * k * k;
-    for (i64 q = 0; q < C * hp * wp; q++) xp[q] = 0.0f;
-    for (i64 n = 0; n < N; n++) {
-        for (i64 c = 0; c < C; c++)
-            for (i64 i = 0; i < H; i++)
-                memcpy(xp + (c * hp + i + pad) * wp + pad, x + ((n * C + c) * H + i) * W, (size_t)W * sizeof(float));
-        for (i64 i = 0; i < H; i++)
-            for (i64 j = 0; j < W; j++) {
-                float *row = cols + ((n * H + i) * W + j) * ckk;
-                for (i64 c = 0; c < C; c++)
-                    for (i64 di = 0; di < k; di++) {
-                        const float *src = xp + (c * hp + i + di) * wp + j;
-                        for (i64 dj = 0; dj < k; dj++) *row++ = src[dj];
-                    }
-            }
-    }
-}
-
-/* Pure gathers (no arithmetic); k = 3 and 5 get their own inlined copies with a constant k. */
-void im2col(const float *x, float *cols, float *xp, i64 N, i64 C, i64 H, i64 W, i64 k) {
-    if (k == 3) im2col_k(x, cols, xp, N, C, H, W, 3);
-    else if (k == 5) im2col_k(x, cols, xp, N, C, H, W, 5);
-    else im2col_k(x, cols, xp, N, C, H, W, k);
-}
-
 /* dx[n, c] = crop(sum over (di, dj) in row-major order of the shifted patch gradients), each
  * element accumulated one float32 add at a time from +0, like functional._Conv2d.backward.
  * dcols [N, H, W, C, k, k]; pbuf is scratch of (H + 2 pad) * (W + 2 pad) floats. */
@@ -98,11 +70,11 @@ void col2im(const float *dcols, float *dx, float *pbuf, i64 N, i64 C, i64 H, i64
 }
 
 /* ReLU as functional._ReLU: y = x if x > 0 else +0; backward dx = dy if y > 0 else +0. */
-void relu_fwd(const float *x, float *y, i64 n) {
+void pol1_relu_fwd(const float *x, float *y, i64 n) {
     for (i64 i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-void relu_bwd(const float *dy, const float *y, float *dx, i64 n) {
+void pol1_relu_bwd(const float *dy, const float *y, float *dx, i64 n) {
     for (i64 i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 

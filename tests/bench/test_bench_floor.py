@@ -88,3 +88,16 @@ def test_large_table_smoke() -> None:
     assert mlp["det"]["median"] > 0 and mlp["native"]["median"] > 0 and mlp["floor"]["median"] > 0
     assert 0 < mlp["root_share"] < 1
     assert "matmul-128" in bench_shapes.format_large(res)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("side", ["det", "native", "floor", "floor_im2col"])
+def test_conv_layer_vs_gemm_floor(benchmark: Any, side: str, threads: int) -> None:
+    """One conv layer forward + backward (with the input gradient) vs one DGEMM of the same FLOPs
+    (``floor``) and the three DGEMMs of its im2col shapes (``floor_im2col``)."""
+    if benchmark.disabled and (threads > 1 or side != "det"):
+        pytest.skip("the comparison only under --benchmark-enable (make bench)")
+    fn = bench_shapes.conv_layer_sides(*((2, 4, 8, 8) if benchmark.disabled else ()))[side]
+    fn()
+    benchmark.group = f"conv layer fwd+bwd threads={threads}"
+    benchmark.pedantic(fn, rounds=7, iterations=1)

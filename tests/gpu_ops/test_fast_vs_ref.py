@@ -269,7 +269,7 @@ def test_relu_conv_fast_paths_match_reference() -> None:
     _check_op(lambda t: F.relu(t), x)
     _check_op(lambda t, w, b: F.relu(F.conv2d(t, w, b)), x, randn(4, 3, 5, 5, seed=41), randn(4, seed=42))
     _check_op(F.conv2d, randn(2, 1, 8, 8, seed=43), randn(8, 1, 3, 3, seed=44), randn(8, seed=45))
-    # k = 7: the generic (not specialised for k = 3 / 5) im2col loop of nnops.c
+    # k = 7 and a non-square image
     _check_op(F.conv2d, randn(2, 2, 6, 9, seed=60), randn(3, 2, 7, 7, seed=61), randn(3, seed=62))
 
 
@@ -329,5 +329,29 @@ def test_matmul_blocked_threaded_equals_reference(threads: int) -> None:
         got = k.matmul(ab, bb3, transpose_out=True)
         assert got is not None
         assert_same(got, ref.matmul(ab, bb3).transpose(-1, -2).contiguous())
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_conv_without_im2col_matrix_matches_reference(threads: int) -> None:
+    """gpu_ops/cpu/conv.c (slices packed from the padded input through offset tables, window-max
+    line exponents, the column gradients folded per sample): forward, dx, dw and db equal the
+    reference's im2col + matmul bits. Channels and samples of very different magnitudes (a wrong
+    window maximum changes the slices), k = 1 / 3 / 5 / 7, a 1x1 image, one sample (one matrix,
+    no batch), more output channels than a row block (O > 120), pixel strips crossing rows."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for i, (n, c, h, w, o, k) in enumerate([(1, 3, 7, 5, 4, 3), (3, 2, 6, 9, 5, 7), (2, 4, 8, 8, 130, 3),
+                                                (5, 8, 16, 12, 16, 5), (2, 3, 1, 1, 2, 3), (2, 3, 4, 3, 2, 1),
+                                                (4, 16, 16, 16, 32, 3)]):
+            g = torch.Generator().manual_seed(80 + i)
+            x = torch.randn(n, c, h, w, generator=g) * torch.exp2(torch.randint(-30, 30, (n, c, 1, 1), generator=g).to(F32))
+            x.view(-1)[:2] = torch.tensor([-0.0, 1e-45])
+            wt = torch.randn(o, c, k, k, generator=g) * torch.exp2(torch.randint(-10, 10, (o, 1, 1, 1), generator=g).to(F32))
+            b = torch.randn(o, generator=g)
+            dy_scale = torch.exp2(torch.randint(-20, 20, (n, o, 1, 1), generator=g).to(F32))
+            _check_op(lambda t, ww, bb, s=dy_scale: F.conv2d(t, ww, bb) * s, x, wt, b)
     finally:
         torch.set_num_threads(old)

@@ -1,0 +1,49 @@
+/* The exact-slice matmul's job description, shared by gemm.c and conv.c (see gemm.c's top). */
+#ifndef POL_GEMM_H
+#define POL_GEMM_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+/* An operand given by offset tables instead of strides: element (line r, index l along K) of
+ * batch b is base[b * batch_stride + lo[r] + io[l]]. Its line exponents are precomputed by the
+ * caller (e[b * lines + r], frexp exponents of the lines' max |x|), since a generic pass over
+ * the table would cost as much as the packing. The conv's im2col matrix is such an operand
+ * (lo: pixel offsets, io: (channel, kernel offset) offsets into the zero-padded input). */
+typedef struct {
+    const i64 *lo, *io;
+    const int32_t *e;
+} mmtab;
+
+/* col2im epilogue (batch mode): each batch's [M x N] = [C*k*k x H*W] result
+ * goes to scratch and is folded into dx[b] ([C, H, W]) instead of being stored. */
+typedef struct {
+    float *dx;
+    i64 C, H, W, k;
+} mmc2i;
+
+typedef struct {
+    const float *A, *B, *bias;
+    float *C;
+    i64 sab, sam, sak, sbb, sbk, sbn, nb, M, K, N;
+    int t, tc, brow, nth; /* brow: bias [M] added per row instead of [N] per column */
+    const mmtab *ta, *tb; /* NULL: the operand is given by its strides */
+    const mmc2i *c2i;     /* NULL: store into C */
+} mmspec;
+
+/* 0, or -1 when out of memory. */
+int exact_mm_run(const mmspec *s);
+
+/* frexp exponent of the largest |x| from its bits; 0 for 0, inf and NaN (like torch.frexp). */
+static inline int mm_exp_of_absbits(uint32_t mb) {
+    int e = 0;
+    float f;
+    if (mb == 0 || mb >= 0x7f800000u) return 0;
+    memcpy(&f, &mb, 4);
+    (void)frexpf(f, &e);
+    return e;
+}
+
+#endif
