@@ -560,7 +560,9 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         if ctx.padded:  # saved is the zero-padded input
-            kern = backend.kernels(dy, saved, w)
+            # Row-sharded (data-parallel) training must reduce dW and db across workers, which the fused
+            # kernel cannot; it then takes the im2col path below, which gives the same bits.
+            kern = backend.kernels(dy, saved, w) if rowshard.get_shard() is None else None
             if kern is not None:
                 dx, dw, db = kern.conv2d_bwd(dy, saved, w, bool(ctx.needs_input_grad[0]))
                 return dx, dw, db
