@@ -125,13 +125,20 @@ def test_node_process_survives_garbage_over_the_network(tmp_path: Path) -> None:
                 await asyncio.sleep(1.5)
                 status = dn.http_get(target, "/status", timeout=30)
                 assert status["log_seq"] == 0
-                # Still fully working: a valid posting by gossip is applied.
-                data = encode_message(_posting(net))
-                deadline = time.monotonic() + 40
-                while dn.http_get(target, "/status", timeout=30)["log_seq"] == 0:
-                    assert time.monotonic() < deadline, "valid gossip after garbage was never applied"
-                    await peer.publish(TOPICS[0], data)
-                    await asyncio.sleep(1.0)
+                # Still fully working: a valid posting gossiped by another peer is applied. (The garbage
+                # sender itself is banned by now: each refused message costs it 10 points, SPEC §18.4.)
+                honest = P2PNetwork(P2PConfig(identity_seed=os.urandom(32), bootstrap=(target.addr,),
+                                              topics=TOPICS, request_timeout_s=5))
+                await honest.start()
+                try:
+                    data = encode_message(_posting(net))
+                    deadline = time.monotonic() + 40
+                    while dn.http_get(target, "/status", timeout=30)["log_seq"] == 0:
+                        assert time.monotonic() < deadline, "valid gossip after garbage was never applied"
+                        await honest.publish(TOPICS[0], data)
+                        await asyncio.sleep(1.0)
+                finally:
+                    await honest.stop()
             finally:
                 await peer.stop()
 
