@@ -75,8 +75,33 @@ static void pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, cons
 }
 
 #ifdef POL_GEMM_AVX2
-/* pack_tab for W = w = MR or NR scattered lines: one 8-lane gather per index (the loads only;
- * the conversion, product and truncation are the scalar path's operations, 4 lanes at a time).
+/* io[0..7] are consecutive offsets: along K, 8 elements of each line are one contiguous load. */
+static inline int k_run8(const i64 *io) {
+    i64 b = io[0];
+    return io[1] == b + 1 && io[2] == b + 2 && io[3] == b + 3 && io[4] == b + 4 && io[5] == b + 5 &&
+           io[6] == b + 6 && io[7] == b + 7;
+}
+
+/* v[q][i] <- v[i][q]: 8 rows of 8 floats transposed in registers (moves only, no arithmetic). */
+static inline void tr8(__m256 *v) {
+    __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    v[0] = _mm256_permute2f128_ps(u0, u4, 0x20); v[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    v[2] = _mm256_permute2f128_ps(u2, u6, 0x20); v[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    v[4] = _mm256_permute2f128_ps(u0, u4, 0x31); v[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    v[6] = _mm256_permute2f128_ps(u2, u6, 0x31); v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* pack_tab for W = w = MR or NR scattered lines: one 8-lane gather per index, or, where 8
+ * consecutive indices are consecutive in memory (a conv weight gradient's K runs along a row of
+ * pixels), 8 contiguous loads per line and an 8x8 transpose in registers (the loads only; the
+ * conversion, product and truncation are the scalar path's operations, 4 lanes at a time).
  * Returns 0 when the lines' offsets do not fit the gather's 32-bit indices (nothing written). */
 static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, i64 W, i64 l0, i64 L,
                            const double *sc, double *p) {
@@ -108,9 +133,23 @@ static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, 
         }
         return 1;
     }
+    const i64 *ik = io + l0;
     if (W == NR) {
         const __m256d s1 = _mm256_loadu_pd(sc + 4);
         for (i64 l = 0; l < L; l++) {
+            if (l + 8 <= L && k_run8(ik + l)) { /* 8 consecutive indices: 8 row loads, a transpose */
+                __m256 v[8];
+                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(xb + off[i] + ik[l]);
+                tr8(v);
+                for (int q = 0; q < 8; q++) {
+                    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[q])), s0);
+                    __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), s1);
+                    _mm256_storeu_pd(p + (l + q) * NR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+                    _mm256_storeu_pd(p + (l + q) * NR + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+                }
+                l += 7;
+                continue;
+            }
             __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
             __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
             __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
@@ -120,6 +159,20 @@ static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, 
     } else {
         const __m128d s1 = _mm_loadu_pd(sc + 4);
         for (i64 l = 0; l < L; l++) {
+            if (l + 8 <= L && k_run8(ik + l)) {
+                __m256 v[8];
+                for (int i = 0; i < MR; i++) v[i] = _mm256_loadu_ps(xb + off[i] + ik[l]);
+                v[6] = v[7] = _mm256_setzero_ps();
+                tr8(v);
+                for (int q = 0; q < 8; q++) {
+                    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[q])), s0);
+                    __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), s1);
+                    _mm256_storeu_pd(p + (l + q) * MR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+                    _mm_storeu_pd(p + (l + q) * MR + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+                }
+                l += 7;
+                continue;
+            }
             __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
             __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
             __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
@@ -183,7 +236,70 @@ static void pack_tab(const float *x, const i64 *lo, const i64 *io, i64 r, i64 w,
 /* ct[MR][NR] = (load ? ct : +0) + sum_k ap[k][:] (outer) bp[k][:]. Every partial sum is an
  * integer below 2^53 (see the top), so splitting K into blocks changes nothing. */
 static void ukernel(i64 K, const double *ap, const double *bp, double *ct, int load) {
-#ifdef POL_GEMM_AVX2
+#if defined(POL_GEMM_AVX2) && defined(__x86_64__) && defined(__GNUC__) && !defined(POL_GEMM_NO_ASM)
+    /* The same FMAs as the intrinsics below, register-allocated by hand: gcc keeps only one of
+     * the two B vectors in a register and re-loads the other as a memory operand of six FMAs,
+     * 13 loads per 12 FMAs, which made the loop load-bound (~10 % slower than MKL's DGEMM
+     * kernel at n = 4096). Here: accumulators ymm0-11 (row i: ymm 2i, 2i+1), B in ymm12-13,
+     * A broadcasts alternating in ymm14-15; 8 loads per 12 FMAs. */
+    if (load)
+        for (int i = 0; i < MR * NR; i += 8) _mm_prefetch((const char *)(ct + i), _MM_HINT_T0);
+    __asm__ volatile(
+        "vxorpd %%ymm0, %%ymm0, %%ymm0\n\tvxorpd %%ymm1, %%ymm1, %%ymm1\n\t"
+        "vxorpd %%ymm2, %%ymm2, %%ymm2\n\tvxorpd %%ymm3, %%ymm3, %%ymm3\n\t"
+        "vxorpd %%ymm4, %%ymm4, %%ymm4\n\tvxorpd %%ymm5, %%ymm5, %%ymm5\n\t"
+        "vxorpd %%ymm6, %%ymm6, %%ymm6\n\tvxorpd %%ymm7, %%ymm7, %%ymm7\n\t"
+        "vxorpd %%ymm8, %%ymm8, %%ymm8\n\tvxorpd %%ymm9, %%ymm9, %%ymm9\n\t"
+        "vxorpd %%ymm10, %%ymm10, %%ymm10\n\tvxorpd %%ymm11, %%ymm11, %%ymm11\n\t"
+        "test %[k], %[k]\n\t"
+        "jle 2f\n"
+        "1:\n\t"
+        "vmovupd (%[b]), %%ymm12\n\t"
+        "vmovupd 32(%[b]), %%ymm13\n\t"
+        "vbroadcastsd (%[a]), %%ymm14\n\t"
+        "vfmadd231pd %%ymm12, %%ymm14, %%ymm0\n\t"
+        "vfmadd231pd %%ymm13, %%ymm14, %%ymm1\n\t"
+        "vbroadcastsd 8(%[a]), %%ymm15\n\t"
+        "vfmadd231pd %%ymm12, %%ymm15, %%ymm2\n\t"
+        "vfmadd231pd %%ymm13, %%ymm15, %%ymm3\n\t"
+        "vbroadcastsd 16(%[a]), %%ymm14\n\t"
+        "vfmadd231pd %%ymm12, %%ymm14, %%ymm4\n\t"
+        "vfmadd231pd %%ymm13, %%ymm14, %%ymm5\n\t"
+        "vbroadcastsd 24(%[a]), %%ymm15\n\t"
+        "vfmadd231pd %%ymm12, %%ymm15, %%ymm6\n\t"
+        "vfmadd231pd %%ymm13, %%ymm15, %%ymm7\n\t"
+        "vbroadcastsd 32(%[a]), %%ymm14\n\t"
+        "vfmadd231pd %%ymm12, %%ymm14, %%ymm8\n\t"
+        "vfmadd231pd %%ymm13, %%ymm14, %%ymm9\n\t"
+        "vbroadcastsd 40(%[a]), %%ymm15\n\t"
+        "vfmadd231pd %%ymm12, %%ymm15, %%ymm10\n\t"
+        "vfmadd231pd %%ymm13, %%ymm15, %%ymm11\n\t"
+        "add $48, %[a]\n\t"
+        "add $64, %[b]\n\t"
+        "dec %[k]\n\t"
+        "jnz 1b\n"
+        "2:\n\t"
+        "test %[ld], %[ld]\n\t"
+        "jz 3f\n\t"
+        "vaddpd (%[c]), %%ymm0, %%ymm0\n\tvaddpd 32(%[c]), %%ymm1, %%ymm1\n\t"
+        "vaddpd 64(%[c]), %%ymm2, %%ymm2\n\tvaddpd 96(%[c]), %%ymm3, %%ymm3\n\t"
+        "vaddpd 128(%[c]), %%ymm4, %%ymm4\n\tvaddpd 160(%[c]), %%ymm5, %%ymm5\n\t"
+        "vaddpd 192(%[c]), %%ymm6, %%ymm6\n\tvaddpd 224(%[c]), %%ymm7, %%ymm7\n\t"
+        "vaddpd 256(%[c]), %%ymm8, %%ymm8\n\tvaddpd 288(%[c]), %%ymm9, %%ymm9\n\t"
+        "vaddpd 320(%[c]), %%ymm10, %%ymm10\n\tvaddpd 352(%[c]), %%ymm11, %%ymm11\n"
+        "3:\n\t"
+        "vmovupd %%ymm0, (%[c])\n\tvmovupd %%ymm1, 32(%[c])\n\t"
+        "vmovupd %%ymm2, 64(%[c])\n\tvmovupd %%ymm3, 96(%[c])\n\t"
+        "vmovupd %%ymm4, 128(%[c])\n\tvmovupd %%ymm5, 160(%[c])\n\t"
+        "vmovupd %%ymm6, 192(%[c])\n\tvmovupd %%ymm7, 224(%[c])\n\t"
+        "vmovupd %%ymm8, 256(%[c])\n\tvmovupd %%ymm9, 288(%[c])\n\t"
+        "vmovupd %%ymm10, 320(%[c])\n\tvmovupd %%ymm11, 352(%[c])\n\t"
+        "vzeroupper\n"
+        : [a] "+r"(ap), [b] "+r"(bp), [k] "+r"(K)
+        : [c] "r"(ct), [ld] "r"(load)
+        : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+          "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+#elif defined(POL_GEMM_AVX2)
     __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd(), c10 = _mm256_setzero_pd(),
             c11 = _mm256_setzero_pd(), c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(),
             c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd(), c40 = _mm256_setzero_pd(),
