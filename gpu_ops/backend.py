@@ -39,6 +39,8 @@ _SIGNATURES: dict[str, list[type]] = {
     "col2im": [_P, _P, _P, _I, _I, _I, _I, _I],
     "conv2d_fwd": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT],
     "conv2d_bwd": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT, _INT, _INT],
+    "conv2d_bwd_maxabs": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _I],
+    "conv2d_bwd_sums": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _INT, _INT, _INT],
     "relu_fwd": [_P, _P, _I],
     "scale_mask": [_P, _P, _I, _I, _F, _INT],
     "relu_bwd": [_P, _P, _P, _I],
@@ -63,7 +65,8 @@ _SIGNATURES: dict[str, list[type]] = {
 }
 
 # Functions that return a status (0 ok, -1 out of memory) instead of nothing.
-_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd", "pol_par_last_nth"})
+_RETURNS_INT = frozenset({"exact_mm", "conv2d_fwd", "conv2d_bwd", "conv2d_bwd_maxabs", "conv2d_bwd_sums",
+                          "pol_par_last_nth"})
 _RETURNS_DOUBLE = frozenset({"pol_set_par_min_ns"})
 
 _lib: ctypes.CDLL | None = None
@@ -268,6 +271,42 @@ class Kernels:
                                _slice_bits(rows), ref.grid_bits(rows), _slice_bits(o), torch.get_num_threads()):
             raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
         return dx, dw, db
+
+    def conv2d_bwd_dx(self, dy: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """conv2d_bwd's input gradient alone (row-local: a row-sharded worker computes it by itself)."""
+        dy, w = dy.contiguous(), w.contiguous()
+        n, o, h, wd = dy.shape
+        c, k = w.shape[1], w.shape[2]
+        dx = torch.empty(n, c, h, wd, dtype=F32)
+        if self.lib.conv2d_bwd(_ptr(dy), None, _ptr(w), None, None, _ptr(dx), n, c, h, wd, o, k, 0, 0,
+                               _slice_bits(o), torch.get_num_threads()):
+            raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
+        return dx
+
+    def conv2d_bwd_maxabs(self, dy: torch.Tensor, xp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's max |x| of the weight gradient's groups: per output channel (rows of dy2ᵀ,
+        also the bias sums' groups) [O] and per im2col column (c, di, dj) [C*k*k], float32."""
+        dy = dy.contiguous()
+        n, o, h, wd = dy.shape
+        c = xp.shape[1]
+        amax_a, amax_b = torch.empty(o, dtype=F32), torch.empty(c * k * k, dtype=F32)
+        if self.lib.conv2d_bwd_maxabs(_ptr(dy), _ptr(xp), _ptr(amax_a), _ptr(amax_b), n, c, h, wd, o, k):
+            raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
+        return amax_a, amax_b
+
+    def conv2d_bwd_sums(self, dy: torch.Tensor, xp: torch.Tensor, k: int, ea: torch.Tensor, eb: torch.Tensor,
+                        t: int, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's exact integer sums (float64) of dw [O, C*k*k] and db [O] on the grids of the
+        agreed exponents ``ea`` [O], ``eb`` [C*k*k] and the whole batch's ``t``, ``p``."""
+        dy = dy.contiguous()
+        n, o, h, wd = dy.shape
+        c = xp.shape[1]
+        ea32, eb32 = ea.to(torch.int32).contiguous(), eb.to(torch.int32).contiguous()
+        s_dw, s_db = torch.empty(o, c * k * k, dtype=F64), torch.empty(o, dtype=F64)
+        if self.lib.conv2d_bwd_sums(_ptr(dy), _ptr(xp), _ptr(ea32), _ptr(eb32), _ptr(s_dw), _ptr(s_db), n, c, h, wd,
+                                    o, k, t, p, torch.get_num_threads()):
+            raise MemoryError(f"conv2d backward: no memory for a [{n}x{o}x{h}x{wd}] gradient")
+        return s_dw, s_db
 
     def col2im(self, dcols: torch.Tensor, n: int, c: int, h: int, w: int, k: int) -> torch.Tensor:
         """functional._Conv2d.backward's shifted-patch accumulation (row-major offsets, one add each)."""

@@ -560,12 +560,13 @@ class _Conv2d(torch.autograd.Function):
         n, c, h, wd, k = ctx.geom
         o = w.shape[0]
         if ctx.padded:  # saved is the zero-padded input
-            # Row-sharded (data-parallel) training must reduce dW and db across workers, which the fused
-            # kernel cannot; it then takes the im2col path below, which gives the same bits.
-            kern = backend.kernels(dy, saved, w) if rowshard.get_shard() is None else None
-            if kern is not None:
+            kern = backend.kernels(dy, saved, w)
+            shard = rowshard.get_shard()
+            if kern is not None and shard is None:
                 dx, dw, db = kern.conv2d_bwd(dy, saved, w, bool(ctx.needs_input_grad[0]))
                 return dx, dw, db
+            if kern is not None and shard is not None:
+                return _conv2d_bwd_sharded(kern, shard, ctx, dy, saved, w)
             cols_t = torch.nn.functional.unfold(saved, k).transpose(1, 2).reshape(n * h * wd, c * k * k)
         else:
             cols_t = saved
@@ -586,6 +587,28 @@ class _Conv2d(torch.autograd.Function):
                 dxp[:, :, i:i + h, j:j + wd] = dxp[:, :, i:i + h, j:j + wd] + dcols[:, :, :, :, i, j].permute(
                     0, 3, 1, 2)
         return dxp[:, :, pad:pad + h, pad:pad + wd].contiguous(), dw, db
+
+
+def _conv2d_bwd_sharded(kern: backend.Kernels, shard: rowshard.RowShard, ctx: Any, dy: torch.Tensor,
+                        xp: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Row-sharded conv backward on the fused kernel: it hands back this worker's integer sums of dW
+    and db on the grids of exponents agreed by all workers, which are added across workers and
+    unscaled once. The collectives carry the same groups in the same order as the im2col path's
+    ``_reduce_rows([dy2], [(dy2ᵀ, cols)])`` (db's exponents, dW's row and column exponents; db's
+    and dW's sums), so a worker on either path computes the same bits with the others."""
+    n, c, h, wd, k = ctx.geom
+    rows = shard.get_global_rows(n * h * wd)
+    t, p = ref.slice_bits(rows), ref.grid_bits(rows)
+    amax_a, amax_b = kern.conv2d_bwd_maxabs(dy, xp, k)
+
+    def partials(e: list[torch.Tensor]) -> list[torch.Tensor]:
+        s_dw, s_db = kern.conv2d_bwd_sums(dy, xp, k, e[1], e[2], t, p)
+        return [s_db, s_dw]
+    (_, ea, eb), (tot_db, tot_dw) = rowshard.reduce_precomputed(shard, [amax_a, amax_a, amax_b], partials)
+    db = (tot_db * ref.pow2_f64(ea - p)).to(F32)  # the kernel's db grid: ea
+    dw = (tot_dw * ref.pow2_f64(ea - t).unsqueeze(1) * ref.pow2_f64(eb - t).unsqueeze(0)).to(F32)
+    dx = kern.conv2d_bwd_dx(dy, w) if ctx.needs_input_grad[0] else None
+    return dx, dw.view_as(w), db
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

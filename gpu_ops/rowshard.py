@@ -25,7 +25,7 @@ implements it with torch.distributed (gloo on CPU, NCCL on GPU).
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -183,6 +183,23 @@ def _reduce_rows(shard: RowShard, sums: Sequence[torch.Tensor], matmuls: Sequenc
         assert col_e is not None
         out_mm.append((s * ref.pow2_f64(row_e - t).unsqueeze(1) * ref.pow2_f64(col_e - t).unsqueeze(0)).to(F32))
     return out_sums, out_mm
+
+
+def reduce_precomputed(shard: RowShard, local_amax: Sequence[torch.Tensor],
+                       partial_sums: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A row reduction whose local integer work is done by a fused kernel (the conv's weight gradient).
+
+    ``local_amax``: this worker's max |x| of each group (any shapes); ``partial_sums(exps)`` gets the
+    agreed exponents in the same shapes and returns this worker's exact integer sums on their grids
+    (float64, each below 2^53 in magnitude). Returns ``(exps, totals)``, the totals over all workers
+    as float64 (+0 for a zero sum), for the caller to unscale as ``ref`` does. The same two
+    collectives as ``reduce_rows`` (steps 1 and 3 of the module's scheme)."""
+    exps = _agree(shard, *[_local_exponent(a) for a in local_amax])
+    partials = [s.to(I64) for s in partial_sums(exps)]  # integers below 2^53: converted exactly
+    flat = torch.cat([s.reshape(-1) for s in partials])
+    shard.collective.all_reduce_sum(flat)
+    return exps, [s.to(F64) + 0.0 for s in _unflatten(flat, partials)]
 
 
 def exact_sum_rows(x: torch.Tensor, shard: RowShard) -> torch.Tensor:

@@ -440,6 +440,7 @@ typedef struct {
     int t, tc, brow, nth, batch_mode, phase, stream_b;
     const mmtab *ta, *tb;
     const mmc2i *c2i;
+    double *raw;
     volatile int failed;
     wscratch *ws;
     lines shared; /* matrix mode: worker 0's line arrays, filled in parallel */
@@ -456,6 +457,10 @@ typedef struct {
 static void store_tile(const mmjob *j, float *Cb, const double *ct, const lines *l, i64 i0, i64 n0, i64 h, i64 w) {
     const float *bias = j->bias;
     i64 M = j->M, N = j->N;
+    if (j->raw) { /* integer sums for a cross-worker reduction (rowshard): no unscale here */
+        for (i64 i = 0; i < h; i++) memcpy(j->raw + (i0 + i) * N + n0, ct + i * NR, (size_t)w * sizeof(double));
+        return;
+    }
     if (j->tc) {
         for (i64 i = 0; i < h; i++) {
             const double *s = ct + i * NR;
@@ -727,7 +732,7 @@ int exact_mm_run(const mmspec *sp) {
     j.A = sp->A; j.B = sp->B; j.C = sp->C; j.bias = sp->bias;
     j.sab = sp->sab; j.sam = sp->sam; j.sak = sp->sak; j.sbb = sp->sbb; j.sbk = sp->sbk; j.sbn = sp->sbn;
     j.nb = sp->nb; j.M = sp->M; j.K = sp->K; j.N = sp->N; j.t = sp->t; j.tc = sp->tc;
-    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i; j.brow = sp->brow;
+    j.ta = sp->ta; j.tb = sp->tb; j.c2i = sp->c2i; j.brow = sp->brow; j.raw = sp->raw;
     i64 M = j.M, K = j.K, N = j.N, nb = j.nb;
     int nth = sp->nth;
     j.npan = (N + NR - 1) / NR;

@@ -31,6 +31,7 @@ typedef struct {
     int t, tc, brow, nth; /* brow: bias [M] added per row instead of [N] per column */
     const mmtab *ta, *tb; /* NULL: the operand is given by its strides */
     const mmc2i *c2i;     /* NULL: store into C */
+    double *raw;          /* not NULL (nb = 1, no bias, tc = 0): the exact integer sums [M x N], not unscaled */
 } mmspec;
 
 /* 0, or -1 when out of memory. */
