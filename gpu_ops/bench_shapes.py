@@ -209,6 +209,26 @@ def conv_layer_sides(n: int = 32, c: int = 32, hw: int = 32, o: int = 64, k: int
             "floor_im2col": floor_im2col}
 
 
+def conv_part_sides(n: int = 32, c: int = 32, hw: int = 32, o: int = 64, k: int = 3) -> dict[str, Step]:
+    """The conv layer's three GEMM-shaped parts on the C kernels, each against the square DGEMM of
+    one part's FLOPs (``floor``): ``fwd`` (y and the padded input), ``dwdb`` (weight and bias
+    gradients) and ``dx`` (the input gradient with its col2im fold). Empty without the kernels."""
+    from . import backend
+
+    x, w, b = _randn(n, c, hw, hw, seed=11), _randn(o, c, k, k, seed=12, scale=0.1), _randn(o, seed=13)
+    dy = _randn(n, o, hw, hw, seed=14)
+    kern = backend.kernels(x, w, b)
+    if kern is None:
+        return {}
+    _, xp = kern.conv2d_fwd(x, w, b)
+    side = round((n * hw * hw * c * k * k * o) ** (1 / 3))  # 2 side^3 = one part's 2 rows ckk o FLOPs
+    sq_a, sq_b = _randn(side, side, seed=15, dtype=torch.float64), _randn(side, side, seed=16, dtype=torch.float64)
+    return {"fwd": lambda: None if kern.conv2d_fwd(x, w, b) is None else None,
+            "dwdb": lambda: None if kern.conv2d_bwd(dy, xp, w, False) is None else None,
+            "dx": lambda: None if kern.conv2d_bwd_dx(dy, w) is None else None,
+            "floor": lambda: None if torch.mm(sq_a, sq_b) is None else None}
+
+
 def interleave(sides: dict[str, Step], steps: int, warmup: int = 2) -> dict[str, list[float]]:
     """CPU ms (key ``side``) and wall ms (key ``side:wall``) of each side per round; the sides
     alternate within every round (A B C A B C ...)."""

@@ -101,3 +101,23 @@ def test_conv_layer_vs_gemm_floor(benchmark: Any, side: str, threads: int) -> No
     fn()
     benchmark.group = f"conv layer fwd+bwd threads={threads}"
     benchmark.pedantic(fn, rounds=7, iterations=1)
+
+
+@pytest.mark.parametrize("side", ["fwd", "dwdb", "dx", "floor"])
+def test_conv_parts_vs_gemm_floor(benchmark: Any, side: str) -> None:
+    """The conv layer's forward, weight/bias gradient and input gradient (C kernels, 1 thread), each
+    vs the square DGEMM of one part's FLOPs: where the layer's time over the floor goes."""
+    if benchmark.disabled and side == "floor":
+        pytest.skip("the comparison only under --benchmark-enable (make bench)")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sides = bench_shapes.conv_part_sides(*((2, 4, 8, 8) if benchmark.disabled else ()))
+        if not sides:
+            pytest.skip("C kernels not built")
+        fn = sides[side]
+        fn()
+        benchmark.group = "conv layer parts threads=1"
+        benchmark.pedantic(fn, rounds=7, iterations=1)
+    finally:
+        torch.set_num_threads(old)
