@@ -406,7 +406,7 @@ static inline i64 kblock(i64 K, i64 k0) {
     return K - k0 < kc ? K - k0 : kc;
 }
 #ifndef BWIN_BYTES
-#define BWIN_BYTES ((double)(16 << 20))
+#define BWIN_BYTES ((double)(64 << 20))
 #endif
 #ifndef BWIN_PANELS
 #define BWIN_PANELS 32
@@ -799,12 +799,13 @@ int exact_mm_run(const mmspec *sp) {
     int owned = pthread_mutex_trylock(&g_ws_lock) == 0;
     if (!owned) memset(priv, 0, sizeof(wscratch) * (size_t)nth);
     j.ws = owned ? g_ws : priv;
-    /* Matrix mode packs B one window of panels at a time when all of it would be large (at n =
-     * 4096, 128 MB: beyond the kept scratch, so every call faulted in fresh pages, wrote them to
-     * memory and read them back). A window of 256 columns (8 MB at K = 4096) stays in the L3
-     * cache while every row block passes over it; A is packed once per window (vectorised, a few
-     * per cent of the time). Measured at n = 4096: 1.17x DGEMM with the whole B, 1.09x with
-     * windows of 512 columns, 1.03x with 256, 1.16x with 128 (A packed too often). */
+    /* Matrix mode packs B one window of panels at a time when all of it would be large (over
+     * 64 MB, the kept scratch: at n = 4096, 128 MB, every call faulted in fresh pages, wrote
+     * them to memory and read them back). A window of 256 columns (8 MB at K = 4096) stays in
+     * the L3 cache while every row block passes over it; A is packed once per window. Measured
+     * at n = 4096: 1.17x DGEMM with the whole B, 1.09x with windows of 512 columns, 1.03x with
+     * 256, 1.16x with 128 (A packed too often); at n = 2048 (32 MB) windows cost more than they
+     * save (0.95x without, 1.03x with windows of 256). */
     i64 win = j.npan;
     j.pb0 = 0;
     j.pb1 = j.npan;

@@ -359,14 +359,14 @@ def test_conv_without_im2col_matrix_matches_reference(threads: int) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul_packed_b_in_windows(threads: int) -> None:
-    """A product whose packed B (K * N doubles) exceeds gemm.c's window threshold (16 MiB) is packed
-    one window of 512 columns at a time: two full windows and a partial one (N = 1030), rows in
-    several row blocks, K in several K blocks, rows of very different magnitudes."""
+    """A product whose packed B (K * N doubles, here 69 MB) exceeds gemm.c's window threshold (64 MiB)
+    is packed one window of 256 columns at a time: 16 full windows and a partial one (N = 4100),
+    rows in several row blocks, K in several K blocks, rows of very different magnitudes."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         a = randn(130, 2100, seed=90) * torch.exp2(torch.randint(-20, 20, (130, 1)).to(F32))
-        b = randn(2100, 1030, seed=91)
+        b = randn(2100, 4100, seed=91)
         k = backend.kernels(a, b)
         assert k is not None
         got = k.matmul(a, b)
