@@ -408,6 +408,30 @@ def gen_elementwise() -> dict[str, Any]:
             "note": "NaN outputs are written as 'nan': their payload is not specified"}
 
 
+def sincos_inputs() -> np.ndarray:
+    """§10.4 sin/cos arguments: edges, multiples of pi/4 up to the domain limit and their float32
+    neighbours, the limit itself and beyond, and random values over the rotary range."""
+    quarter = (np.arange(-40, 41, dtype=np.float64) * (math.pi / 4)).astype(np.float32)
+    far = (np.array([1000, 5000, 10429, -10429], dtype=np.float64) * (math.pi / 4)).astype(np.float32)
+    pts = np.concatenate([quarter, far])
+    edges = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-30, 1.1754942e-38, 2.0**-12, 0.5, 1.0, 4095.0, 4095.9998,
+                      8192.0, -8192.0, 8192.0005, -8192.0005, 1e6, 3.4028235e38, np.inf, -np.inf, np.nan],
+                     dtype=np.float32)
+    rs = np.random.default_rng(20261202)
+    rand = np.concatenate([rs.uniform(-8, 8, 64), rs.uniform(0, 4096, 64)]).astype(np.float32)
+    return np.concatenate([edges, pts, np.nextafter(pts, np.float32(np.inf)), np.nextafter(pts, np.float32(-np.inf)),
+                           rand]).astype(np.float32)
+
+
+def gen_sincos() -> dict[str, Any]:
+    x = sincos_inputs()
+    outs = {"sin": ref.sin(torch.from_numpy(x.copy())), "cos": ref.cos(torch.from_numpy(x.copy()))}
+    doc = {name: [("nan" if math.isnan(v) else w) for v, w in zip(t.numpy().tolist(), f32_bits(t.numpy()))]
+           for name, t in outs.items()}
+    return {"section": "SPEC.md §10.4 (sin, cos)", "inputs": f32_bits(x), "outputs": doc,
+            "note": "NaN outputs are written as 'nan': their payload is not specified"}
+
+
 def _exact_inputs() -> dict[str, np.ndarray]:
     rs = np.random.default_rng(20261201)
     wide = (rs.standard_normal(1000) * np.exp2(rs.integers(-60, 60, 1000))).astype(np.float32)
@@ -657,6 +681,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "sampling.json": gen_sampling,
     "rng.json": gen_rng,
     "elementwise.json": gen_elementwise,
+    "sincos.json": gen_sincos,
     "exact.json": gen_exact,
     "models.json": gen_models,
     "datasets.json": gen_datasets,
