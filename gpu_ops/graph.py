@@ -109,6 +109,8 @@ def _run(node: Node, args: list[torch.Tensor], w: list[torch.Tensor], seed: int,
         return layers.mean_pool(x, int(node.get("axis")) + 1)  # + 1: the batch axis leads
     if op == "patches":
         return layers.patches(x, int(node.get("size")))
+    if op == "rotary":
+        return layers.rotary(x, int(node.get("heads")), float(node.get("base")), int(node.get("dims")))
     if op == "dropout":
         prob = float(node.get("p"))
         if prob == 0.0:  # no words drawn, no multiplication (§10.5)

@@ -1,5 +1,5 @@
 """Operators added for model graphs (SPEC.md §10.5, second part): mean pooling, non-causal
-attention, RMS norm, SwiGLU and patch extraction.
+attention, RMS norm, SwiGLU, patch extraction, rotary positions, the class token and select.
 
 Same contract as ``gpu_ops.functional``: an ``autograd.Function`` per op with a hand-written
 backward, every reduction an exact sum (§10.2), every elementwise step one binary32 operation
@@ -9,6 +9,7 @@ backend uses it, and it equals the reference bit for bit (tests/gpu_ops/test_lay
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -191,3 +192,59 @@ def _matmul_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) ->
 
 def conv2d_general(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
     return _Conv2dGeneral.apply(x, w, b, stride, pad)
+
+
+@functools.lru_cache(maxsize=64)
+def rotary_tables(t: int, dims: int, base: float, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [T, dims/2] of the rotary op (SPEC.md §10.5): a function of the config
+    only. inv_i = exp(-(f32(2i)/f32(dims) * log(f32(base)))), angle[t, i] = f32(t) * inv_i, each
+    step one float32 operation with the §10.4 exp, log, sin and cos."""
+    dev = torch.device(device)
+    m = dims // 2
+    lb = ref.log(torch.tensor([base], dtype=F32, device=dev))
+    e = torch.arange(0, 2 * m, 2, dtype=F32, device=dev) / torch.tensor(float(dims), dtype=F32, device=dev)
+    inv = ref.exp(-(e * lb))
+    ang = torch.arange(t, dtype=F32, device=dev).unsqueeze(1) * inv.unsqueeze(0)
+    return ref.cos(ang), ref.sin(ang)
+
+
+@traced("rotary")
+class _Rotary(torch.autograd.Function):
+    """Rotary positions on the query and key parts of qkv [B, T, 3d], GPT-NeoX half-split pairs
+    (i, i + m) of the first ``dims`` columns of each head; values and the rest pass unchanged.
+    The backward is the transposed rotation (the tables carry no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, n_heads: int, base: float, dims: int) -> torch.Tensor:
+        b, t, d3 = qkv.shape
+        dh = d3 // 3 // n_heads
+        r = dims or dh
+        ctx.geom = (n_heads, base, r)
+        return _rotate(qkv, n_heads, base, r, False)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        n_heads, base, r = ctx.geom
+        return _rotate(dy, n_heads, base, r, True), None, None, None
+
+
+def _rotate(x: torch.Tensor, n_heads: int, base: float, r: int, transpose: bool) -> torch.Tensor:
+    b, t, d3 = x.shape
+    m = r // 2
+    cos, sin = rotary_tables(t, r, base, str(x.device))
+    c, s = cos.view(1, t, 1, 1, m), sin.view(1, t, 1, 1, m)
+    parts = x.reshape(b, t, 3, n_heads, d3 // 3 // n_heads)
+    x1, x2 = parts[:, :, :2, :, :m], parts[:, :, :2, :, m:r]
+    out = parts.clone()
+    if transpose:  # [c s; -s c] applied to (dy1, dy2)
+        out[:, :, :2, :, :m] = x1 * c + x2 * s
+        out[:, :, :2, :, m:r] = x2 * c - x1 * s
+    else:  # [c -s; s c] applied to (x1, x2)
+        out[:, :, :2, :, :m] = x1 * c - x2 * s
+        out[:, :, :2, :, m:r] = x2 * c + x1 * s
+    return out.reshape(b, t, d3)
+
+
+def rotary(qkv: torch.Tensor, n_heads: int, base: float = 10000.0, dims: int = 0) -> torch.Tensor:
+    """Rotary position embedding of q and k inside qkv [B, T, 3d] (dims = 0: the whole head)."""
+    return _Rotary.apply(qkv, n_heads, float(base), int(dims))

@@ -36,11 +36,13 @@ def build_gpt2(p: Mapping[str, Any]) -> GraphConfig:
     """GPT-2: learned token and position embeddings, pre-LN blocks (causal attention, GELU MLP
     of width ``d_ff``, 4·d_model when 0), a final layer norm, and a head tied to the token
     embedding (``tied``) or a separate bias-free ``head`` linear. ``norm = "rms_norm"`` and
-    ``mlp = "swiglu"`` give the Llama-style variant of the same decoder."""
+    ``mlp = "swiglu"`` give the Llama-style variant of the same decoder; ``positions = "rotary"``
+    replaces the learned ``pos_emb`` by a ``rotary`` node on each block's q and k."""
     d, drop = int(p["d_model"]), float(p["dropout"])
     add = _Builder()
     h = add("embedding", "tok_emb", [INPUT], vocab=p["vocab"], dim=d, bound=float(p["emb_bound"]))
-    h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
+    if p["positions"] == "learned":
+        h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = add("dropout", "emb.drop", [h], p=drop)
     h = _blocks(add, h, p, "causal_attention")
     h = add(p["norm"], "ln_f", [h])
@@ -60,7 +62,11 @@ def _blocks(add: _Builder, h: str, p: Mapping[str, Any], attention: str) -> str:
     for i in range(int(p["n_layers"])):
         pre = f"h{i}."
         a = add(norm, pre + "ln1", [h])
-        a = add(attention, pre + "attn", [add("linear", pre + "attn.qkv", [a], out=3 * d)], heads=heads)
+        a = add("linear", pre + "attn.qkv", [a], out=3 * d)
+        if p.get("positions") == "rotary":
+            a = add("rotary", pre + "attn.rope", [a], heads=heads, base=float(p["rotary_base"]),
+                    dims=int(p["rotary_dims"]))
+        a = add(attention, pre + "attn", [a], heads=heads)
         a = add("dropout", pre + "attn.drop", [add("linear", pre + "attn.proj", [a], out=d)], p=drop)
         h = add("add", pre + "res1", [h, a])
         f = add(norm, pre + "ln2", [h])
@@ -120,10 +126,11 @@ def build_resnet(p: Mapping[str, Any]) -> GraphConfig:
 
 
 _GPT2 = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 0, "context": 64, "vocab": CLASSES, "tied": True,
-         "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu"}
+         "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu", "positions": "learned",
+         "rotary_base": 10000.0, "rotary_dims": 0}
 _VIT = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 0, "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm",
         "mlp": "gelu", "side": 8, "channels": 1, "patch": 2}
-_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu")}
+_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rotary")}
 PRESETS: dict[str, Preset] = {
     "gpt2": Preset(build_gpt2, _GPT2, "pydoc-topics",
                    "GPT-2-style decoder of any width/depth/context/vocab (tied head by default)"),
