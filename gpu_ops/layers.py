@@ -248,3 +248,46 @@ def _rotate(x: torch.Tensor, n_heads: int, base: float, r: int, transpose: bool)
 def rotary(qkv: torch.Tensor, n_heads: int, base: float = 10000.0, dims: int = 0) -> torch.Tensor:
     """Rotary position embedding of q and k inside qkv [B, T, 3d] (dims = 0: the whole head)."""
     return _Rotary.apply(qkv, n_heads, float(base), int(dims))
+
+
+@traced("cls_token")
+class _ClsToken(torch.autograd.Function):
+    """[B, T, d] and a learned [1, 1, d] token -> [B, T + 1, d] with the token at position 0.
+    Backward: the rows 1.. of dy go to x; the token's gradient is the exact sum of row 0 over the
+    batch (one group of B per feature)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        b, _, d = x.shape
+        return torch.cat([cls.reshape(1, 1, d).expand(b, 1, d), x], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        d = dy.shape[-1]
+        return dy[:, 1:].contiguous(), _sum_rows(dy[:, 0].contiguous()).reshape(1, 1, d)
+
+
+def cls_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return _ClsToken.apply(x, cls)
+
+
+@traced("select")
+class _Select(torch.autograd.Function):
+    """One index of one axis (the class token's readout). Backward: dy at that index, +0 elsewhere."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+        ctx.geom = (tuple(x.shape), dim, index)
+        return x.select(dim, index).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        shape, dim, index = ctx.geom
+        dx = torch.zeros(shape, dtype=dy.dtype, device=dy.device)
+        dx.select(dim, index).copy_(dy)
+        return dx, None, None
+
+
+def select(x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+    """x at ``index`` of axis ``dim`` (of the batched tensor; 0 is the batch axis)."""
+    return _Select.apply(x, dim, index)

@@ -46,6 +46,8 @@ _ATTRS: dict[str, dict[str, tuple[str, Any]]] = {
     "mean_pool": {"axis": ("index", None)},
     "patches": {"size": ("int", None)},
     "rotary": {"heads": ("int", None), "base": ("float", ROTARY_BASE), "dims": ("count", 0)},
+    "cls_token": {"bound": ("float", 0.02)},
+    "select": {"axis": ("index", 0), "index": ("count", 0)},
     "dropout": {"p": ("float", 0.0)},
     "add": {},
     "reshape": {"shape": ("shape", None)},
@@ -411,6 +413,16 @@ def _infer(node: Node, ins: list[tuple[str, tuple[int, ...]]], data: GraphInput,
         if not 1.0 <= base <= MAX_ROTARY_BASE:
             raise _fail(name, f"base must be in [1, {MAX_ROTARY_BASE:g}], got {base!r}")
         return "f32", shape, count
+    if op == "cls_token":
+        if len(shape) != 2:
+            raise _fail(name, f"cls_token needs a [T, d] input per example, got {list(shape)}")
+        new.append(ParamInfo(name, (1, 1, shape[1]), "uniform", _check_bound(node, positive=True), 0))
+        return "f32", (shape[0] + 1, shape[1]), count + shape[1]
+    if op == "select":
+        axis, index = node.get("axis"), node.get("index")
+        if axis >= len(shape) or index >= shape[axis]:
+            raise _fail(name, f"cannot select index {index} of axis {axis} of {list(shape)}")
+        return "f32", shape[:axis] + shape[axis + 1:], count // shape[axis]
     if op == "dropout":
         p = float(node.get("p"))
         if not 0.0 <= p < 1.0:

@@ -82,14 +82,22 @@ def _blocks(add: _Builder, h: str, p: Mapping[str, Any], attention: str) -> str:
 def build_vit(p: Mapping[str, Any]) -> GraphConfig:
     """A ViT-style encoder on square images of ``channels``·``side``² features: patches of
     ``patch``² pixels, a linear patch embedding, learned positions, pre-norm blocks with
-    non-causal attention, a final norm, the mean over the patch tokens, a linear classifier."""
+    non-causal attention, a final norm, the mean over the patch tokens, a linear classifier. With
+    ``pool = "cls"`` a learned class token is prepended to the patch tokens (before the position
+    embedding) and the classifier reads its final state instead of the mean."""
     side, patch, ch = int(p["side"]), int(p["patch"]), int(p["channels"])
     add = _Builder()
     h = add("reshape", "image", [INPUT], shape=[ch, side, side])
     h = add("linear", "patch_emb", [add("patches", "patches", [h], size=patch)], out=int(p["d_model"]))
+    if p["pool"] == "cls":
+        h = add("cls_token", "cls", [h])
     h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = _blocks(add, h, p, "attention")
-    h = add("mean_pool", "pool", [add(p["norm"], "ln_f", [h])], axis=0)
+    h = add(p["norm"], "ln_f", [h])
+    if p["pool"] == "cls":
+        h = add("select", "pool", [h], axis=0, index=0)
+    else:
+        h = add("mean_pool", "pool", [h], axis=0)
     add("cross_entropy", "loss", [add("linear", "head", [h], out=CLASSES), TARGETS])
     return GraphConfig(0, tuple(add.nodes))
 
@@ -129,8 +137,9 @@ _GPT2 = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 0, "context": 64, "
          "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu", "positions": "learned",
          "rotary_base": 10000.0, "rotary_dims": 0}
 _VIT = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 0, "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm",
-        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2}
-_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rotary")}
+        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2, "pool": "mean"}
+_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rotary"),
+            "pool": ("mean", "cls")}
 PRESETS: dict[str, Preset] = {
     "gpt2": Preset(build_gpt2, _GPT2, "pydoc-topics",
                    "GPT-2-style decoder of any width/depth/context/vocab (tied head by default)"),

@@ -12,6 +12,8 @@ from protocol.graph import GraphInput, analyze_graph, get_graph_canonical, make_
 from protocol.presets import get_preset_graph
 
 TOKENS = GraphInput("tokens", (8,), 256)
+DIGITS = "8147d0c7fde42fc617fccd83c4b7aece643a98cf67d4f3ac692ef93c0a6dce51"
+PYDOC = "a294f1bbebc6ddcdbc2748588245b2b0d5c5864c0cd89ad469a0495182df8fab"
 
 
 def rope_graph(context: int = 8, **attrs: Any) -> Any:
@@ -66,3 +68,76 @@ def test_gpt2_rotary_preset_has_no_position_table() -> None:
     assert all(n.op != "rotary" for n in learned.nodes) and learned.nodes[1].op == "pos_embedding"
     with pytest.raises(InvalidTask, match="positions must be one of"):
         get_preset_graph("gpt2", {"positions": "alibi"})
+
+
+IMAGES = GraphInput("image", (64,), 10)
+
+
+def test_vit_cls_preset_adds_one_token_and_reads_it() -> None:
+    mean = get_preset_graph("vit", {"d_model": 12, "n_heads": 2, "n_layers": 1, "patch": 4})
+    cls = get_preset_graph("vit", {"d_model": 12, "n_heads": 2, "n_layers": 1, "patch": 4, "pool": "cls"})
+    a, b = analyze_graph(mean, IMAGES), analyze_graph(cls, IMAGES)
+    pa, pb = {p.name: p for p in a.params}, {p.name: p for p in b.params}
+    assert set(pb) - set(pa) == {"cls"}
+    assert (pb["cls"].shape, pb["cls"].init, pb["cls"].bound) == ((1, 1, 12), "uniform", 0.02)
+    assert pa["pos_emb"].shape == (4, 12) and pb["pos_emb"].shape == (5, 12)  # one row more for the token
+    assert dict(b.shapes)["cls"] == (5, 12) and dict(b.shapes)["pool"] == (12,)
+    pool = get_graph_canonical(cls)["nodes"][-3]
+    assert pool == {"op": "select", "name": "pool", "in": ["ln_f"], "axis": 0, "index": 0}
+    assert all(n.op != "cls_token" for n in mean.nodes)  # the default vit graph is unchanged
+    with pytest.raises(InvalidTask, match="pool must be one of"):
+        get_preset_graph("vit", {"pool": "max"})
+
+
+def image_graph(**select: Any) -> Any:
+    from protocol.graph import GraphConfig
+
+    nodes = [make_node("reshape", "seq", ["input"], shape=[8, 8]),
+             make_node("cls_token", "cls", ["seq"]),
+             make_node("select", "pick", ["cls"], **select),
+             make_node("linear", "head", ["pick"], out="classes"),
+             make_node("cross_entropy", "loss", ["head", "targets"])]
+    return GraphConfig(0, tuple(nodes))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"select": {"axis": 2}}, "node 'pick': cannot select index 0 of axis 2 of \\[9, 8\\]"),
+    ({"select": {"index": 9}}, "node 'pick': cannot select index 9 of axis 0 of \\[9, 8\\]"),
+    ({"select": {"index": -1}}, r"node 'pick': index must be an integer in \[0, 1048576\]"),
+    ({"bound": 0.0}, r"node 'cls': bound must be in \(0, 1000\], got 0.0"),
+    ({"shape": [64]}, r"node 'cls': cls_token needs a \[T, d\] input per example, got \[64\]"),
+])
+def test_malformed_class_token_or_select_is_refused_naming_the_node(change: dict[str, Any], match: str) -> None:
+    from protocol.graph import GraphConfig
+
+    with pytest.raises(InvalidTask, match=match):  # at parsing (make_node) or at analysis
+        nodes = list(image_graph(**change.get("select", {})).nodes)
+        if "bound" in change:
+            nodes[1] = make_node("cls_token", "cls", ["seq"], bound=change["bound"])
+        if "shape" in change:
+            nodes[0] = make_node("reshape", "seq", ["input"], shape=change["shape"])
+        analyze_graph(GraphConfig(0, tuple(nodes)), IMAGES)
+
+
+def test_class_token_graph_shapes() -> None:
+    info = analyze_graph(image_graph(index=8), IMAGES)
+    assert dict(info.shapes)["cls"] == (9, 8) and dict(info.shapes)["pick"] == (8,)
+    assert [p.name for p in info.params] == ["cls", "head.bias", "head.weight"]
+
+
+def test_cli_presets_take_the_new_options(tmp_path: Any) -> None:
+    """``pol task new --preset gpt2 --set positions=rotary`` and ``--preset vit --set pool=cls``
+    write valid tasks (in-process)."""
+    from pol.cli import main
+    from protocol.task import get_task_canonical, parse_task_toml
+
+    gpt, vit = tmp_path / "gpt.toml", tmp_path / "vit.toml"
+    assert main(["task", "new", "--preset", "gpt2", "--set", "positions=rotary", "--set", "rotary_base=500",
+                 "--set", "d_model=16", "--set", "n_heads=2", "--set", "context=8", "--set", f"data.sha256={PYDOC}",
+                 "--out", str(gpt)]) == 0
+    assert main(["task", "new", "--preset", "vit", "--set", "pool=cls", "--set", f"data.sha256={DIGITS}",
+                 "--out", str(vit)]) == 0
+    ops_gpt = [n["op"] for n in get_task_canonical(parse_task_toml(gpt.read_text()))["model"]["nodes"]]
+    ops_vit = [n["op"] for n in get_task_canonical(parse_task_toml(vit.read_text()))["model"]["nodes"]]
+    assert ops_gpt.count("rotary") == 2 and "pos_embedding" not in ops_gpt
+    assert "cls_token" in ops_vit and "select" in ops_vit and "mean_pool" not in ops_vit

@@ -92,6 +92,11 @@ def param_list(model: dict[str, Any], in_shape: tuple[int, ...], classes: int
         elif op == "pos_embedding":
             out.append((name, x, "uniform", n["bound"]))
             y = x
+        elif op == "cls_token":
+            out.append((name, (1, 1, x[1]), "uniform", n["bound"]))
+            y = (x[0] + 1, x[1])
+        elif op == "select":
+            y = x[:n["axis"]] + x[n["axis"] + 1:]
         elif op in ("causal_attention", "attention"):
             y = (x[0], x[1] // 3)
         elif op == "swiglu":
@@ -254,6 +259,12 @@ def _forward(n: dict[str, Any], xs: list[np.ndarray], P: dict[str, np.ndarray], 
         return _attention_fwd(x, n["heads"], op == "causal_attention")
     if op == "rotary":
         return rotary(x, n, False), None
+    if op == "cls_token":
+        tok = np.broadcast_to(P[name].reshape(1, 1, -1), (x.shape[0], 1, x.shape[2]))
+        return np.concatenate([tok, x], axis=1).astype(f32), None
+    if op == "select":
+        ax = n["axis"] + 1
+        return np.ascontiguousarray(np.take(x, n["index"], axis=ax)), (x.shape, ax)
     if op == "dropout":
         if n["p"] == 0.0:
             return x, None
@@ -349,6 +360,16 @@ def _backward(n: dict[str, Any], dy: np.ndarray, cache: Any, P: dict[str, np.nda
         return [_attention_bwd(dy, cache)]
     if op == "rotary":
         return [rotary(dy, n, True)]
+    if op == "cls_token":
+        acc(name, ops.exact_sum(dy[:, 0, :], 0).reshape(1, 1, -1))
+        return [np.ascontiguousarray(dy[:, 1:, :])]
+    if op == "select":
+        shape, ax = cache
+        dx = np.zeros(shape, dtype=f32)
+        idx: list[Any] = [slice(None)] * len(shape)
+        idx[ax] = n["index"]
+        dx[tuple(idx)] = dy
+        return [dx]
     if op == "dropout":
         return [dy if cache is None else (dy * cache).astype(f32)]
     if op == "add":

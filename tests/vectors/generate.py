@@ -616,7 +616,7 @@ def gen_segments() -> dict[str, Any]:
 
 
 # §11.1: graph tasks covering every graph operator (tied weights, dropout, patches, non-causal
-# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten, rotary), built from the presets of §11.3.
+# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten, rotary, class token and select), built from the presets of §11.3.
 GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-tied-dropout": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "dropout": 0.1}),
     "llama-style": ("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 4, "context": 6, "norm": "rms_norm",
@@ -629,6 +629,8 @@ GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # rotary on 6 of each head's 8 columns (copied columns too), base 500, no learned positions
     "gpt2-rotary": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "positions": "rotary",
                              "rotary_dims": 6, "rotary_base": 500.0}),
+    # a learned class token before the position table, read out by select instead of the mean
+    "vit-cls": ("vit", {"d_model": 12, "n_layers": 1, "n_heads": 2, "patch": 4, "pool": "cls"}),
 }
 GRAPH_STEPS = 2
 
