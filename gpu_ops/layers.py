@@ -194,18 +194,28 @@ def conv2d_general(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: in
     return _Conv2dGeneral.apply(x, w, b, stride, pad)
 
 
-@functools.lru_cache(maxsize=64)
+_TABLE_CHUNK = 1 << 20  # table elements per pass: bounds the sin/cos temporaries of a huge table
+
+
+@functools.lru_cache(maxsize=4)  # a model uses one (T, dims, base); each table is below its qkv activation
 def rotary_tables(t: int, dims: int, base: float, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [T, dims/2] of the rotary op (SPEC.md §10.5): a function of the config
     only. inv_i = exp(-(f32(2i)/f32(dims) * log(f32(base)))), angle[t, i] = f32(t) * inv_i, each
-    step one float32 operation with the §10.4 exp, log, sin and cos."""
+    step one float32 operation with the §10.4 exp, log, sin and cos (elementwise, so building the
+    table in row blocks gives the same bits)."""
     dev = torch.device(device)
     m = dims // 2
     lb = ref.log(torch.tensor([base], dtype=F32, device=dev))
     e = torch.arange(0, 2 * m, 2, dtype=F32, device=dev) / torch.tensor(float(dims), dtype=F32, device=dev)
     inv = ref.exp(-(e * lb))
-    ang = torch.arange(t, dtype=F32, device=dev).unsqueeze(1) * inv.unsqueeze(0)
-    return ref.cos(ang), ref.sin(ang)
+    cos = torch.empty(t, m, dtype=F32, device=dev)
+    sin = torch.empty(t, m, dtype=F32, device=dev)
+    rows = max(1, _TABLE_CHUNK // max(1, m))
+    for lo in range(0, t, rows):
+        hi = min(t, lo + rows)
+        ang = torch.arange(lo, hi, dtype=F32, device=dev).unsqueeze(1) * inv.unsqueeze(0)
+        cos[lo:hi], sin[lo:hi] = ref.cos(ang), ref.sin(ang)
+    return cos, sin
 
 
 @traced("rotary")

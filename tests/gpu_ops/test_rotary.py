@@ -166,3 +166,15 @@ def test_rotary_trace_entries_reexecute_from_their_arguments() -> None:
         inputs = [tr.tensors[ref[0]].reshape(ref[2]) for ref in e["in"]]
         got = compute_output_hashes(execute_entry(rt, tr.step, e, inputs, start))
         assert got == [None if o is None else o[0] for o in e["out"]]
+
+
+def test_tables_built_in_row_blocks_are_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge table is built a block of rows at a time (bounded temporaries): same bits."""
+    whole = layers.rotary_tables(300, 64, 777.0)
+    layers.rotary_tables.cache_clear()
+    monkeypatch.setattr(layers, "_TABLE_CHUNK", 100)  # 3 rows of 32 pairs per block
+    try:
+        blocks = layers.rotary_tables(300, 64, 777.0)
+    finally:
+        layers.rotary_tables.cache_clear()
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(whole, blocks))

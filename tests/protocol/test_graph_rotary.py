@@ -141,3 +141,9 @@ def test_cli_presets_take_the_new_options(tmp_path: Any) -> None:
     ops_vit = [n["op"] for n in get_task_canonical(parse_task_toml(vit.read_text()))["model"]["nodes"]]
     assert ops_gpt.count("rotary") == 2 and "pos_embedding" not in ops_gpt
     assert "cls_token" in ops_vit and "select" in ops_vit and "mean_pool" not in ops_vit
+
+
+def test_gpt2_small_with_rotary_positions_drops_the_position_table() -> None:
+    info = analyze_graph(get_preset_graph("gpt2-small", {"positions": "rotary"}), GraphInput("tokens", (1024,), 256))
+    assert info.param_count == 124_439_808 - 1024 * 768
+    assert sum(1 for n, _ in info.shapes if n.endswith(".attn.rope")) == 12
