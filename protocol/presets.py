@@ -84,14 +84,17 @@ def build_vit(p: Mapping[str, Any]) -> GraphConfig:
     ``patch``² pixels, a linear patch embedding, learned positions, pre-norm blocks with
     non-causal attention, a final norm, the mean over the patch tokens, a linear classifier. With
     ``pool = "cls"`` a learned class token is prepended to the patch tokens (before the position
-    embedding) and the classifier reads its final state instead of the mean."""
+    embedding) and the classifier reads its final state instead of the mean. ``positions =
+    "rotary"`` rotates q and k by the token index (patches in row-major order, the class token
+    first) instead of a learned ``pos_emb``."""
     side, patch, ch = int(p["side"]), int(p["patch"]), int(p["channels"])
     add = _Builder()
     h = add("reshape", "image", [INPUT], shape=[ch, side, side])
     h = add("linear", "patch_emb", [add("patches", "patches", [h], size=patch)], out=int(p["d_model"]))
     if p["pool"] == "cls":
         h = add("cls_token", "cls", [h])
-    h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
+    if p["positions"] == "learned":
+        h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = _blocks(add, h, p, "attention")
     h = add(p["norm"], "ln_f", [h])
     if p["pool"] == "cls":
@@ -137,7 +140,8 @@ _GPT2 = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 0, "context": 64, "
          "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu", "positions": "learned",
          "rotary_base": 10000.0, "rotary_dims": 0}
 _VIT = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 0, "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm",
-        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2, "pool": "mean"}
+        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2, "pool": "mean", "positions": "learned",
+        "rotary_base": 10000.0, "rotary_dims": 0}
 _CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rotary"),
             "pool": ("mean", "cls")}
 PRESETS: dict[str, Preset] = {

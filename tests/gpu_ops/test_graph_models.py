@@ -105,7 +105,7 @@ PRESET_TASKS = {
                                        mlp="swiglu", tied=False),
     "gpt2-rotary": lambda: preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, positions="rotary",
                                        rotary_dims=6),
-    "vit-cls": lambda: preset_task("vit", d_model=16, n_layers=1, n_heads=2, pool="cls"),
+    "vit-cls": lambda: preset_task("vit", d_model=16, n_layers=1, n_heads=2, pool="cls", positions="rotary"),
 }
 
 

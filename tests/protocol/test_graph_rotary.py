@@ -147,3 +147,11 @@ def test_gpt2_small_with_rotary_positions_drops_the_position_table() -> None:
     info = analyze_graph(get_preset_graph("gpt2-small", {"positions": "rotary"}), GraphInput("tokens", (1024,), 256))
     assert info.param_count == 124_439_808 - 1024 * 768
     assert sum(1 for n, _ in info.shapes if n.endswith(".attn.rope")) == 12
+
+
+def test_vit_takes_rotary_positions_too() -> None:
+    g = get_preset_graph("vit", {"d_model": 12, "n_heads": 2, "n_layers": 2, "patch": 4, "pool": "cls",
+                                 "positions": "rotary", "rotary_dims": 4})
+    info = analyze_graph(g, IMAGES)
+    assert "pos_emb" not in {p.name for p in info.params} and "cls" in {p.name for p in info.params}
+    assert dict(info.shapes)["h1.attn.rope"] == (5, 36)
