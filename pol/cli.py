@@ -133,13 +133,13 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from prover.training import DeviceUnavailable, check_device
 
     device = getattr(args, "device", "cpu")
+    if device != "cpu" and args.workers != 1:
+        raise CliError(f"--workers {args.workers} with --device {device}: data-parallel proofs run on CPU workers "
+                       "(gloo) only for now; use one CUDA process (--workers 1) or --device cpu")
     try:
         check_device(device)
     except DeviceUnavailable as exc:
         raise CliError(str(exc)) from None
-    if device != "cpu" and args.workers != 1:
-        raise CliError(f"--workers {args.workers} with --device {device}: data-parallel proofs run on CPU workers "
-                       "(gloo) only for now; use one CUDA process (--workers 1) or --device cpu")
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         if args.workers != 1:  # data-parallel (SPEC.md §13.1): the same claim and roots as one process
             from prover.distributed import prove_with_workers
