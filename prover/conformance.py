@@ -1,8 +1,9 @@
 """Whole training steps on the Triton backend: tiny tasks, a device audit, and the state roots to compare.
 
-Shared by tests/gpu_ops/test_triton_step.py (CPU tensors, Triton interpreter) and
-``gpu_ops.conformance`` (the same steps on a GPU). ``audit_step`` runs steps while checking the two
-things a CUDA run needs and a CPU run cannot show by itself:
+Shared by tests/gpu_ops/test_triton_step.py (CPU tensors, Triton interpreter) and the CPU=GPU
+conformance check ``python -m prover.gpucheck`` (the same steps on a GPU; docs/gpu.md).
+``audit_step`` runs steps while checking the two things a CUDA run needs and a CPU run cannot show
+by itself:
 
 * every tensor handed to a Triton kernel wrapper is on the parameters' device (on a GPU this is the
   real check; on CPU it is trivially true, hence the second one);

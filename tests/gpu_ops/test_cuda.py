@@ -149,3 +149,12 @@ def test_exhaustive_float32(tops: types.ModuleType, op: str) -> None:
         got = getattr(tops, op)(x.cuda()).cpu()
         msg = bit_mismatch(got, ref_fn(x))
         assert msg is None, f"{op} in chunk starting at bit pattern {start:#010x}: {msg}"
+
+
+def test_conformance_quick_passes_on_the_gpu() -> None:
+    """``python -m prover.gpucheck --quick`` (docs/gpu.md): every TritonKernels method compiled vs the C
+    kernels, and tiny training steps on CUDA with the device audit, equal to the CPU roots."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from prover import gpucheck
+
+    assert gpucheck.main(["--quick"]) == 0
