@@ -187,3 +187,56 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh(x) = 1 - 2 / (exp(2x) + 1), with the deterministic exp."""
     one = _c(1.0, x)
     return one - _c(2.0, x) / (exp(x + x) + one)
+
+
+# Cephes sinf/cosf with the 24-bit Cody-Waite split of pi/4 (SPEC.md §10.4 lists the bits).
+_FOPI = 1.27323954473516
+_DP1, _DP2, _DP3 = 0.78515625, 2.4187564849853515625e-4, 3.77489497744594108e-8
+_SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
+_COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
+SINCOS_MAX = 8192.0  # the domain |x| <= 8192; NaN beyond it
+
+
+def _sincos_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ys, yc, j, flip, ok): both polynomials of the reduced argument and the octant."""
+    a = x.abs()
+    ok = a <= _c(SINCOS_MAX, x)  # False for NaN and inf
+    a = torch.where(ok, a, torch.zeros_like(a))  # keeps the integer conversion in range
+    q = torch.floor(a * _c(_FOPI, x))
+    j = q.to(torch.int32)
+    odd = (j & 1) == 1
+    j = torch.where(odd, j + 1, j) & 7
+    q = torch.where(odd, q + _c(1.0, x), q)
+    flip = j > 3
+    j = torch.where(flip, j - 4, j)
+    r = a - q * _c(_DP1, x)
+    r = r - q * _c(_DP2, x)
+    r = r - q * _c(_DP3, x)
+    z = r * r
+    ps = _c(_SIN_P[0], x) * z + _c(_SIN_P[1], x)
+    ps = ps * z + _c(_SIN_P[2], x)
+    ys = (ps * z) * r + r
+    pc = _c(_COS_P[0], x) * z + _c(_COS_P[1], x)
+    pc = pc * z + _c(_COS_P[2], x)
+    yc = (pc * z) * z
+    yc = yc - _c(0.5, x) * z
+    yc = yc + _c(1.0, x)
+    return ys, yc, j, flip, ok
+
+
+def sin(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 sine (Cephes sinf), |x| <= 8192; NaN outside and for NaN/inf."""
+    x = x.to(F32)
+    ys, yc, j, flip, ok = _sincos_parts(x)
+    y = torch.where((j == 1) | (j == 2), yc, ys)
+    y = torch.where(flip != torch.signbit(x), -y, y)
+    return torch.where(ok, y, torch.full_like(y, math.nan))
+
+
+def cos(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 cosine (Cephes cosf), |x| <= 8192; NaN outside and for NaN/inf."""
+    x = x.to(F32)
+    ys, yc, j, flip, ok = _sincos_parts(x)
+    y = torch.where((j == 1) | (j == 2), ys, yc)
+    y = torch.where(flip != (j > 1), -y, y)
+    return torch.where(ok, y, torch.full_like(y, math.nan))

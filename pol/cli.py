@@ -222,7 +222,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         total = min(total, segments)
     with SegmentProgress(total, disable=args.json or args.quiet) as bar:
         report = verify_dir(path, segments=segments, secret_key=key, on_segment=bar.update,
-                            expected_task_id=expected_task, expected_posting_id=expected_posting)
+                            expected_task_id=expected_task, expected_posting_id=expected_posting,
+                            max_state_bytes=_positive_int(args.max_state_bytes, "--max-state-bytes"))
     doc = report.to_json()
     doc["detection"] = describe_detection(report.num_segments, len(report.sample))
     # What was verified comes first: a verdict means nothing without the task it is about.
@@ -506,7 +507,7 @@ def _positive_int(value: str, flag: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise CliError(f"{flag} takes a positive integer or 'all', not {value!r}") from None
+        raise CliError(f"{flag} takes a positive integer{' or all' if flag == '--segments' else ''}, not {value!r}") from None
     if n < 1:
         raise CliError(f"{flag} must be at least 1")
     return n
@@ -563,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
     v.add_argument("--dataset", action="append", metavar="DIR",
                    help="the packed dataset directory the task trains on (only the records replayed are read)")
+    v.add_argument("--max-state-bytes", default=str(256 * 1024 * 1024),
+                   help="decline a task whose checkpoint holds more tensor bytes (default 268435456 = 256 MiB; the "
+                        "protocol allows up to 2 GiB, and replay holds the whole state in memory)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 

@@ -62,17 +62,19 @@ ADAMW = 'name = "adamw"\nlr = 0.01\ngrad_clip = 1.0'
 SGD = 'name = "sgd"\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0001\ngrad_clip = 0.5'
 
 # Tiny configs covering every op of the vocabulary: linear/tanh/SGD+momentum+clip (mlp); conv2d, GELU
-# (cnn); embedding, causal attention, layer norm, dropout, AdamW (transformer, gpt2); strided and 1x1
-# convs, mean pool (resnet); patches, non-causal attention (vit); RMS norm, SwiGLU (llama-style).
+# (cnn); embedding, learned positions, causal attention, layer norm, dropout, AdamW (transformer);
+# rotary positions, tied head (gpt2); strided and 1x1 convs, mean pool (resnet); patches, class token,
+# select, non-causal attention (vit); RMS norm, SwiGLU (llama-style).
 TINY: dict[str, Callable[[], Task]] = {
     "mlp": lambda: family_task('family = "mlp"\nhidden = [8]\nactivation = "tanh"', "sklearn-digits", DIGITS, SGD),
     "cnn": lambda: family_task('family = "cnn"\nchannels = [2]\nkernel = 3\nhidden = 8\nactivation = "gelu"',
                                "sklearn-digits", DIGITS, ADAMW),
     "transformer": lambda: family_task('family = "transformer"\nd_model = 8\nn_layers = 1\nn_heads = 2\nd_ff = 8\n'
                                        'context = 4\ndropout = 0.2', "pydoc-topics", PYDOC, ADAMW),
-    "gpt2": lambda: preset_task("gpt2", d_model=8, n_layers=1, n_heads=2, context=4, dropout=0.1),
+    "gpt2": lambda: preset_task("gpt2", d_model=8, n_layers=1, n_heads=2, context=4, dropout=0.1,
+                                positions="rotary"),
     "resnet": lambda: preset_task("resnet", channels=2, blocks=1, stages=2),
-    "vit": lambda: preset_task("vit", d_model=8, n_layers=1, n_heads=2, dropout=0.1, patch=4),
+    "vit": lambda: preset_task("vit", d_model=8, n_layers=1, n_heads=2, dropout=0.1, patch=4, pool="cls"),
     "llama-style": lambda: preset_task("gpt2", d_model=8, n_layers=1, n_heads=2, context=4, norm="rms_norm",
                                        mlp="swiglu", tied=False),
 }
