@@ -42,6 +42,11 @@ bench: $(STAMP)
 soak: $(STAMP)
 	POL_CHAIN_EXAMPLES=200 POL_CHAIN_STEPS=16 $(PY) -m pytest -q tests/chain/test_differential.py
 
+.PHONY: gpucheck
+# The CPU = GPU conformance table (docs/gpu.md): compiled Triton kernels on a GPU machine, the interpreter elsewhere.
+gpucheck: $(STAMP)
+	$(PY) -m prover.gpucheck
+
 .PHONY: vectors
 # Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.
 vectors: $(STAMP)

@@ -41,6 +41,11 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
     The squared norm is one exact sum over all elements of all grads in canonical order.
     """
+    kg = backend.kernels(*grads[:1])
+    clip = getattr(kg, "clip_grad_norm", None)  # the Triton kernels: no concatenated copy, no host sync
+    if clip is not None and all(g.dtype == F32 and g.is_contiguous() for g in grads):
+        norm_t: torch.Tensor = clip(grads, max_norm)
+        return norm_t
     flat = torch.cat([(g * g).reshape(-1) for g in grads])
     k = backend.kernels(flat)
     total = k.exact_sum(flat) if k is not None else ref.exact_sum(flat)

@@ -168,6 +168,11 @@ class TritonKernels:
 
     # ------------------------------------------------------------------ optimizers (in place)
 
+    def clip_grad_norm(self, grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """optim.clip_grad_norm in place on contiguous float32 grads; returns the norm. The norm's exact
+        sum runs over the grads where they lie, and the clip decision is taken on the device."""
+        return tb.clip_grad_norm(grads, max_norm)
+
     def sgd_step(self, p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float,
                  weight_decay: float) -> None:
         """optim.sgd_step with its float32 coefficients already rounded (optim._sgd_coefs)."""

@@ -120,7 +120,7 @@ def _gelu_saved(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _optimizer_cases(g: torch.Generator) -> dict[str, Callable[[Any], list[torch.Tensor]]]:
-    """In-place optimizer steps: each returns the tensors the step wrote, run by the given kernels."""
+    """In-place optimizer steps and clipping: each returns the tensors it wrote, run by the given kernels."""
     from gpu_ops import optim
 
     shape = (130, 7)
@@ -138,7 +138,17 @@ def _optimizer_cases(g: torch.Generator) -> dict[str, Callable[[Any], list[torch
         k.adamw_step(p, gr.to(dev), m, v, lrwd, True, coefs)
         return [p, m, v]
 
-    return {"sgd_step": sgd, "adamw_step": adamw}  # type: ignore[dict-item]
+    grads0 = [torch.randn(33, 5, generator=g) * 3.0, torch.randn(40, generator=g), torch.zeros(3)]
+
+    def clip(k: Any, dev: torch.device) -> list[torch.Tensor]:
+        gs = [x.clone().to(dev) for x in grads0]
+        if hasattr(k, "clip_grad_norm"):
+            norm = k.clip_grad_norm(gs, 0.5)
+        else:  # the C side: optim's own clip on CPU tensors (exact sum by the C kernel)
+            norm = optim.clip_grad_norm(gs, 0.5)
+        return [norm.reshape(())] + gs
+
+    return {"sgd_step": sgd, "adamw_step": adamw, "clip_grad_norm": clip}  # type: ignore[dict-item]
 
 
 def run_ops(dev: torch.device) -> list[Result]:
