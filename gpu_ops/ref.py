@@ -6,7 +6,8 @@ with round-to-nearest-even, comparisons, select, floor/trunc, abs, max (order-fr
 and bit operations, float64 sqrt (correctly rounded), and float64 sums of integer-valued
 terms whose every partial sum is an integer below 2^53 (exact in any order).
 Forbidden: torch's own exp/log/tanh/sqrt(float32)/softmax/matmul(float32), fused ops
-(addcmul, lerp, add with alpha, addmm) and torch.optim.
+(addcmul, lerp, add with alpha, addmm) and torch.optim. Every constant operand lives on the device
+of the tensor it meets (``const``): on CUDA, torch divides by a CPU scalar through its reciprocal.
 """
 
 from __future__ import annotations
