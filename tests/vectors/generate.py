@@ -429,7 +429,29 @@ def gen_sincos() -> dict[str, Any]:
     doc = {name: [("nan" if math.isnan(v) else w) for v, w in zip(t.numpy().tolist(), f32_bits(t.numpy()))]
            for name, t in outs.items()}
     return {"section": "SPEC.md §10.4 (sin, cos)", "inputs": f32_bits(x), "outputs": doc,
-            "note": "NaN outputs are written as 'nan': their payload is not specified"}
+            "note": "NaN outputs are written as 'nan': their payload is not specified",
+            "rotary_tables": gen_rotary_tables()}
+
+
+# (T, r, base): a small table written out whole; the default base; the largest T with the widest,
+# the narrowest and extreme bases (angles up to 4095, the edge of the sin/cos domain's use).
+ROTARY_TABLES = [(8, 6, 500.0), (64, 16, 10000.0), (4096, 64, 10000.0), (4096, 128, 1e9), (4096, 2, 1.0)]
+
+
+def gen_rotary_tables() -> list[dict[str, Any]]:
+    """§10.5 rotary tables COS and SIN [T, r/2]: the bits for the small case, SHA-256 of the
+    little-endian binary32 bytes for every case."""
+    from gpu_ops.layers import rotary_tables
+
+    out = []
+    for t, r, base in ROTARY_TABLES:
+        cos, sin = (a.numpy().astype("<f4") for a in rotary_tables(t, r, base))
+        case: dict[str, Any] = {"T": t, "r": r, "base": base, "cos_sha256": hashlib.sha256(cos.tobytes()).hexdigest(),
+                                "sin_sha256": hashlib.sha256(sin.tobytes()).hexdigest()}
+        if t * r <= 64:
+            case["cos"], case["sin"] = f32_bits(cos.reshape(-1)), f32_bits(sin.reshape(-1))
+        out.append(case)
+    return out
 
 
 def _exact_inputs() -> dict[str, np.ndarray]:
