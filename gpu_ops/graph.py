@@ -21,7 +21,8 @@ from . import functional as F
 from . import layers
 
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int], torch.Tensor]
-MaskFn = Callable[[int, int, int, float, tuple[int, ...]], torch.Tensor]  # (seed, step, site, p, shape)
+# (seed, step, site, p, shape, device): the mask is made on the activation's device
+MaskFn = Callable[[int, int, int, float, tuple[int, ...], torch.device], torch.Tensor]
 
 
 def _node_params(node: Node) -> list[str]:
@@ -119,7 +120,7 @@ def _run(node: Node, args: list[torch.Tensor], w: list[torch.Tensor], seed: int,
         prob = float(node.get("p"))
         if prob == 0.0:  # no words drawn, no multiplication (§10.5)
             return x
-        return F.dropout(x, dropout_mask(seed, step, sites[node.name], prob, tuple(x.shape)))
+        return F.dropout(x, dropout_mask(seed, step, sites[node.name], prob, tuple(x.shape), x.device))
     if op == "add":
         return F.add(x, args[1])
     if op == "reshape":

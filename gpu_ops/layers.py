@@ -22,8 +22,9 @@ from .trace import traced
 F32 = torch.float32
 
 
-def _c(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=F32)
+def _c(v: float, like: torch.Tensor) -> torch.Tensor:
+    """f32(v) on the device of ``like`` (ref.const: never a CPU scalar beside a CUDA tensor)."""
+    return ref.const(v, like)
 
 
 def _exp(x: torch.Tensor) -> torch.Tensor:
@@ -39,12 +40,12 @@ class _MeanPool(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
         n = x.shape[dim]
         ctx.geom = (tuple(x.shape), dim, n)
-        return _exact_sum(x, dim) / _c(float(n))
+        return _exact_sum(x, dim) / _c(float(n), x)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         shape, dim, n = ctx.geom
-        return (dy / _c(float(n))).unsqueeze(dim).expand(shape).contiguous(), None
+        return (dy / _c(float(n), dy)).unsqueeze(dim).expand(shape).contiguous(), None
 
 
 def mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,11 +60,11 @@ class _Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, s: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
-        return s * _c(scale)
+        return s * _c(scale, s)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        return dy * _c(ctx.scale), None
+        return dy * _c(ctx.scale, dy), None
 
 
 def attention(qkv: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -79,9 +80,9 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
-        n = _c(float(x.shape[-1]))
+        n = _c(float(x.shape[-1]), x)
         ms = _exact_sum(x * x, -1, keepdim=True) / n
-        rstd = _c(1.0) / ref.sqrt(ms + _c(eps))
+        rstd = _c(1.0, x) / ref.sqrt(ms + _c(eps, x))
         xhat = x * rstd
         ctx.save_for_backward(xhat, rstd, g)
         return xhat * g
@@ -89,7 +90,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         xhat, rstd, g = ctx.saved_tensors
-        n = _c(float(xhat.shape[-1]))
+        n = _c(float(xhat.shape[-1]), xhat)
         dg = _sum_rows(dy * xhat)  # over the whole batch's rows (gpu_ops.rowshard)
         dxhat = dy * g
         c = _exact_sum(dxhat * xhat, -1, keepdim=True) / n
@@ -109,7 +110,7 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[-1] // 2
         a, b = x[..., :h].contiguous(), x[..., h:].contiguous()
-        sig = _c(1.0) / (_c(1.0) + _exp(-a))
+        sig = _c(1.0, a) / (_c(1.0, a) + _exp(-a))
         ctx.save_for_backward(a, b, sig)
         return (a * sig) * b
 
@@ -117,7 +118,7 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         a, b, sig = ctx.saved_tensors
         db = dy * (a * sig)
-        da = (dy * b) * (sig * (_c(1.0) + a * (_c(1.0) - sig)))
+        da = (dy * b) * (sig * (_c(1.0, a) + a * (_c(1.0, a) - sig)))
         return torch.cat([da, db], dim=-1)
 
 
@@ -176,7 +177,7 @@ class _Conv2dGeneral(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, dw, db, None, None
         dcols = _matmul_bias(dy2, w.reshape(o, -1), None).view(n, ho, wo, c, k, k)
-        buf = torch.zeros(n, c, h + 2 * pad + s, wd + 2 * pad + s, dtype=F32)
+        buf = torch.zeros(n, c, h + 2 * pad + s, wd + 2 * pad + s, dtype=F32, device=dcols.device)
         for i in range(k):
             for j in range(k):
                 win = buf[:, :, i:i + s * ho:s, j:j + s * wo:s]

@@ -130,6 +130,16 @@ def cmd_prove(args: argparse.Namespace) -> int:
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
     _register_datasets(args.dataset)
+    from prover.training import DeviceUnavailable, check_device
+
+    device = getattr(args, "device", "cpu")
+    if device != "cpu" and args.workers != 1:
+        raise CliError(f"--workers {args.workers} with --device {device}: data-parallel proofs run on CPU workers "
+                       "(gloo) only for now; use one CUDA process (--workers 1) or --device cpu")
+    try:
+        check_device(device)
+    except DeviceUnavailable as exc:
+        raise CliError(str(exc)) from None
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         if args.workers != 1:  # data-parallel (SPEC.md §13.1): the same claim and roots as one process
             from prover.distributed import prove_with_workers
@@ -142,7 +152,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 raise CliError(f"--workers {args.workers}: {exc}") from None
         else:
             result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
-                           keep_step_roots=args.keep_step_roots)
+                           keep_step_roots=args.keep_step_roots, device=device)
     doc = {
         "task_id": compute_task_id(task).hex(),
         "posting_id": posting_id.hex(),
@@ -537,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=1,
                     help="data-parallel worker processes on this machine (gloo over 127.0.0.1); the state roots "
                          "are the same for any number (default 1: this process alone)")
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where parameters, optimizer state and batches live: cpu (C kernels) or cuda (Triton "
+                         "kernels; needs a GPU and the 'gpu' extra). The proof is the same bytes either way and "
+                         "verifies on CPU (default cpu)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
