@@ -1,6 +1,6 @@
 # Every target creates .venv on first use. torch is pinned to the locally available CPU
 # build first, so the project's own range is already satisfied and pip fetches nothing larger.
-# The 'gpu' extra (triton 3.9.0, ~1 GB installed) is included so the Triton interpreter tests run here too.
+# triton 3.9.0 (the 'gpu' extra, ~1 GB installed) is pinned the same way, so the Triton interpreter tests run here too.
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -8,7 +8,7 @@ STAMP := .venv/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 triton==3.9.0
 	$(PY) -m pip install -q -e '.[dev,gpu]'
 	$(MAKE) anvil
 	$(MAKE) browser
