@@ -1,5 +1,6 @@
 # Every target creates .venv on first use. torch is pinned to the locally available CPU
 # build first, so the project's own range is already satisfied and pip fetches nothing larger.
+# triton 3.9.0 (the 'gpu' extra, ~1 GB installed) is pinned the same way, so the Triton interpreter tests run here too.
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -7,8 +8,8 @@ STAMP := .venv/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q torch==2.13.0 triton==3.9.0
+	$(PY) -m pip install -q -e '.[dev,gpu]'
 	$(MAKE) anvil
 	$(MAKE) browser
 	touch $(STAMP)
@@ -40,6 +41,11 @@ bench: $(STAMP)
 # Long randomized runs: model-vs-contract differential sequences (tests/chain).
 soak: $(STAMP)
 	POL_CHAIN_EXAMPLES=200 POL_CHAIN_STEPS=16 $(PY) -m pytest -q tests/chain/test_differential.py
+
+.PHONY: gpucheck
+# The CPU = GPU conformance table (docs/gpu.md): compiled Triton kernels on a GPU machine, the interpreter elsewhere.
+gpucheck: $(STAMP)
+	$(PY) -m prover.gpucheck
 
 .PHONY: vectors
 # Regenerate tests/vectors/*.json from the code (SPEC.md Appendix A); the tests check them.

@@ -1,10 +1,16 @@
-"""Backend dispatch: the C kernels of ``gpu_ops/cpu`` when they can be built, else the reference.
+"""Backend dispatch: which kernels run an op, by the device of its tensors.
 
-Both give the same bits (tests/gpu_ops/test_fast_vs_ref.py); the fast path only removes the
-eager overhead of the reference's many small torch ops. ``POL_GPU_OPS_BACKEND=ref|fast``
-forces one (default: fast when the kernels build). If the build fails a WARNING is logged once
-and everything runs on the reference. Only contiguous-able CPU float32 tensors take the fast
-path; anything else (e.g. CUDA tensors) goes to the reference.
+* CPU float32 tensors: the C kernels of ``gpu_ops/cpu`` (``Kernels``) when they can be built, else
+  the reference. Both give the same bits (tests/gpu_ops/test_fast_vs_ref.py); the fast path only
+  removes the eager overhead of the reference's many small torch ops. If the build fails a WARNING
+  is logged once and everything runs on the reference.
+* CUDA float32 tensors: the Triton kernels (``gpu_ops.triton_backend.TritonKernels``, the same
+  methods) when triton imports, else the reference (a WARNING once).
+
+``POL_GPU_OPS_BACKEND=fast|ref|triton`` (or ``use_backend``) overrides: ``ref`` sends every op to the
+reference, ``triton`` sends CPU tensors to the Triton kernels too (with ``TRITON_INTERPRET=1`` they
+run in Triton's interpreter: that is how the Triton path is tested without a GPU) and fails with
+``BackendUnavailable`` when triton cannot be imported. Default: ``fast``, the rule above.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -93,27 +100,68 @@ def _load() -> ctypes.CDLL | None:
     return _lib
 
 
-def get_backend_name() -> str:
-    """'fast' or 'ref': what the next op will use."""
+MODES = ("fast", "ref", "triton")
+
+
+def _mode() -> str:
     mode = _forced or os.environ.get(ENV, "fast").strip().lower() or "fast"
-    if mode not in ("fast", "ref"):
-        raise ValueError(f"{ENV} must be 'fast' or 'ref', not {mode!r}")
-    if mode == "ref":
-        return "ref"
-    return "fast" if _load() is not None else "ref"
+    if mode not in MODES:
+        raise ValueError(f"{ENV} must be 'fast', 'ref' or 'triton', not {mode!r}")
+    return mode
+
+
+def get_backend_name(device: torch.device | str = "cpu") -> str:
+    """'fast', 'ref' or 'triton': what the next op on a float32 tensor of ``device`` will use."""
+    mode = _mode()
+    if mode != "fast":
+        return mode
+    if torch.device(device).type == "cpu":
+        return "fast" if _load() is not None else "ref"
+    return "triton" if _load_triton() is not None else "ref"
 
 
 @contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force ``name`` ('fast' or 'ref') inside the block (tests and benchmarks)."""
+    """Force ``name`` ('fast', 'ref' or 'triton') inside the block (tests and benchmarks)."""
     global _forced
-    if name not in ("fast", "ref"):
+    if name not in MODES:
         raise ValueError(name)
     old, _forced = _forced, name
     try:
         yield
     finally:
         _forced = old
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend this process was told to use cannot run here (our configuration, not anyone's input)."""
+
+
+_triton_obj: Any = None
+_triton_failed = False
+
+
+def _load_triton() -> Any:
+    """The TritonKernels object, or None (once, with a WARNING) when triton cannot be imported."""
+    global _triton_obj, _triton_failed
+    if _triton_obj is None and not _triton_failed:
+        try:
+            from .triton_backend import TritonKernels
+
+            _triton_obj = TritonKernels()
+        except Exception as exc:  # ImportError, or a triton that fails to initialise
+            _triton_failed = True
+            log.warning("Triton kernels unavailable, CUDA tensors use the (bit-identical) reference ops: %s", exc)
+    return _triton_obj
+
+
+def require_triton() -> Any:
+    """The TritonKernels object; raises BackendUnavailable saying why when triton cannot be used."""
+    obj = _load_triton()
+    if obj is None:
+        raise BackendUnavailable("the Triton backend needs the 'triton' package (pip install -e '.[gpu]'), "
+                                 "which cannot be imported here")
+    return obj
 
 
 def _ok(*ts: torch.Tensor) -> bool:
@@ -126,20 +174,32 @@ def _ok(*ts: torch.Tensor) -> bool:
 _kernels_obj: Kernels | None = None
 
 
-def kernels(*ts: torch.Tensor) -> Kernels | None:
-    """The fast kernels if they apply to tensors ``ts``, else None (use the reference).
+def kernels(*ts: torch.Tensor, device: torch.device | None = None) -> Any:
+    """The kernels for float32 tensors ``ts`` (on ``device`` when there are none), or None (use the reference).
 
-    Called for every op, so the common case (no override, kernels loaded) is kept short."""
+    CPU tensors: the C kernels (``Kernels``). CUDA tensors: the Triton kernels (``TritonKernels``, the
+    same methods) when triton imports, else None. ``POL_GPU_OPS_BACKEND=triton`` (or
+    ``use_backend("triton")``) sends CPU tensors to the Triton kernels too (run them under
+    ``TRITON_INTERPRET=1``); ``ref`` sends everything to the reference. Called for every op, so the
+    common case (no override, CPU tensors, kernels loaded) is kept short."""
     global _kernels_obj
-    if _forced is None:
-        mode = os.environ.get(ENV)
-        if mode is not None and mode.strip().lower() not in ("", "fast"):
-            get_backend_name()  # raises on an invalid value
-            return None
-    elif _forced == "ref":
+    mode = _forced
+    if mode is None:
+        env = os.environ.get(ENV)
+        if env is not None and env.strip().lower() not in ("", "fast"):
+            mode = _mode()  # raises on an invalid value
+    if mode == "ref":
         return None
-    if not _ok(*ts):
-        return None
+    if mode == "triton":
+        for t in ts:
+            if t.dtype != F32:
+                return None
+        return require_triton()
+    if not _ok(*ts) or (device is not None and device.type != "cpu"):
+        for t in ts:
+            if t.dtype != F32:
+                return None
+        return _load_triton()  # CUDA tensors (or a CUDA device)
     if _kernels_obj is None:
         lib = _load()
         if lib is None:

@@ -20,8 +20,9 @@ from .trace import traced
 F32 = torch.float32
 
 
-def _c(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=F32)
+def _c(v: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """f32(v) on the device of ``like`` (ref.const: never a CPU scalar beside a CUDA tensor)."""
+    return ref.const(v, like)
 
 
 # Dispatch helpers: the C kernels (gpu_ops/cpu) when available, else the reference. Every
@@ -43,7 +44,7 @@ def _exact_sum(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -
 
 def _exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
     n = x.numel() if dim is None else x.shape[dim]
-    return _exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
+    return _exact_sum(x, dim, keepdim) / ref.const(float(n), x)
 
 
 # Reductions over the batch rows (dim 0 of an activation). In a data-parallel step
@@ -142,7 +143,7 @@ class _Tanh(torch.autograd.Function):
         k = backend.kernels(dy, y)
         if k is not None:
             return k.tanh_bwd(dy, y)
-        return dy * (_c(1.0) - y * y)
+        return dy * (_c(1.0, y) - y * y)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
@@ -165,10 +166,10 @@ class _GELU(torch.autograd.Function):
             ctx.save_for_backward(x, th)
             return y
         x3 = x * x * x
-        u = _c(_GELU_K) * (x + _c(_GELU_C) * x3)
+        u = _c(_GELU_K, x) * (x + _c(_GELU_C, x) * x3)
         th = ref.tanh(u)
         ctx.save_for_backward(x, th)
-        return (_c(0.5) * x) * (_c(1.0) + th)
+        return (_c(0.5, x) * x) * (_c(1.0, x) + th)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
@@ -176,8 +177,8 @@ class _GELU(torch.autograd.Function):
         k = backend.kernels(dy, x, th)
         if k is not None:
             return k.gelu_bwd(dy, x, th)
-        du = _c(_GELU_K) * (_c(1.0) + _c(3.0 * _GELU_C) * (x * x))
-        d = _c(0.5) * (_c(1.0) + th) + (_c(0.5) * x) * (_c(1.0) - th * th) * du
+        du = _c(_GELU_K, x) * (_c(1.0, x) + _c(3.0 * _GELU_C, x) * (x * x))
+        d = _c(0.5, x) * (_c(1.0, x) + th) + (_c(0.5, x) * x) * (_c(1.0, x) - th * th) * du
         return dy * d
 
 
@@ -200,7 +201,7 @@ class _LayerNorm(torch.autograd.Function):
         mean = ref.exact_mean(x, -1, keepdim=True)
         xc = x - mean
         var = ref.exact_mean(xc * xc, -1, keepdim=True)
-        rstd = _c(1.0) / ref.sqrt(var + _c(eps))
+        rstd = _c(1.0, x) / ref.sqrt(var + _c(eps, x))
         xhat = xc * rstd
         ctx.save_for_backward(xhat, rstd, g)
         return xhat * g + b
@@ -305,10 +306,10 @@ class _CrossEntropy(torch.autograd.Function):
             _, p, picked_k = k.log_softmax_fwd(logits, target)
             assert picked_k is not None
             ctx.save_for_backward(p, target)
-            return -(_sum_rows(picked_k) / _c(float(ctx.rows)))
+            return -(_sum_rows(picked_k) / _c(float(ctx.rows), picked_k))
         logp, e, s = log_softmax_forward(logits)
         picked = logp.gather(1, target.view(-1, 1)).view(-1)
-        loss = -(_sum_rows(picked) / _c(float(ctx.rows)))
+        loss = -(_sum_rows(picked) / _c(float(ctx.rows), picked))
         ctx.save_for_backward(e / s, target)
         return loss
 
@@ -320,7 +321,7 @@ class _CrossEntropy(torch.autograd.Function):
             return k.cross_entropy_bwd(p, target, float(dloss)), None
         onehot = torch.zeros_like(p)
         onehot.scatter_(1, target.view(-1, 1), 1.0)
-        g = (p - onehot) / _c(float(ctx.rows))
+        g = (p - onehot) / _c(float(ctx.rows), p)
         return g * dloss, None
 
 
@@ -340,8 +341,8 @@ class _Embedding(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         (idx,) = ctx.saved_tensors
         flat = idx.reshape(-1)
-        onehot_t = torch.zeros(ctx.vocab, flat.numel(), dtype=F32)
-        onehot_t[flat, torch.arange(flat.numel())] = 1.0
+        onehot_t = torch.zeros(ctx.vocab, flat.numel(), dtype=F32, device=dy.device)
+        onehot_t[flat, torch.arange(flat.numel(), device=dy.device)] = 1.0
         # Repeated indices accumulate through the exact matmul, never through scatter-add.
         return None, _matmul_rows(onehot_t, dy.reshape(flat.numel(), -1))
 
@@ -447,8 +448,8 @@ class _ScaleMask(torch.autograd.Function):
         k = backend.kernels(s)
         if k is not None:
             return k.scale_mask(s, float(_c(scale)), False)
-        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
-        return torch.where(mask, torch.full_like(s, -math.inf), s * _c(scale))
+        mask = torch.ones(t, t, dtype=torch.bool, device=s.device).triu(1)
+        return torch.where(mask, torch.full_like(s, -math.inf), s * _c(scale, s))
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
@@ -456,8 +457,8 @@ class _ScaleMask(torch.autograd.Function):
         if k is not None:
             return k.scale_mask(dy, float(_c(ctx.scale)), True), None
         t = dy.shape[-1]
-        mask = torch.ones(t, t, dtype=torch.bool).triu(1)
-        return torch.where(mask, torch.zeros_like(dy), dy * _c(ctx.scale)), None
+        mask = torch.ones(t, t, dtype=torch.bool, device=dy.device).triu(1)
+        return torch.where(mask, torch.zeros_like(dy), dy * _c(ctx.scale, dy)), None
 
 
 @traced("split_qkv")
@@ -518,8 +519,8 @@ def dropout_mask(words: torch.Tensor, p: float, shape: tuple[int, ...]) -> torch
     """Keep element i iff u32[i] >= floor(p * 2^32); kept elements scale by f32(1/(1-p))."""
     threshold = int(math.floor(p * 2.0**32))
     keep = words.to(torch.int64) >= threshold
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=F32)
-    return torch.where(keep, scale, torch.zeros((), dtype=F32)).reshape(shape)
+    scale = ref.const(1.0 / (1.0 - p), words)
+    return torch.where(keep, scale, ref.const(0.0, words)).reshape(shape)
 
 
 def dropout(x: torch.Tensor, scale_mask: torch.Tensor) -> torch.Tensor:
@@ -581,7 +582,7 @@ class _Conv2d(torch.autograd.Function):
             return kern.col2im(dcols, n, c, h, wd, k), dw, db
         dcols = dcols.view(n, h, wd, c, k, k)
         pad = k // 2
-        dxp = torch.zeros(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32)
+        dxp = torch.zeros(n, c, h + 2 * pad, wd + 2 * pad, dtype=F32, device=dcols.device)
         for i in range(k):
             for j in range(k):
                 dxp[:, :, i:i + h, j:j + wd] = dxp[:, :, i:i + h, j:j + wd] + dcols[:, :, :, :, i, j].permute(

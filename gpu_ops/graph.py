@@ -21,7 +21,8 @@ from . import functional as F
 from . import layers
 
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, int], torch.Tensor]
-MaskFn = Callable[[int, int, int, float, tuple[int, ...]], torch.Tensor]  # (seed, step, site, p, shape)
+# (seed, step, site, p, shape, device): the mask is made on the activation's device
+MaskFn = Callable[[int, int, int, float, tuple[int, ...], torch.device], torch.Tensor]
 
 
 def _node_params(node: Node) -> list[str]:
@@ -33,7 +34,7 @@ def _node_params(node: Node) -> list[str]:
         return [f"{node.name}.weight"]
     if node.op in ("conv2d", "layer_norm"):
         return [f"{node.name}.weight", f"{node.name}.bias"]
-    if node.op in ("embedding", "pos_embedding"):
+    if node.op in ("embedding", "pos_embedding", "cls_token"):
         return [node.name]
     return []
 
@@ -109,11 +110,17 @@ def _run(node: Node, args: list[torch.Tensor], w: list[torch.Tensor], seed: int,
         return layers.mean_pool(x, int(node.get("axis")) + 1)  # + 1: the batch axis leads
     if op == "patches":
         return layers.patches(x, int(node.get("size")))
+    if op == "cls_token":
+        return layers.cls_token(x, w[0])
+    if op == "select":
+        return layers.select(x, int(node.get("axis")) + 1, int(node.get("index")))  # + 1: the batch axis leads
+    if op == "rotary":
+        return layers.rotary(x, int(node.get("heads")), float(node.get("base")), int(node.get("dims")))
     if op == "dropout":
         prob = float(node.get("p"))
         if prob == 0.0:  # no words drawn, no multiplication (§10.5)
             return x
-        return F.dropout(x, dropout_mask(seed, step, sites[node.name], prob, tuple(x.shape)))
+        return F.dropout(x, dropout_mask(seed, step, sites[node.name], prob, tuple(x.shape), x.device))
     if op == "add":
         return F.add(x, args[1])
     if op == "reshape":

@@ -1,5 +1,5 @@
 """Operators added for model graphs (SPEC.md §10.5, second part): mean pooling, non-causal
-attention, RMS norm, SwiGLU and patch extraction.
+attention, RMS norm, SwiGLU, patch extraction, rotary positions, the class token and select.
 
 Same contract as ``gpu_ops.functional``: an ``autograd.Function`` per op with a hand-written
 backward, every reduction an exact sum (§10.2), every elementwise step one binary32 operation
@@ -9,6 +9,7 @@ backend uses it, and it equals the reference bit for bit (tests/gpu_ops/test_lay
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -21,8 +22,9 @@ from .trace import traced
 F32 = torch.float32
 
 
-def _c(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=F32)
+def _c(v: float, like: torch.Tensor) -> torch.Tensor:
+    """f32(v) on the device of ``like`` (ref.const: never a CPU scalar beside a CUDA tensor)."""
+    return ref.const(v, like)
 
 
 def _exp(x: torch.Tensor) -> torch.Tensor:
@@ -38,12 +40,12 @@ class _MeanPool(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
         n = x.shape[dim]
         ctx.geom = (tuple(x.shape), dim, n)
-        return _exact_sum(x, dim) / _c(float(n))
+        return _exact_sum(x, dim) / _c(float(n), x)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         shape, dim, n = ctx.geom
-        return (dy / _c(float(n))).unsqueeze(dim).expand(shape).contiguous(), None
+        return (dy / _c(float(n), dy)).unsqueeze(dim).expand(shape).contiguous(), None
 
 
 def mean_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -58,11 +60,11 @@ class _Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, s: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
-        return s * _c(scale)
+        return s * _c(scale, s)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
-        return dy * _c(ctx.scale), None
+        return dy * _c(ctx.scale, dy), None
 
 
 def attention(qkv: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -78,9 +80,9 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
-        n = _c(float(x.shape[-1]))
+        n = _c(float(x.shape[-1]), x)
         ms = _exact_sum(x * x, -1, keepdim=True) / n
-        rstd = _c(1.0) / ref.sqrt(ms + _c(eps))
+        rstd = _c(1.0, x) / ref.sqrt(ms + _c(eps, x))
         xhat = x * rstd
         ctx.save_for_backward(xhat, rstd, g)
         return xhat * g
@@ -88,7 +90,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> Any:
         xhat, rstd, g = ctx.saved_tensors
-        n = _c(float(xhat.shape[-1]))
+        n = _c(float(xhat.shape[-1]), xhat)
         dg = _sum_rows(dy * xhat)  # over the whole batch's rows (gpu_ops.rowshard)
         dxhat = dy * g
         c = _exact_sum(dxhat * xhat, -1, keepdim=True) / n
@@ -108,7 +110,7 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[-1] // 2
         a, b = x[..., :h].contiguous(), x[..., h:].contiguous()
-        sig = _c(1.0) / (_c(1.0) + _exp(-a))
+        sig = _c(1.0, a) / (_c(1.0, a) + _exp(-a))
         ctx.save_for_backward(a, b, sig)
         return (a * sig) * b
 
@@ -116,7 +118,7 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
         a, b, sig = ctx.saved_tensors
         db = dy * (a * sig)
-        da = (dy * b) * (sig * (_c(1.0) + a * (_c(1.0) - sig)))
+        da = (dy * b) * (sig * (_c(1.0, a) + a * (_c(1.0, a) - sig)))
         return torch.cat([da, db], dim=-1)
 
 
@@ -175,7 +177,7 @@ class _Conv2dGeneral(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, dw, db, None, None
         dcols = _matmul_bias(dy2, w.reshape(o, -1), None).view(n, ho, wo, c, k, k)
-        buf = torch.zeros(n, c, h + 2 * pad + s, wd + 2 * pad + s, dtype=F32)
+        buf = torch.zeros(n, c, h + 2 * pad + s, wd + 2 * pad + s, dtype=F32, device=dcols.device)
         for i in range(k):
             for j in range(k):
                 win = buf[:, :, i:i + s * ho:s, j:j + s * wo:s]
@@ -191,3 +193,112 @@ def _matmul_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) ->
 
 def conv2d_general(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, pad: int) -> torch.Tensor:
     return _Conv2dGeneral.apply(x, w, b, stride, pad)
+
+
+_TABLE_CHUNK = 1 << 20  # table elements per pass: bounds the sin/cos temporaries of a huge table
+
+
+@functools.lru_cache(maxsize=4)  # a model uses one (T, dims, base); each table is below its qkv activation
+def rotary_tables(t: int, dims: int, base: float, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [T, dims/2] of the rotary op (SPEC.md §10.5): a function of the config
+    only. inv_i = exp(-(f32(2i)/f32(dims) * log(f32(base)))), angle[t, i] = f32(t) * inv_i, each
+    step one float32 operation with the §10.4 exp, log, sin and cos (elementwise, so building the
+    table in row blocks gives the same bits)."""
+    dev = torch.device(device)
+    m = dims // 2
+    lb = ref.log(torch.tensor([base], dtype=F32, device=dev))
+    e = torch.arange(0, 2 * m, 2, dtype=F32, device=dev) / torch.tensor(float(dims), dtype=F32, device=dev)
+    inv = ref.exp(-(e * lb))
+    cos = torch.empty(t, m, dtype=F32, device=dev)
+    sin = torch.empty(t, m, dtype=F32, device=dev)
+    rows = max(1, _TABLE_CHUNK // max(1, m))
+    for lo in range(0, t, rows):
+        hi = min(t, lo + rows)
+        ang = torch.arange(lo, hi, dtype=F32, device=dev).unsqueeze(1) * inv.unsqueeze(0)
+        cos[lo:hi], sin[lo:hi] = ref.cos(ang), ref.sin(ang)
+    return cos, sin
+
+
+@traced("rotary")
+class _Rotary(torch.autograd.Function):
+    """Rotary positions on the query and key parts of qkv [B, T, 3d], GPT-NeoX half-split pairs
+    (i, i + m) of the first ``dims`` columns of each head; values and the rest pass unchanged.
+    The backward is the transposed rotation (the tables carry no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, n_heads: int, base: float, dims: int) -> torch.Tensor:
+        b, t, d3 = qkv.shape
+        dh = d3 // 3 // n_heads
+        r = dims or dh
+        ctx.geom = (n_heads, base, r)
+        return _rotate(qkv, n_heads, base, r, False)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        n_heads, base, r = ctx.geom
+        return _rotate(dy, n_heads, base, r, True), None, None, None
+
+
+def _rotate(x: torch.Tensor, n_heads: int, base: float, r: int, transpose: bool) -> torch.Tensor:
+    b, t, d3 = x.shape
+    m = r // 2
+    cos, sin = rotary_tables(t, r, base, str(x.device))
+    c, s = cos.view(1, t, 1, 1, m), sin.view(1, t, 1, 1, m)
+    parts = x.reshape(b, t, 3, n_heads, d3 // 3 // n_heads)
+    x1, x2 = parts[:, :, :2, :, :m], parts[:, :, :2, :, m:r]
+    out = parts.clone()
+    if transpose:  # [c s; -s c] applied to (dy1, dy2)
+        out[:, :, :2, :, :m] = x1 * c + x2 * s
+        out[:, :, :2, :, m:r] = x2 * c - x1 * s
+    else:  # [c -s; s c] applied to (x1, x2)
+        out[:, :, :2, :, :m] = x1 * c - x2 * s
+        out[:, :, :2, :, m:r] = x2 * c + x1 * s
+    return out.reshape(b, t, d3)
+
+
+def rotary(qkv: torch.Tensor, n_heads: int, base: float = 10000.0, dims: int = 0) -> torch.Tensor:
+    """Rotary position embedding of q and k inside qkv [B, T, 3d] (dims = 0: the whole head)."""
+    return _Rotary.apply(qkv, n_heads, float(base), int(dims))
+
+
+@traced("cls_token")
+class _ClsToken(torch.autograd.Function):
+    """[B, T, d] and a learned [1, 1, d] token -> [B, T + 1, d] with the token at position 0.
+    Backward: the rows 1.. of dy go to x; the token's gradient is the exact sum of row 0 over the
+    batch (one group of B per feature)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        b, _, d = x.shape
+        return torch.cat([cls.reshape(1, 1, d).expand(b, 1, d), x], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        d = dy.shape[-1]
+        return dy[:, 1:].contiguous(), _sum_rows(dy[:, 0].contiguous()).reshape(1, 1, d)
+
+
+def cls_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return _ClsToken.apply(x, cls)
+
+
+@traced("select")
+class _Select(torch.autograd.Function):
+    """One index of one axis (the class token's readout). Backward: dy at that index, +0 elsewhere."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+        ctx.geom = (tuple(x.shape), dim, index)
+        return x.select(dim, index).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> Any:
+        shape, dim, index = ctx.geom
+        dx = torch.zeros(shape, dtype=dy.dtype, device=dy.device)
+        dx.select(dim, index).copy_(dy)
+        return dx, None, None
+
+
+def select(x: torch.Tensor, dim: int, index: int) -> torch.Tensor:
+    """x at ``index`` of axis ``dim`` (of the batched tensor; 0 is the batch axis)."""
+    return _Select.apply(x, dim, index)

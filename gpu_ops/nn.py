@@ -72,31 +72,41 @@ def _uniform_f64(seed: int, index: int, count: int) -> np.ndarray:
     k = backend.kernels()
     if k is None or not 0 <= seed < 2**64:
         return compute_uniform_f64(seed, STREAM_INIT, index, 0, count)
-    words = k.philox_u32(seed, STREAM_INIT, index, 0, count).numpy()
+    words: np.ndarray = k.philox_u32(seed, STREAM_INIT, index, 0, count).cpu().numpy()
     return (words >> 8).astype(np.float64) * 2.0**-24 + 2.0**-25
 
 
-def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """F.dropout_mask of the Philox words (seed, STREAM_DROPOUT, step, site); in C when available
-    (gpu_ops/cpu/nnops.c, equal to protocol.rng bit for bit: tests/gpu_ops/test_fast_vs_ref.py)."""
+def get_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...],
+                     device: torch.device | None = None) -> torch.Tensor:
+    """F.dropout_mask of the Philox words (seed, STREAM_DROPOUT, step, site) on ``device`` (default CPU);
+    by the C kernel on the CPU (gpu_ops/cpu/nnops.c) and the Triton kernel on CUDA when available,
+    both equal to protocol.rng bit for bit (tests/gpu_ops/test_fast_vs_ref.py, test_triton_interp.py)."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
     shard = rowshard.get_shard()
     if shard is None:
-        mask = _compute_dropout_mask(seed, step, site, p, shape)
+        mask = _compute_dropout_mask(seed, step, site, p, shape, dev)
     else:  # a data-parallel worker: its rows of the whole batch's mask (dim 0 is the sample)
-        mask = _compute_dropout_mask(seed, step, site, p, (shard.total, *shape[1:]))[shard.lo:shard.hi]
+        mask = _compute_dropout_mask(seed, step, site, p, (shard.total, *shape[1:]), dev)[shard.lo:shard.hi]
     rec = trace.get_recorder()
     if rec is not None:  # the mask is an input of the dropout op; the step comes from the dispute
         rec.record("dropout_mask", [site, p, list(shape)], [], [mask])
     return mask
 
 
-def _compute_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...]) -> torch.Tensor:
-    k = backend.kernels()
+def _compute_dropout_mask(seed: int, step: int, site: int, p: float, shape: tuple[int, ...],
+                          device: torch.device | None = None) -> torch.Tensor:
+    device = torch.device("cpu") if device is None else device
+    k = backend.kernels(device=device)
     if k is not None and 0 <= seed < 2**64:
-        scale = float(torch.tensor(1.0 / (1.0 - p), dtype=torch.float32))
-        return k.dropout_mask(seed, STREAM_DROPOUT, step, site, int(math.floor(p * 2.0**32)), scale, shape)
+        scale = float(np.float32(1.0 / (1.0 - p)))
+        threshold = int(math.floor(p * 2.0**32))
+        if isinstance(k, backend.Kernels):  # the C kernels: CPU only
+            return k.dropout_mask(seed, STREAM_DROPOUT, step, site, threshold, scale, shape)
+        mask: torch.Tensor = k.dropout_mask(seed, STREAM_DROPOUT, step, site, threshold, scale, shape, device=device)
+        return mask
+    # the reference: Philox words from protocol.rng (host), the keep/scale rule on the device
     words = compute_random_u32(seed, STREAM_DROPOUT, step, site, int(np.prod(shape)))
-    return F.dropout_mask(torch.from_numpy(words.astype(np.int64)), p, shape)
+    return F.dropout_mask(torch.from_numpy(words.astype(np.int64)).to(device), p, shape)
 
 
 def get_forward(task: Task) -> Forward:

@@ -18,8 +18,9 @@ from . import backend, ref
 F32 = torch.float32
 
 
-def _f32(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=F32)
+def _f32(v: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """f32(v) on the device of ``like`` (ref.const: never a CPU scalar beside a CUDA tensor)."""
+    return ref.const(v, like)
 
 
 def compute_pow(base: float, exponent: int) -> float:
@@ -40,12 +41,17 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
     The squared norm is one exact sum over all elements of all grads in canonical order.
     """
+    kg = backend.kernels(*grads[:1])
+    clip = getattr(kg, "clip_grad_norm", None)  # the Triton kernels: no concatenated copy, no host sync
+    if clip is not None and all(g.dtype == F32 and g.is_contiguous() for g in grads):
+        norm_t: torch.Tensor = clip(grads, max_norm)
+        return norm_t
     flat = torch.cat([(g * g).reshape(-1) for g in grads])
     k = backend.kernels(flat)
     total = k.exact_sum(flat) if k is not None else ref.exact_sum(flat)
     norm = ref.sqrt(total.reshape(1)).reshape(())
     if float(norm) > max_norm:
-        coef = _f32(max_norm) / (norm + _f32(1e-6))
+        coef = _f32(max_norm, norm) / (norm + _f32(1e-6, norm))
         for g in grads:
             g.mul_(coef)
     return norm
@@ -82,11 +88,11 @@ def sgd_step(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: flo
         k.sgd_step(p, g, buf, *_sgd_coefs(lr, momentum, weight_decay))
         return
     if weight_decay != 0.0:
-        g = g + _f32(weight_decay) * p
+        g = g + _f32(weight_decay, p) * p
     if buf is not None:
-        buf.copy_(_f32(momentum) * buf + g)
+        buf.copy_(_f32(momentum, p) * buf + g)
         g = buf
-    p.sub_(_f32(lr) * g)
+    p.sub_(_f32(lr, p) * g)
 
 
 def adamw_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
@@ -98,11 +104,11 @@ def adamw_step(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
         k.adamw_step(p, g, m, v, lrwd, weight_decay != 0.0, coefs)
         return
     if weight_decay != 0.0:
-        p.sub_(_f32(lr * weight_decay) * p)
-    m.copy_(_f32(beta1) * m + _f32(1.0 - beta1) * g)
-    v.copy_(_f32(beta2) * v + _f32(1.0 - beta2) * (g * g))
+        p.sub_(_f32(lr * weight_decay, p) * p)
+    m.copy_(_f32(beta1, p) * m + _f32(1.0 - beta1, p) * g)
+    v.copy_(_f32(beta2, p) * v + _f32(1.0 - beta2, p) * (g * g))
     bc1 = 1.0 - compute_pow(beta1, step)
     bc2 = 1.0 - compute_pow(beta2, step)
-    step_size = _f32(lr / bc1)
-    denom = ref.sqrt(v) / _f32(math.sqrt(bc2)) + _f32(eps)
+    step_size = _f32(lr / bc1, p)
+    denom = ref.sqrt(v) / _f32(math.sqrt(bc2), p) + _f32(eps, p)
     p.sub_(step_size * (m / denom))

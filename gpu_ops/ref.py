@@ -6,12 +6,15 @@ with round-to-nearest-even, comparisons, select, floor/trunc, abs, max (order-fr
 and bit operations, float64 sqrt (correctly rounded), and float64 sums of integer-valued
 terms whose every partial sum is an integer below 2^53 (exact in any order).
 Forbidden: torch's own exp/log/tanh/sqrt(float32)/softmax/matmul(float32), fused ops
-(addcmul, lerp, add with alpha, addmm) and torch.optim.
+(addcmul, lerp, add with alpha, addmm) and torch.optim. Every constant operand lives on the device
+of the tensor it meets (``const``): on CUDA, torch divides by a CPU scalar through its reciprocal.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 
 import torch
 
@@ -63,7 +66,7 @@ def exact_sum(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) ->
 
 def exact_mean(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
     n = x.numel() if dim is None else x.shape[dim]
-    return exact_sum(x, dim, keepdim) / torch.tensor(float(n), dtype=F32)
+    return exact_sum(x, dim, keepdim) / const(float(n), x)
 
 
 def slice_bits(k: int) -> int:
@@ -109,62 +112,132 @@ _LN2_HI = 0.693359375
 _LN2_LO = -2.12194440e-4
 
 
-def _c(v: float) -> torch.Tensor:
-    return torch.tensor(v, dtype=F32)
+def const(v: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """f32(v) as a 0-dim tensor on the device of ``like`` (the CPU without it).
+
+    A constant always lives on its operands' device. This matters beyond tidiness: ATen's CUDA
+    division by a *CPU* scalar (``div_true_kernel_cuda``, also for Python numbers) multiplies by
+    the scalar's reciprocal, which is not the correctly rounded quotient the spec asks for; with
+    both operands on the GPU it divides. Cached per value bits and device (constants are never
+    written to), so a step does not copy the same scalar to the device again and again.
+    """
+    return _const(struct.pack("<d", v), torch.device("cpu") if like is None else like.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _const(bits: bytes, device: torch.device) -> torch.Tensor:
+    return torch.tensor(struct.unpack("<d", bits)[0], dtype=F32, device=device)
+
+
+def _c(v: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    return const(v, like)
 
 
 def exp(x: torch.Tensor) -> torch.Tensor:
     """Deterministic float32 exp: Cephes range reduction and polynomial, each op rounded once."""
     x = x.to(F32)
     xc = torch.clamp(x, _EXP_LO, _EXP_HI)
-    n = torch.floor(xc * _c(_LOG2E) + _c(0.5))
-    r = xc - n * _c(_EXP_C1)
-    r = r - n * _c(_EXP_C2)
-    p = _c(_EXP_P[0])
+    n = torch.floor(xc * _c(_LOG2E, x) + _c(0.5, x))
+    r = xc - n * _c(_EXP_C1, x)
+    r = r - n * _c(_EXP_C2, x)
+    p = _c(_EXP_P[0], x)
     for coef in _EXP_P[1:]:
-        p = p * r + _c(coef)
+        p = p * r + _c(coef, x)
     r2 = r * r
-    y = p * r2 + r + _c(1.0)
+    y = p * r2 + r + _c(1.0, x)
     # 2**n may be subnormal; split it into two normal factors so nothing is lost early.
     ni = n.to(torch.int32)
     n1 = torch.div(ni, 2, rounding_mode="floor")
     y = y * pow2_f32(n1) * pow2_f32(ni - n1)
-    y = torch.where(x > _c(_EXP_HI), torch.full_like(y, math.inf), y)
-    y = torch.where(x < _c(_EXP_LO), torch.zeros_like(y), y)
+    y = torch.where(x > _c(_EXP_HI, x), torch.full_like(y, math.inf), y)
+    y = torch.where(x < _c(_EXP_LO, x), torch.zeros_like(y), y)
     return torch.where(torch.isnan(x), x, y)
 
 
 def log(x: torch.Tensor) -> torch.Tensor:
     """Deterministic float32 natural log for x > 0 (Cephes logf); log(0) = -inf, x < 0 -> NaN."""
     x = x.to(F32)
-    tiny = x < _c(1.1754943508222875e-38)
+    tiny = x < _c(1.1754943508222875e-38, x)
     # Scale subnormals into the normal range first so the exponent split below is exact.
-    xs = torch.where(tiny, x * _c(2.0**23), x)
+    xs = torch.where(tiny, x * _c(2.0**23, x), x)
     bits = xs.view(torch.int32)
     e = ((bits >> 23) & 0xFF) - 126
     m = ((bits & 0x007FFFFF) | (126 << 23)).view(F32)  # mantissa in [0.5, 1)
     e = torch.where(tiny, e - 23, e)
-    small = m < _c(_SQRTHF)
+    small = m < _c(_SQRTHF, x)
     e = torch.where(small, e - 1, e)
     m = torch.where(small, m + m, m)
-    z = m - _c(1.0)
+    z = m - _c(1.0, x)
     z2 = z * z
-    p = _c(_LOG_P[0])
+    p = _c(_LOG_P[0], x)
     for coef in _LOG_P[1:]:
-        p = p * z + _c(coef)
+        p = p * z + _c(coef, x)
     y = p * z * z2
     fe = e.to(F32)
-    y = y + fe * _c(_LN2_LO)
-    y = y - _c(0.5) * z2
+    y = y + fe * _c(_LN2_LO, x)
+    y = y - _c(0.5, x) * z2
     y = z + y
-    y = y + fe * _c(_LN2_HI)
-    y = torch.where(x == _c(0.0), torch.full_like(y, -math.inf), y)
-    y = torch.where(x < _c(0.0), torch.full_like(y, math.nan), y)
+    y = y + fe * _c(_LN2_HI, x)
+    y = torch.where(x == _c(0.0, x), torch.full_like(y, -math.inf), y)
+    y = torch.where(x < _c(0.0, x), torch.full_like(y, math.nan), y)
     y = torch.where(torch.isinf(x) & (x > 0), x, y)
     return torch.where(torch.isnan(x), x, y)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh(x) = 1 - 2 / (exp(2x) + 1), with the deterministic exp."""
-    one = _c(1.0)
-    return one - _c(2.0) / (exp(x + x) + one)
+    one = _c(1.0, x)
+    return one - _c(2.0, x) / (exp(x + x) + one)
+
+
+# Cephes sinf/cosf with the 24-bit Cody-Waite split of pi/4 (SPEC.md §10.4 lists the bits).
+_FOPI = 1.27323954473516
+_DP1, _DP2, _DP3 = 0.78515625, 2.4187564849853515625e-4, 3.77489497744594108e-8
+_SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
+_COS_P = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
+SINCOS_MAX = 8192.0  # the domain |x| <= 8192; NaN beyond it
+
+
+def _sincos_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ys, yc, j, flip, ok): both polynomials of the reduced argument and the octant."""
+    a = x.abs()
+    ok = a <= _c(SINCOS_MAX, x)  # False for NaN and inf
+    a = torch.where(ok, a, torch.zeros_like(a))  # keeps the integer conversion in range
+    q = torch.floor(a * _c(_FOPI, x))
+    j = q.to(torch.int32)
+    odd = (j & 1) == 1
+    j = torch.where(odd, j + 1, j) & 7
+    q = torch.where(odd, q + _c(1.0, x), q)
+    flip = j > 3
+    j = torch.where(flip, j - 4, j)
+    r = a - q * _c(_DP1, x)
+    r = r - q * _c(_DP2, x)
+    r = r - q * _c(_DP3, x)
+    z = r * r
+    ps = _c(_SIN_P[0], x) * z + _c(_SIN_P[1], x)
+    ps = ps * z + _c(_SIN_P[2], x)
+    ys = (ps * z) * r + r
+    pc = _c(_COS_P[0], x) * z + _c(_COS_P[1], x)
+    pc = pc * z + _c(_COS_P[2], x)
+    yc = (pc * z) * z
+    yc = yc - _c(0.5, x) * z
+    yc = yc + _c(1.0, x)
+    return ys, yc, j, flip, ok
+
+
+def sin(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 sine (Cephes sinf), |x| <= 8192; NaN outside and for NaN/inf."""
+    x = x.to(F32)
+    ys, yc, j, flip, ok = _sincos_parts(x)
+    y = torch.where((j == 1) | (j == 2), yc, ys)
+    y = torch.where(flip != torch.signbit(x), -y, y)
+    return torch.where(ok, y, torch.full_like(y, math.nan))
+
+
+def cos(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic float32 cosine (Cephes cosf), |x| <= 8192; NaN outside and for NaN/inf."""
+    x = x.to(F32)
+    ys, yc, j, flip, ok = _sincos_parts(x)
+    y = torch.where((j == 1) | (j == 2), ys, yc)
+    y = torch.where(flip != (j > 1), -y, y)
+    return torch.where(ok, y, torch.full_like(y, math.nan))

@@ -239,6 +239,18 @@ def _unary_kernel(x_ptr, y_ptr, n, OP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _gelu_forward_kernel(x_ptr, y_ptr, th_ptr, n, BLOCK: tl.constexpr):
+    """functional._GELU.forward with the tanh it saves for the backward (the C path's gelu_fwd)."""
+    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m, other=0.0)
+    x3 = x * x * x
+    th = _tanh_f32((x + x3 * _GELU_C) * _GELU_K)
+    tl.store(y_ptr + offs, (0.5 * x) * (1.0 + th), mask=m)
+    tl.store(th_ptr + offs, th, mask=m)
+
+
+@triton.jit
 def _gelu_backward_kernel(x_ptr, dy_ptr, dx_ptr, n, BLOCK: tl.constexpr):
     """functional._GELU.backward (tanh recomputed exactly as the forward computed it)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -361,20 +373,26 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, n, lr_wd, beta1, one_m_beta1, beta
 
 
 @triton.jit
-def _slice_rows_kernel(x_ptr, q_ptr, e_ptr, k, t, BLOCK: tl.constexpr):
-    """Row r of x -> integers trunc(x * 2**(t - e_r)) as float64, e_r = frexp exponent of max|row|."""
-    base = tl.program_id(0).to(tl.int64) * k
-    mx = tl.zeros([BLOCK], dtype=tl.float32)
+def _slice_rows_kernel(x_ptr, q_ptr, e_ptr, R, k, t, BR: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows r of x -> integers trunc(x * 2**(t - e_r)) as float64, e_r = frexp exponent of max|row|.
+
+    BR rows per program (the max of each row is order-free, so the tile shape changes nothing)."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
+    rmask = rows < R
+    base = rows * k
+    mx = tl.zeros([BR, BLOCK], dtype=tl.float32)
     for start in range(0, k, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        mx = tl.maximum(mx, tl.abs(tl.load(x_ptr + base + offs, mask=offs < k, other=0.0)))
-    e = _frexp_exp(tl.max(mx, 0))
+        msk = rmask[:, None] & (offs[None, :] < k)
+        mx = tl.maximum(mx, tl.abs(tl.load(x_ptr + base[:, None] + offs[None, :], mask=msk, other=0.0)))
+    e = _frexp_exp(tl.max(mx, 1))
     scale = _pow2_f64(t - e)
     for start in range(0, k, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + base + offs, mask=offs < k, other=0.0)
-        tl.store(q_ptr + base + offs, _trunc_f64(x.to(tl.float64) * scale), mask=offs < k)
-    tl.store(e_ptr + tl.program_id(0), e)
+        msk = rmask[:, None] & (offs[None, :] < k)
+        x = tl.load(x_ptr + base[:, None] + offs[None, :], mask=msk, other=0.0)
+        tl.store(q_ptr + base[:, None] + offs[None, :], _trunc_f64(x.to(tl.float64) * scale[:, None]), mask=msk)
+    tl.store(e_ptr + rows, e, mask=rmask)
 
 
 @triton.jit
@@ -437,6 +455,16 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """functional.gelu forward (tanh form)."""
     return _unary(x, 3)
+
+
+def gelu_with_tanh(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """functional.gelu forward and the tanh term ``th`` that functional._GELU saves for the backward."""
+    x = x.to(F32).contiguous()
+    y, th = torch.empty_like(x), torch.empty_like(x)
+    n = x.numel()
+    if n:
+        _gelu_forward_kernel[(triton.cdiv(n, _EW_BLOCK),)](x, y, th, n, BLOCK=_EW_BLOCK, **LAUNCH)
+    return y, th
 
 
 def gelu_backward(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -564,7 +592,10 @@ def _slice_rows(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(rows.shape, dtype=F64, device=x.device)
     e = torch.empty(rows.shape[0], dtype=torch.int64, device=x.device)
     if rows.shape[0]:
-        _slice_rows_kernel[(rows.shape[0],)](rows, q, e, k, t, BLOCK=min(_row_block(k), 1024), **LAUNCH)
+        block = min(_row_block(k), 1024)
+        br = max(1, min(64, 4096 // block))  # a few rows per program: fewer launches, same bits
+        _slice_rows_kernel[(triton.cdiv(rows.shape[0], br),)](rows, q, e, rows.shape[0], k, t, BR=br, BLOCK=block,
+                                                              **LAUNCH)
     return q, e
 
 

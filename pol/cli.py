@@ -130,6 +130,16 @@ def cmd_prove(args: argparse.Namespace) -> int:
     key = load_keyfile(Path(args.key))
     posting_id = _read_posting_id(args.posting, task)
     _register_datasets(args.dataset)
+    from prover.training import DeviceUnavailable, check_device
+
+    device = getattr(args, "device", "cpu")
+    if device != "cpu" and args.workers != 1:
+        raise CliError(f"--workers {args.workers} with --device {device}: data-parallel proofs run on CPU workers "
+                       "(gloo) only for now; use one CUDA process (--workers 1) or --device cpu")
+    try:
+        check_device(device)
+    except DeviceUnavailable as exc:
+        raise CliError(str(exc)) from None
     with StepProgress(task.total_steps, f"prove {task.name}", disable=args.json or args.quiet) as bar:
         if args.workers != 1:  # data-parallel (SPEC.md §13.1): the same claim and roots as one process
             from prover.distributed import prove_with_workers
@@ -142,7 +152,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 raise CliError(f"--workers {args.workers}: {exc}") from None
         else:
             result = prove(task, Path(args.out), key.bls_secret_key, progress=bar.update, posting_id=posting_id,
-                           keep_step_roots=args.keep_step_roots)
+                           keep_step_roots=args.keep_step_roots, device=device)
     doc = {
         "task_id": compute_task_id(task).hex(),
         "posting_id": posting_id.hex(),
@@ -212,7 +222,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         total = min(total, segments)
     with SegmentProgress(total, disable=args.json or args.quiet) as bar:
         report = verify_dir(path, segments=segments, secret_key=key, on_segment=bar.update,
-                            expected_task_id=expected_task, expected_posting_id=expected_posting)
+                            expected_task_id=expected_task, expected_posting_id=expected_posting,
+                            max_state_bytes=_positive_int(args.max_state_bytes, "--max-state-bytes"))
     doc = report.to_json()
     doc["detection"] = describe_detection(report.num_segments, len(report.sample))
     # What was verified comes first: a verdict means nothing without the task it is about.
@@ -496,7 +507,7 @@ def _positive_int(value: str, flag: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise CliError(f"{flag} takes a positive integer or 'all', not {value!r}") from None
+        raise CliError(f"{flag} takes a positive integer{' or all' if flag == '--segments' else ''}, not {value!r}") from None
     if n < 1:
         raise CliError(f"{flag} must be at least 1")
     return n
@@ -536,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=1,
                     help="data-parallel worker processes on this machine (gloo over 127.0.0.1); the state roots "
                          "are the same for any number (default 1: this process alone)")
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where parameters, optimizer state and batches live: cpu (C kernels) or cuda (Triton "
+                         "kernels; needs a GPU and the 'gpu' extra). The proof is the same bytes either way and "
+                         "verifies on CPU (default cpu)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prove)
 
@@ -549,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--posting", help="the posting the claim must answer (64-hex id, or a file as for prove)")
     v.add_argument("--dataset", action="append", metavar="DIR",
                    help="the packed dataset directory the task trains on (only the records replayed are read)")
+    v.add_argument("--max-state-bytes", default=str(256 * 1024 * 1024),
+                   help="decline a task whose checkpoint holds more tensor bytes (default 268435456 = 256 MiB; the "
+                        "protocol allows up to 2 GiB, and replay holds the whole state in memory)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 

@@ -40,9 +40,10 @@ MAX_TENSOR_ELEMENTS: Final = 1 << 28
 TENSOR_CHUNK_BYTES: Final = 1 << 19
 MAX_TOTAL_STEPS: Final = 10_000_000
 MAX_CHECKPOINTS: Final = 100_000
-# Budgets every valid task fits (SPEC.md §18.2): a prover may train and a verifier must accept up to them.
-MAX_STATE_BYTES: Final = 256 * 1024 * 1024  # tensor bytes of one checkpoint (params, optimizer slots, step)
-MAX_SEGMENT_FLOPS: Final = 2 * 10**13  # upper bound on multiply-adds of one segment's replay
+# Budgets every valid task fits (SPEC.md §18.2): a prover may train up to them and a verifier may accept up to
+# them (nodes default to far lower budgets). Large enough for GPT-2 small with AdamW (1.49 GB of state).
+MAX_STATE_BYTES: Final = 2 * 1024 * 1024 * 1024  # tensor bytes of one checkpoint (params, optimizer slots, step)
+MAX_SEGMENT_FLOPS: Final = 10**14  # upper bound on multiply-adds of one segment's replay
 MAX_ACTIVATION_BYTES: Final = 1 << 36  # float32 bytes of a graph's node outputs for one batch (§18.2)
 MAX_SAFETENSORS_HEADER: Final = 1024 * 1024  # bytes of a checkpoint file's JSON header
 

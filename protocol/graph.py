@@ -23,12 +23,14 @@ MAX_GRAPH_NODES = 1024
 MAX_GRAPH_DIM = 1 << 20  # any width, vocabulary or reshape extent
 MAX_GRAPH_CONTEXT = 4096
 MAX_RESHAPE_RANK = 4
+ROTARY_BASE = 10000.0  # the rotary op's default base (RoFormer, GPT-NeoX, Llama)
+MAX_ROTARY_BASE = 1e9
 CLASSES = "classes"  # a width that equals the dataset's class (or token) count
 INPUT, TARGETS = "input", "targets"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # Attributes of each op: name -> (kind, default). Kinds: "dim" (int or "classes"), "int",
-# "float", "bool", "str", "shape" (list of ints). A default of None means required.
+# "count" (an int that may be 0), "float", "bool", "str", "shape" (list of ints). A default of None means required.
 _ATTRS: dict[str, dict[str, tuple[str, Any]]] = {
     "linear": {"out": ("dim", None), "bias": ("bool", True), "weight": ("str", ""), "bound": ("float", 0.0)},
     "conv2d": {"out": ("int", None), "kernel": ("int", 3), "bound": ("float", 0.0), "stride": ("int", 1),
@@ -43,6 +45,9 @@ _ATTRS: dict[str, dict[str, tuple[str, Any]]] = {
     "swiglu": {},
     "mean_pool": {"axis": ("index", None)},
     "patches": {"size": ("int", None)},
+    "rotary": {"heads": ("int", None), "base": ("float", ROTARY_BASE), "dims": ("count", 0)},
+    "cls_token": {"bound": ("float", 0.02)},
+    "select": {"axis": ("index", 0), "index": ("count", 0)},
     "dropout": {"p": ("float", 0.0)},
     "add": {},
     "reshape": {"shape": ("shape", None)},
@@ -133,6 +138,10 @@ def _parse_attr(node: str, key: str, kind: str, value: Any) -> Any:
     if kind == "index":
         if not isinstance(value, int) or not 0 <= value < MAX_RESHAPE_RANK:
             raise _fail(node, f"{key} must be an axis in [0, {MAX_RESHAPE_RANK}), got {_short(value)}")
+        return value
+    if kind == "count":
+        if not isinstance(value, int) or not 0 <= value <= MAX_GRAPH_DIM:
+            raise _fail(node, f"{key} must be an integer in [0, {MAX_GRAPH_DIM}], got {_short(value)}")
         return value
     if kind == "int" or (kind == "dim" and not isinstance(value, str)):
         if not isinstance(value, int) or not 1 <= value <= MAX_GRAPH_DIM:
@@ -390,6 +399,30 @@ def _infer(node: Node, ins: list[tuple[str, tuple[int, ...]]], data: GraphInput,
                               f"got {list(shape)}")
         c, h, w = shape
         return "f32", ((h // size) * (w // size), c * size * size), 0
+    if op == "rotary":
+        heads = node.get("heads")
+        if len(shape) != 2 or shape[1] % 3 != 0 or (shape[1] // 3) % heads != 0:
+            raise _fail(name, f"rotary needs a [T, 3d] input with d divisible by heads={heads}, got {list(shape)}")
+        head_dim = shape[1] // 3 // heads
+        dims = node.get("dims") or head_dim
+        if dims % 2 or dims > head_dim:
+            raise _fail(name, f"dims must be even and at most the head width {head_dim}, got {dims}")
+        if shape[0] > MAX_GRAPH_CONTEXT:  # every angle t * inv_freq stays inside the sin/cos domain
+            raise _fail(name, f"rotary positions reach at most {MAX_GRAPH_CONTEXT}, the input has {shape[0]}")
+        base = float(node.get("base"))
+        if not 1.0 <= base <= MAX_ROTARY_BASE:
+            raise _fail(name, f"base must be in [1, {MAX_ROTARY_BASE:g}], got {base!r}")
+        return "f32", shape, count
+    if op == "cls_token":
+        if len(shape) != 2:
+            raise _fail(name, f"cls_token needs a [T, d] input per example, got {list(shape)}")
+        new.append(ParamInfo(name, (1, 1, shape[1]), "uniform", _check_bound(node, positive=True), 0))
+        return "f32", (shape[0] + 1, shape[1]), count + shape[1]
+    if op == "select":
+        axis, index = node.get("axis"), node.get("index")
+        if axis >= len(shape) or index >= shape[axis]:
+            raise _fail(name, f"cannot select index {index} of axis {axis} of {list(shape)}")
+        return "f32", shape[:axis] + shape[axis + 1:], count // shape[axis]
     if op == "dropout":
         p = float(node.get("p"))
         if not 0.0 <= p < 1.0:

@@ -36,11 +36,13 @@ def build_gpt2(p: Mapping[str, Any]) -> GraphConfig:
     """GPT-2: learned token and position embeddings, pre-LN blocks (causal attention, GELU MLP
     of width ``d_ff``, 4·d_model when 0), a final layer norm, and a head tied to the token
     embedding (``tied``) or a separate bias-free ``head`` linear. ``norm = "rms_norm"`` and
-    ``mlp = "swiglu"`` give the Llama-style variant of the same decoder."""
+    ``mlp = "swiglu"`` give the Llama-style variant of the same decoder; ``positions = "rotary"``
+    replaces the learned ``pos_emb`` by a ``rotary`` node on each block's q and k."""
     d, drop = int(p["d_model"]), float(p["dropout"])
     add = _Builder()
     h = add("embedding", "tok_emb", [INPUT], vocab=p["vocab"], dim=d, bound=float(p["emb_bound"]))
-    h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
+    if p["positions"] == "learned":
+        h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = add("dropout", "emb.drop", [h], p=drop)
     h = _blocks(add, h, p, "causal_attention")
     h = add(p["norm"], "ln_f", [h])
@@ -60,7 +62,11 @@ def _blocks(add: _Builder, h: str, p: Mapping[str, Any], attention: str) -> str:
     for i in range(int(p["n_layers"])):
         pre = f"h{i}."
         a = add(norm, pre + "ln1", [h])
-        a = add(attention, pre + "attn", [add("linear", pre + "attn.qkv", [a], out=3 * d)], heads=heads)
+        a = add("linear", pre + "attn.qkv", [a], out=3 * d)
+        if p.get("positions") == "rotary":
+            a = add("rotary", pre + "attn.rope", [a], heads=heads, base=float(p["rotary_base"]),
+                    dims=int(p["rotary_dims"]))
+        a = add(attention, pre + "attn", [a], heads=heads)
         a = add("dropout", pre + "attn.drop", [add("linear", pre + "attn.proj", [a], out=d)], p=drop)
         h = add("add", pre + "res1", [h, a])
         f = add(norm, pre + "ln2", [h])
@@ -76,14 +82,25 @@ def _blocks(add: _Builder, h: str, p: Mapping[str, Any], attention: str) -> str:
 def build_vit(p: Mapping[str, Any]) -> GraphConfig:
     """A ViT-style encoder on square images of ``channels``·``side``² features: patches of
     ``patch``² pixels, a linear patch embedding, learned positions, pre-norm blocks with
-    non-causal attention, a final norm, the mean over the patch tokens, a linear classifier."""
+    non-causal attention, a final norm, the mean over the patch tokens, a linear classifier. With
+    ``pool = "cls"`` a learned class token is prepended to the patch tokens (before the position
+    embedding) and the classifier reads its final state instead of the mean. ``positions =
+    "rotary"`` rotates q and k by the token index (patches in row-major order, the class token
+    first) instead of a learned ``pos_emb``."""
     side, patch, ch = int(p["side"]), int(p["patch"]), int(p["channels"])
     add = _Builder()
     h = add("reshape", "image", [INPUT], shape=[ch, side, side])
     h = add("linear", "patch_emb", [add("patches", "patches", [h], size=patch)], out=int(p["d_model"]))
-    h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
+    if p["pool"] == "cls":
+        h = add("cls_token", "cls", [h])
+    if p["positions"] == "learned":
+        h = add("pos_embedding", "pos_emb", [h], bound=float(p["emb_bound"]))
     h = _blocks(add, h, p, "attention")
-    h = add("mean_pool", "pool", [add(p["norm"], "ln_f", [h])], axis=0)
+    h = add(p["norm"], "ln_f", [h])
+    if p["pool"] == "cls":
+        h = add("select", "pool", [h], axis=0, index=0)
+    else:
+        h = add("mean_pool", "pool", [h], axis=0)
     add("cross_entropy", "loss", [add("linear", "head", [h], out=CLASSES), TARGETS])
     return GraphConfig(0, tuple(add.nodes))
 
@@ -120,10 +137,13 @@ def build_resnet(p: Mapping[str, Any]) -> GraphConfig:
 
 
 _GPT2 = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 0, "context": 64, "vocab": CLASSES, "tied": True,
-         "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu"}
+         "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm", "mlp": "gelu", "positions": "learned",
+         "rotary_base": 10000.0, "rotary_dims": 0}
 _VIT = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 0, "dropout": 0.0, "emb_bound": 0.1, "norm": "layer_norm",
-        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2}
-_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu")}
+        "mlp": "gelu", "side": 8, "channels": 1, "patch": 2, "pool": "mean", "positions": "learned",
+        "rotary_base": 10000.0, "rotary_dims": 0}
+_CHOICES = {"norm": ("layer_norm", "rms_norm"), "mlp": ("gelu", "swiglu"), "positions": ("learned", "rotary"),
+            "pool": ("mean", "cls")}
 PRESETS: dict[str, Preset] = {
     "gpt2": Preset(build_gpt2, _GPT2, "pydoc-topics",
                    "GPT-2-style decoder of any width/depth/context/vocab (tied head by default)"),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from safetensors.numpy import save
 
 from pol.files import open_regular_file
 from protocol.bounded import decode_json, get_int
@@ -51,26 +50,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def encode_checkpoint(leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> bytes:
-    arrays = {leaf.name: leaf.array() for leaf in leaves}
-    meta = {"pol_root": root.hex(), "pol_task_id": task_id.hex()}
-    return bytes(save(arrays, metadata=meta))
-
-
-def write_checkpoint(path: Path, leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> None:
-    write_atomic(path, encode_checkpoint(leaves, root, task_id))
-
-
 _ST_NAMES = {np.dtype("<f4"): ("F32", 4), np.dtype("<i8"): ("I64", 8)}
 
 
-def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: bytes, task_id: bytes) -> int:
-    """Write a checkpoint straight from the tensors' memory (no copy of the state); returns its size.
+def encode_safetensors_header(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+    """The 8-byte length and JSON header of a safetensors file holding ``arrays``, and the tensor order.
 
-    The same safetensors layout as ``encode_checkpoint`` (8-byte-aligned header, i64 tensors first,
-    then by name), written to a temporary file, synced and renamed like ``write_atomic``."""
+    Written here rather than by the safetensors library, whose metadata order varies from one process
+    to the next: the same state gives the same file bytes in every process (8-byte tensors first, then
+    by name, as safetensors orders them; metadata keys sorted; header padded with spaces to 8 bytes)."""
     order = sorted(arrays, key=lambda k: (-_ST_NAMES[arrays[k].dtype][1], k))
-    header: dict[str, object] = {"__metadata__": {"pol_root": root.hex(), "pol_task_id": task_id.hex()}}
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
     for name in order:
         arr = arrays[name]
@@ -79,17 +69,43 @@ def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: byt
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw, order
+
+
+def encode_safetensors(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    head, order = encode_safetensors_header(arrays, metadata)
+    return head + b"".join(np.ascontiguousarray(arrays[name]).tobytes() for name in order)
+
+
+def encode_checkpoint(leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> bytes:
+    arrays = {leaf.name: leaf.array() for leaf in leaves}
+    return encode_safetensors(arrays, {"pol_root": root.hex(), "pol_task_id": task_id.hex()})
+
+
+def write_checkpoint(path: Path, leaves: list[TensorLeaf], root: bytes, task_id: bytes) -> None:
+    write_atomic(path, encode_checkpoint(leaves, root, task_id))
+
+
+
+def write_checkpoint_arrays(path: Path, arrays: dict[str, np.ndarray], root: bytes, task_id: bytes) -> int:
+    """Write a checkpoint straight from the tensors' memory (no copy of the state); returns its size.
+
+    The same bytes as ``encode_checkpoint``, written to a temporary file, synced and renamed like
+    ``write_atomic``."""
+    head, order = encode_safetensors_header(arrays, {"pol_root": root.hex(), "pol_task_id": task_id.hex()})
     tmp = path.with_name(path.name + ".tmp")
+    size = len(head)
     with open(tmp, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little") + raw)
+        fh.write(head)
         for name in order:
             arr = arrays[name]
             fh.write(np.ascontiguousarray(arr).data.cast("B"))
+            size += arr.nbytes
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-    return 8 + len(raw) + offset
+    return size
 
 
 Layout = frozenset[tuple[str, str, tuple[int, ...]]]  # (name, dtype, shape) of every tensor

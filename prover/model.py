@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.numpy import save
 
 from protocol.claim import Claim, compute_claim_id, validate_claim_signature
 from protocol.errors import InvalidCheckpoint, InvalidClaim
 from protocol.state import STEP_TENSOR, compute_state_root
 
-from .checkpoint import decode_checkpoint, write_atomic
+from .checkpoint import decode_checkpoint, encode_safetensors, write_atomic
 from .transcript import ProofDir
 
 PARAM_PREFIX = "param/"
@@ -58,8 +57,8 @@ def export_model(claim: Claim, checkpoint: bytes, out: Path, expected_claim_id: 
     params = {leaf.name[len(PARAM_PREFIX):]: leaf.array() for leaf in leaves if leaf.name.startswith(PARAM_PREFIX)}
     if not params:
         raise InvalidCheckpoint("final checkpoint holds no parameters")
-    data = bytes(save(params, metadata={"pol_claim_id": claim_id.hex(), "pol_task_id": claim.body.task_id.hex(),
-                                        "pol_final_root": root.hex(), "pol_step": str(step)}))
+    data = encode_safetensors(params, {"pol_claim_id": claim_id.hex(), "pol_task_id": claim.body.task_id.hex(),
+                                        "pol_final_root": root.hex(), "pol_step": str(step)})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
     return ExportedModel(claim_id, claim.body.task_id, root, step, len(params),

@@ -19,18 +19,19 @@ from protocol.claim import Claim, compute_claim_body, compute_claim_id, compute_
 from protocol.constants import OFFLINE_POSTING_ID
 from protocol.errors import InvalidCheckpoint, PolError
 from protocol.rng import compute_training_seed
-from protocol.state import compute_state_root
+from protocol.state import compute_state_root, compute_state_root_from_arrays
 from protocol.task import Task, compute_task_id, format_task_toml
 
 from .checkpoint import read_checkpoint, write_atomic, write_checkpoint_arrays
 from .training import (
     Runtime,
     TrainState,
-    compute_root,
+    check_device,
     get_state_arrays,
     get_state_from_leaves,
     get_state_leaves,
     init_state,
+    move_state,
     train_step,
 )
 from .transcript import ProofDir, TranscriptEntry, append_transcript, read_transcript
@@ -103,7 +104,7 @@ def _resume(rt: Runtime, pdir: ProofDir) -> tuple[TrainState, list[TranscriptEnt
 
 def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None = None,
           posting_id: bytes = OFFLINE_POSTING_ID, keep_step_roots: bool = False,
-          run_seed: int | None = None, sync: StepSync | None = None) -> ProveResult:
+          run_seed: int | None = None, sync: StepSync | None = None, device: str = "cpu") -> ProveResult:
     """Run (or resume) the proof of ``task`` in ``out`` and write the signed claim.
 
     ``posting_id`` names the task posting the claim answers (SPEC.md §16.3); with it and the prover's
@@ -115,7 +116,11 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
     ``run_seed`` replaces the prover-keyed seed: refereed mode (SPEC.md §17.6), where all
     provers of a posting train the same run. ``sync``: this process is rank 0 of a data-parallel
     proof (SPEC.md §13.1; it must run inside ``gpu_ops.rowshard.sharded``), the others follow it.
+    ``device``: "cpu" or "cuda" (parameters, optimizer state and batches on that device, every op on its
+    kernels: docs/gpu.md); the proof is the same bytes either way. Raises DeviceUnavailable first when
+    the device cannot be used here.
     """
+    dev = check_device(device)
     started = time.perf_counter()
     task_id = compute_task_id(task)
     prover = bls.compute_public_key(secret_key)
@@ -123,11 +128,14 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
     pdir = ProofDir(out)
     _prepare_dir(pdir, task, task_id)
     state, entries = _resume(rt, pdir)
+    move_state(state, dev)
     resumed_from = state.step
     k = task.checkpoint_interval
     if not entries:
-        root = compute_root(state)
-        write_checkpoint_arrays(pdir.checkpoint(0), get_state_arrays(state), root, task_id)
+        arrays = get_state_arrays(state)  # on CUDA: the one host copy, hashed and written, then dropped
+        root = compute_state_root_from_arrays(arrays)
+        write_checkpoint_arrays(pdir.checkpoint(0), arrays, root, task_id)
+        del arrays
         entries.append(TranscriptEntry(0, 0, root, None))
         append_transcript(pdir, entries[-1])
     if sync is not None:
@@ -144,14 +152,16 @@ def prove(task: Task, out: Path, secret_key: bytes, progress: ProgressFn | None 
             step_roots.append(compute_state_root(get_state_leaves(state)))
         if state.step % k == 0:
             index = state.step // k
-            # hashed and written from the tensors' own memory: no second copy of the state
-            root = compute_root(state)
+            # hashed and written from the tensors' own memory (CPU: no second copy of the state; CUDA: one host copy)
+            arrays = get_state_arrays(state)
+            root = compute_state_root_from_arrays(arrays)
             if sync is not None:
                 sync.checkpoint(state, root)
             if keep_step_roots:
                 write_atomic(pdir.step_roots(index - 1), b"".join(step_roots))
                 step_roots = []
-            write_checkpoint_arrays(pdir.checkpoint(index), get_state_arrays(state), root, task_id)
+            write_checkpoint_arrays(pdir.checkpoint(index), arrays, root, task_id)
+            del arrays
             entries.append(TranscriptEntry(index, state.step, root, loss))
             append_transcript(pdir, entries[-1])
             log.debug("checkpoint %d at step %d: root %s loss %.4f", index, state.step, root.hex(), loss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,48 @@ def init_state(rt: Runtime) -> TrainState:
     return TrainState(params=params, slots=slots, step=0)
 
 
+class DeviceUnavailable(PolError):
+    """The device asked for cannot train here (our machine or installation, not anyone's input)."""
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for ``pol prove --device``; raises DeviceUnavailable saying what is missing.
+
+    On CUDA every op must run the Triton kernels (gpu_ops.backend routes CUDA tensors to them), so
+    triton must import, and the CUDA build of torch must see a device."""
+    if device not in DEVICES:
+        raise DeviceUnavailable(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable("--device cuda: torch sees no CUDA device here (a CUDA build of torch and a GPU "
+                                "driver are needed); use --device cpu")
+    from gpu_ops import backend
+
+    if os.environ.get(backend.ENV, "").strip().lower() != "ref":  # ref: the operator chose the plain-torch ops
+        try:
+            backend.require_triton()
+        except backend.BackendUnavailable as exc:
+            raise DeviceUnavailable(f"--device cuda: {exc}; CUDA training runs the Triton kernels") from None
+    return torch.device("cuda")
+
+
+def move_state(state: TrainState, device: torch.device) -> TrainState:
+    """``state`` with every tensor on ``device`` (in place; a no-op when they are there already)."""
+    state.params = {k: v.to(device) for k, v in state.params.items()}
+    state.slots = {s: {k: v.to(device) for k, v in ts.items()} for s, ts in state.slots.items()}
+    return state
+
+
+def get_state_device(state: TrainState) -> torch.device:
+    for t in state.params.values():
+        return t.device
+    return torch.device("cpu")
+
+
 def compute_lr(task: Task, step: int) -> float:
     """Learning rate of step ``step`` in float64 (the optimizer rounds it to float32 once)."""
     s = task.schedule
@@ -102,6 +145,9 @@ def train_step(rt: Runtime, state: TrainState) -> float:
     task = rt.task
     rec = trace.get_recorder()  # set only while a dispute asks for this step's operator trace
     x, y = rt.dataset.get_batch(rt.keyed_task, state.step)
+    device = get_state_device(state)
+    if device.type != "cpu":  # the batch joins the parameters; everything the step makes follows them
+        x, y = x.to(device), y.to(device)
     shard = rowshard.get_shard()
     if shard is not None:  # a data-parallel worker trains on its samples of the batch (SPEC.md §13.1)
         x, y = x[shard.lo:shard.hi], y[shard.lo:shard.hi]
@@ -175,7 +221,7 @@ def get_state_leaves(state: TrainState) -> list[TensorLeaf]:
 
 
 def _leaf(name: str, t: torch.Tensor) -> TensorLeaf:
-    arr = t.detach().contiguous().numpy()
+    arr = t.detach().cpu().contiguous().numpy()
     return TensorLeaf(name, "f32", tuple(arr.shape), arr.astype("<f4", copy=False).tobytes())
 
 
@@ -197,7 +243,8 @@ def get_state_arrays(state: TrainState) -> dict[str, np.ndarray]:
 
 
 def _f32_array(t: torch.Tensor) -> np.ndarray:
-    arr = t.detach().contiguous().numpy()
+    # a CUDA tensor is copied to the host here, only to be hashed and written (CPU tensors: no copy)
+    arr = t.detach().cpu().contiguous().numpy()
     return arr if arr.dtype == np.dtype("<f4") else arr.astype("<f4")
 
 

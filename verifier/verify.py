@@ -30,13 +30,17 @@ from protocol.claim import Claim, compute_claim_id, compute_claim_training_seed,
 from protocol.claim import validate_claim_signature
 from protocol.claim import validate_transcript_roots
 from protocol.budget import validate_task_cost
-from protocol.constants import MAX_SEGMENT_FLOPS, MAX_STATE_BYTES
+from protocol.constants import MAX_SEGMENT_FLOPS
 from protocol.detection import compute_escape_probability
 from protocol.errors import InvalidClaim, InvalidInput, InvalidSegment, InvalidTask
 from protocol.sampling import SampleProof, compute_sample_proof, compute_segment_sample
 from protocol.task import compute_task_id
 
 from .replay import SegmentResult, check_init, load_state, replay_segment, validate_segment
+
+# Replaying loads the whole state: offline verification, like a node (node/limits.py), declines a larger one unless
+# told otherwise (the protocol allows up to MAX_STATE_BYTES, 2 GiB).
+DEFAULT_MAX_STATE_BYTES = 256 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ SegmentCallback = Callable[[SegmentResult], None]
 
 def verify_dir(path: Path, *, segments: int | None, secret_key: bytes | None,
                on_segment: SegmentCallback | None = None, expected_task_id: bytes | None = None,
-               expected_posting_id: bytes | None = None, max_state_bytes: int = MAX_STATE_BYTES,
+               expected_posting_id: bytes | None = None, max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
                max_segment_flops: int = MAX_SEGMENT_FLOPS) -> VerifyReport:
     """Verify the proof in ``path``. ``segments=None`` replays every segment.
 

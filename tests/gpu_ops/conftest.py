@@ -104,6 +104,13 @@ def check_elementwise(tops: Any, device: str) -> None:
     for name, fn in refs.items():
         for case, x in elementwise_inputs().items():
             assert_bits(getattr(tops, name)(x.to(device)), fn(x), f"{name}[{case}]")
+    if hasattr(tops, "gelu_with_tanh"):  # the forward that also returns the tanh the backward saves
+        for case, x in elementwise_inputs().items():
+            ctx = _Ctx()
+            want = F._GELU.forward(ctx, x)
+            y, th = tops.gelu_with_tanh(x.to(device))
+            assert_bits(y, want, f"gelu_with_tanh.y[{case}]")
+            assert_bits(th, ctx.saved[1], f"gelu_with_tanh.th[{case}]")
 
 
 def check_gelu_backward(tops: Any, device: str) -> None:

@@ -149,3 +149,25 @@ def test_exhaustive_float32(tops: types.ModuleType, op: str) -> None:
         got = getattr(tops, op)(x.cuda()).cpu()
         msg = bit_mismatch(got, ref_fn(x))
         assert msg is None, f"{op} in chunk starting at bit pattern {start:#010x}: {msg}"
+
+
+@pytest.mark.parametrize("task_name", ["digits-mlp", "digits-cnn", "pydoc-transformer"])
+def test_triton_backend_on_cuda_gives_cpu_state_root(task_name: str) -> None:
+    """Two full steps (optimizer included) on CUDA tensors, every op on the Triton kernels, vs the CPU
+    fast path: the same state roots (what ``pol prove --device cuda`` relies on)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from prover import training
+    from prover.conformance import step_roots
+    from protocol.task import parse_task_toml
+
+    rt = training.Runtime.for_task(parse_task_toml((ROOT / "examples" / f"{task_name}.toml").read_text()))
+    assert step_roots(rt, 2, "cuda") == step_roots(rt, 2, "cpu")
+
+
+def test_conformance_quick_passes_on_the_gpu() -> None:
+    """``python -m prover.gpucheck --quick`` (docs/gpu.md): every TritonKernels method compiled vs the C
+    kernels, and tiny training steps on CUDA with the device audit, equal to the CPU roots."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from prover import gpucheck
+
+    assert gpucheck.main(["--quick"]) == 0

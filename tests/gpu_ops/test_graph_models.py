@@ -103,6 +103,9 @@ PRESET_TASKS = {
     "vit": lambda: preset_task("vit", d_model=16, n_layers=1, n_heads=2, dropout=0.1),
     "llama-style": lambda: preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, norm="rms_norm",
                                        mlp="swiglu", tied=False),
+    "gpt2-rotary": lambda: preset_task("gpt2", d_model=16, n_layers=1, n_heads=2, context=8, positions="rotary",
+                                       rotary_dims=6),
+    "vit-cls": lambda: preset_task("vit", d_model=16, n_layers=1, n_heads=2, pool="cls", positions="rotary"),
 }
 
 
@@ -115,7 +118,7 @@ def test_preset_is_bit_identical_on_reference_and_fast_backends(name: str) -> No
     assert len(set(fast)) == 3
 
 
-@pytest.mark.parametrize("name", ["gpt2-tied", "vit", "llama-style"])
+@pytest.mark.parametrize("name", ["gpt2-tied", "vit", "llama-style", "gpt2-rotary", "vit-cls"])
 def test_graph_trace_names_every_input(name: str) -> None:
     """The dispute trace of a graph step (a tied embedding feeding two nodes through one fork;
     patches, non-causal attention, mean pool, RMS norm, SwiGLU) names the producer of every
@@ -127,6 +130,10 @@ def test_graph_trace_names_every_input(name: str) -> None:
         assert ops.index("fork.forward") < ops.index("embedding.forward")  # the table forks before its first use
     if name == "vit":
         assert {"patches.forward", "scale.backward", "mean_pool.backward"} <= set(ops)
+    if name == "gpt2-rotary":
+        assert {"rotary.forward", "rotary.backward"} <= set(ops)
+    if name == "vit-cls":
+        assert {"cls_token.backward", "select.backward"} <= set(ops) and "mean_pool.forward" not in ops
     for e in tr.entries:
         assert all(ref[3] is not None for ref in e["in"]), f"entry {e['i']} {e['op']} has an input of unknown origin"
     with use_backend("ref"):

@@ -34,9 +34,11 @@ from protocol.presets import get_preset_task
 from protocol.task import Task, parse_task, parse_task_toml
 
 WORLD = 4
-# The built-in families, and two graph presets for the graph-only operators (strided and 1x1
-# convolutions, mean pooling; RMS norm, SwiGLU, a tied head).
-STEPS = {"digits-mlp": 3, "digits-cnn": 2, "pydoc-transformer": 2, "graph-resnet": 2, "graph-llama": 2}
+# The built-in families, and three graph presets for the graph-only operators (strided and 1x1
+# convolutions, mean pooling; RMS norm, SwiGLU, rotary positions, a tied head; the class token,
+# whose gradient is a sum over the batch rows, and select).
+STEPS = {"digits-mlp": 3, "digits-cnn": 2, "pydoc-transformer": 2, "graph-resnet": 2, "graph-llama": 2,
+         "graph-vit-cls": 2}
 SEED = 0x1234_5678_9ABC_DEF0
 T0 = time.time()
 
@@ -45,12 +47,16 @@ def small_task(name: str) -> Task:
     if name.startswith("graph-"):
         common = {"task.batch_size": 8, "task.total_steps": STEPS[name], "task.checkpoint_interval": 1,
                   "optim.lr": 0.01}
-        if name == "graph-resnet":
+        if name in ("graph-resnet", "graph-vit-cls"):
             sha = parse_task_toml(resolve_task_path("digits-cnn").read_text()).data.sha256.hex()
+            if name == "graph-vit-cls":
+                return parse_task(get_preset_task("vit", {"d_model": 8, "n_layers": 1, "n_heads": 2, "patch": 4,
+                                                          "pool": "cls", **common}, sha))
             return parse_task(get_preset_task("resnet", {"channels": 4, "blocks": 1, "stages": 2, **common}, sha))
         sha = parse_task_toml(resolve_task_path("pydoc-transformer").read_text()).data.sha256.hex()
         return parse_task(get_preset_task("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 8,
-                                                   "norm": "rms_norm", "mlp": "swiglu", "dropout": 0.1, **common}, sha))
+                                                   "norm": "rms_norm", "mlp": "swiglu", "dropout": 0.1,
+                                                   "positions": "rotary", **common}, sha))
     task = parse_task_toml(resolve_task_path(name).read_text())
     sched = dataclasses.replace(task.schedule, warmup_steps=min(task.schedule.warmup_steps, 1))
     steps = STEPS[name]

@@ -1,7 +1,7 @@
 """Data-parallel proofs (SPEC.md §13.1): the state roots do not depend on the number of workers.
 
 Real gloo processes on 127.0.0.1. One start-up of four worker processes
-(tests/offline/dist_worker.py) trains every built-in family and two graph presets (shrunk, a few
+(tests/offline/dist_worker.py) trains every built-in family and three graph presets (shrunk, a few
 steps) alone and with 1, 2, 4 workers (and 3, an uneven split, for the MLP) and compares every
 step's root; it also
 checks the sharded reductions on hostile groups and runs the negative control (ordinary DDP's

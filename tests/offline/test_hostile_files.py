@@ -19,8 +19,9 @@ from prover.transcript import ProofDir
 from protocol.bounded import decode_json, get_json_depth
 from protocol.budget import get_task_cost, validate_task_cost
 from protocol.constants import MAX_STATE_BYTES
+from protocol.presets import get_preset_task
 from protocol.errors import DecodeError, InvalidCheckpoint, InvalidTask, OverBudget
-from protocol.task import parse_task_toml
+from protocol.task import parse_task, parse_task_toml
 from verifier.verify import REJECT, verify_dir
 
 from .conftest import tiny_task_toml
@@ -165,9 +166,11 @@ def test_task_integer_fields_of_1e999_and_deep_toml_are_invalid() -> None:
 
 
 def test_largest_model_is_refused_at_parse_time_and_every_valid_task_fits_the_reader() -> None:
-    big = tiny_task_toml().replace("hidden = [32]", "hidden = [4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096]")
-    with pytest.raises(InvalidTask, match="protocol limit"):
-        parse_task_toml(big)  # 34 s and 4.9 GB in the verifier before
+    # GPT-2 medium's shape: 4.3 GB of AdamW state, past MAX_STATE_BYTES (2 GiB); refused from the text alone
+    big = get_preset_task("gpt2", {"d_model": 1024, "n_layers": 24, "n_heads": 16, "context": 1024, "vocab": 50257},
+                          "00" * 32)
+    with pytest.raises(InvalidTask, match="state of 4,.* exceeds the protocol limit"):
+        parse_task(big)
     # whatever passes validation fits the checkpoint reader: proved means verifiable
     assert MAX_CHECKPOINT_BYTES >= MAX_STATE_BYTES + 8
     task = parse_task_toml(tiny_task_toml())
@@ -180,3 +183,16 @@ def test_largest_model_is_refused_at_parse_time_and_every_valid_task_fits_the_re
 def test_verify_declines_over_budget_before_loading_anything(proof_dir: Path) -> None:
     with pytest.raises(OverBudget):
         verify_dir(proof_dir, segments=1, secret_key=None, max_state_bytes=100)
+
+
+def test_pol_verify_declines_a_state_above_its_budget_and_says_how_to_raise_it(proof_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pol.cli", "verify", str(proof_dir), "--max-state-bytes", "100"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "exceeds this node's budget of 100" in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "pol.cli", "verify", str(proof_dir), "--max-state-bytes", "lots"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--max-state-bytes" in r.stderr

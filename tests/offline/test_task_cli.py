@@ -38,11 +38,14 @@ def test_task_new_writes_a_valid_preset_task_and_inspect_counts_it(tmp_path: Pat
                                "attrs": {"bound": 0.1, "dim": 32, "vocab": "classes"}, "params": {"tok_emb": [256, 32]}}
 
 
-def test_task_show_counts_gpt2_small_and_says_why_it_is_not_a_valid_task() -> None:
+def test_task_show_counts_gpt2_small_and_a_too_large_preset_says_why_it_is_not_a_valid_task() -> None:
     r = pol("task", "show", "--preset", "gpt2-small")
     assert r.returncode == 0, r.stderr
-    assert "124,439,808 parameters" in r.stdout
-    assert "not a valid task: task's state of 1,493,277,704 exceeds the protocol limit" in r.stdout
+    assert "124,439,808 parameters" in r.stdout and "not a valid task" not in r.stdout
+    r = pol("task", "show", "--preset", "gpt2-small", "--set", "n_layers=24", "--set", "d_model=1024",
+            "--set", "n_heads=16")
+    assert r.returncode == 0, r.stderr
+    assert "not a valid task: task's state of" in r.stdout and "exceeds the protocol limit" in r.stdout
 
 
 def test_a_builtin_family_is_described_as_its_graph() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from protocol.budget import get_task_cost, get_task_graph_info, validate_task_cost
+from protocol.constants import MAX_STATE_BYTES
 from protocol.encoding import encode_canonical
 from protocol.errors import InvalidTask, OverBudget
 from protocol.graph import MAX_GRAPH_NODES, GraphInput, analyze_graph
@@ -140,10 +141,18 @@ def test_gpt2_small_has_the_published_parameter_count() -> None:
     assert dict(small.shapes)["h2.attn"] == (32, 48) and dict(small.shapes)["head"] == (32, 1000)
 
 
-def test_gpt2_small_task_is_refused_by_the_state_limit_before_anything_is_allocated() -> None:
-    task = get_preset_task("gpt2-small", {}, PYDOC)
-    with pytest.raises(InvalidTask, match="state of 1,493,277,704 exceeds the protocol limit"):
-        parse_task(task)
+def test_gpt2_small_is_a_valid_task_that_a_default_node_declines_before_anything_is_allocated() -> None:
+    task = parse_task(get_preset_task("gpt2-small", {}, PYDOC))
+    cost = get_task_cost(task)
+    # 124,439,808 parameters, AdamW's two slots and the step: 4·3·params + 8 bytes (SPEC §18.2)
+    assert cost.state_bytes == 4 * 3 * 124_439_808 + 8 == 1_493_277_704 <= MAX_STATE_BYTES
+    with pytest.raises(OverBudget, match="state of 1,493,277,704 exceeds this node.s budget"):
+        validate_task_cost(task, max_state_bytes=256 * 1024 * 1024)  # a node's default budget
+    # a larger decoder (GPT-2 medium's shape) is past the protocol's own limit: nobody may post it
+    medium = get_preset_task("gpt2", {"d_model": 1024, "n_layers": 24, "n_heads": 16, "context": 1024,
+                                      "vocab": 50257}, PYDOC)
+    with pytest.raises(InvalidTask, match="exceeds the protocol limit"):
+        parse_task(medium)
 
 
 def test_graph_cost_plugs_into_the_budgets() -> None:

@@ -92,6 +92,11 @@ def param_list(model: dict[str, Any], in_shape: tuple[int, ...], classes: int
         elif op == "pos_embedding":
             out.append((name, x, "uniform", n["bound"]))
             y = x
+        elif op == "cls_token":
+            out.append((name, (1, 1, x[1]), "uniform", n["bound"]))
+            y = (x[0] + 1, x[1])
+        elif op == "select":
+            y = x[:n["axis"]] + x[n["axis"] + 1:]
         elif op in ("causal_attention", "attention"):
             y = (x[0], x[1] // 3)
         elif op == "swiglu":
@@ -176,6 +181,39 @@ def _attention_bwd(dout: np.ndarray, cache: Any) -> np.ndarray:
     return dqkv
 
 
+def rotary_tables(t: int, r: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """§10.5 rotary: C and S [T, r/2] from lb = log(f32(base)), inv_i = exp(-(f32(2i)/f32(r) * lb))."""
+    lb = ops.log(np.array([base], dtype=f32))[0]
+    inv = np.zeros(r // 2, dtype=f32)
+    for i in range(r // 2):
+        e = f32(f32(2 * i) / f32(r))
+        inv[i] = ops.exp(np.array([-(e * lb)], dtype=f32))[0]
+    ang = (np.arange(t, dtype=f32)[:, None] * inv[None, :]).astype(f32)
+    return ops.cos(ang), ops.sin(ang)
+
+
+def rotary(x: np.ndarray, n: dict[str, Any], transpose: bool) -> np.ndarray:
+    """Per head h and part o in (query, key): columns c = o·d + h·dh, pairs (c + i, c + m + i)."""
+    bsz, t, d3 = x.shape
+    d = d3 // 3
+    dh = d // n["heads"]
+    r = n["dims"] or dh
+    m = r // 2
+    cos, sin = rotary_tables(t, r, n["base"])
+    y = x.copy()
+    for o in (0, 1):
+        for h in range(n["heads"]):
+            c = o * d + h * dh
+            x1, x2 = x[:, :, c:c + m], x[:, :, c + m:c + r]
+            if transpose:
+                y[:, :, c:c + m] = (x1 * cos).astype(f32) + (x2 * sin).astype(f32)
+                y[:, :, c + m:c + r] = (x2 * cos).astype(f32) - (x1 * sin).astype(f32)
+            else:
+                y[:, :, c:c + m] = (x1 * cos).astype(f32) - (x2 * sin).astype(f32)
+                y[:, :, c + m:c + r] = (x2 * cos).astype(f32) + (x1 * sin).astype(f32)
+    return y
+
+
 def _forward(n: dict[str, Any], xs: list[np.ndarray], P: dict[str, np.ndarray], ctx: dict[str, Any]
              ) -> tuple[np.ndarray, Any]:
     op, name, x = n["op"], n["name"], xs[0]
@@ -219,6 +257,14 @@ def _forward(n: dict[str, Any], xs: list[np.ndarray], P: dict[str, np.ndarray], 
         return (x + P[name]).astype(f32), None
     if op in ("causal_attention", "attention"):
         return _attention_fwd(x, n["heads"], op == "causal_attention")
+    if op == "rotary":
+        return rotary(x, n, False), None
+    if op == "cls_token":
+        tok = np.broadcast_to(P[name].reshape(1, 1, -1), (x.shape[0], 1, x.shape[2]))
+        return np.concatenate([tok, x], axis=1).astype(f32), None
+    if op == "select":
+        ax = n["axis"] + 1
+        return np.ascontiguousarray(np.take(x, n["index"], axis=ax)), (x.shape, ax)
     if op == "dropout":
         if n["p"] == 0.0:
             return x, None
@@ -312,6 +358,18 @@ def _backward(n: dict[str, Any], dy: np.ndarray, cache: Any, P: dict[str, np.nda
         return [dy]
     if op in ("causal_attention", "attention"):
         return [_attention_bwd(dy, cache)]
+    if op == "rotary":
+        return [rotary(dy, n, True)]
+    if op == "cls_token":
+        acc(name, ops.exact_sum(dy[:, 0, :], 0).reshape(1, 1, -1))
+        return [np.ascontiguousarray(dy[:, 1:, :])]
+    if op == "select":
+        shape, ax = cache
+        dx = np.zeros(shape, dtype=f32)
+        idx: list[Any] = [slice(None)] * len(shape)
+        idx[ax] = n["index"]
+        dx[tuple(idx)] = dy
+        return [dx]
     if op == "dropout":
         return [dy if cache is None else (dy * cache).astype(f32)]
     if op == "add":

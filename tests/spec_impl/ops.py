@@ -99,6 +99,46 @@ def gelu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ((HALF * x) * (ONE + th)).astype(f32), th
 
 
+FOPI, DP1, DP2, DP3 = (bits(v) for v in (0x3FA2F983, 0x3F490000, 0x397DA000, 0x33222169))
+SIN_S = [bits(v) for v in (0xB94CA1F9, 0x3C08839E, 0xBE2AAAA3)]
+COS_K = [bits(v) for v in (0x37CCF5CE, 0xBAB6061A, 0x3D2AAAA5)]
+
+
+def _octant(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """§10.4 sin/cos: (ys, yc, j, flip, inside the domain)."""
+    a = np.abs(np.asarray(x, dtype=f32))
+    with np.errstate(all="ignore"):
+        inside = a <= f32(8192.0)
+        a = np.where(inside, a, f32(0.0)).astype(f32)
+        q = np.floor(a * FOPI).astype(f32)
+        j = q.astype(np.int64)
+        odd = j % 2 == 1
+        j = np.where(odd, j + 1, j) % 8
+        q = np.where(odd, q + ONE, q).astype(f32)
+        flip = j > 3
+        j = np.where(flip, j - 4, j)
+        r = ((a - q * DP1) - q * DP2) - q * DP3
+        z = r * r
+        ys = (((SIN_S[0] * z + SIN_S[1]) * z + SIN_S[2]) * z) * r + r
+        yc = (((COS_K[0] * z + COS_K[1]) * z + COS_K[2]) * z) * z
+        yc = (yc - HALF * z) + ONE
+    return ys.astype(f32), yc.astype(f32), j, flip, inside
+
+
+def sin(x: np.ndarray) -> np.ndarray:
+    ys, yc, j, flip, inside = _octant(x)
+    y = np.where((j == 1) | (j == 2), yc, ys)
+    y = np.where(flip != np.signbit(np.asarray(x, dtype=f32)), -y, y)
+    return np.where(inside, y, f32(np.nan)).astype(f32)
+
+
+def cos(x: np.ndarray) -> np.ndarray:
+    ys, yc, j, flip, inside = _octant(x)
+    y = np.where((j == 1) | (j == 2), ys, yc)
+    y = np.where(flip != (j > 1), -y, y)
+    return np.where(inside, y, f32(np.nan)).astype(f32)
+
+
 def relu(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=f32)
     return np.where(x > f32(0.0), x, f32(0.0)).astype(f32)

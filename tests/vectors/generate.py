@@ -408,6 +408,52 @@ def gen_elementwise() -> dict[str, Any]:
             "note": "NaN outputs are written as 'nan': their payload is not specified"}
 
 
+def sincos_inputs() -> np.ndarray:
+    """§10.4 sin/cos arguments: edges, multiples of pi/4 up to the domain limit and their float32
+    neighbours, the limit itself and beyond, and random values over the rotary range."""
+    quarter = (np.arange(-40, 41, dtype=np.float64) * (math.pi / 4)).astype(np.float32)
+    far = (np.array([1000, 5000, 10429, -10429], dtype=np.float64) * (math.pi / 4)).astype(np.float32)
+    pts = np.concatenate([quarter, far])
+    edges = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-30, 1.1754942e-38, 2.0**-12, 0.5, 1.0, 4095.0, 4095.9998,
+                      8192.0, -8192.0, 8192.0005, -8192.0005, 1e6, 3.4028235e38, np.inf, -np.inf, np.nan],
+                     dtype=np.float32)
+    rs = np.random.default_rng(20261202)
+    rand = np.concatenate([rs.uniform(-8, 8, 64), rs.uniform(0, 4096, 64)]).astype(np.float32)
+    return np.concatenate([edges, pts, np.nextafter(pts, np.float32(np.inf)), np.nextafter(pts, np.float32(-np.inf)),
+                           rand]).astype(np.float32)
+
+
+def gen_sincos() -> dict[str, Any]:
+    x = sincos_inputs()
+    outs = {"sin": ref.sin(torch.from_numpy(x.copy())), "cos": ref.cos(torch.from_numpy(x.copy()))}
+    doc = {name: [("nan" if math.isnan(v) else w) for v, w in zip(t.numpy().tolist(), f32_bits(t.numpy()))]
+           for name, t in outs.items()}
+    return {"section": "SPEC.md §10.4 (sin, cos)", "inputs": f32_bits(x), "outputs": doc,
+            "note": "NaN outputs are written as 'nan': their payload is not specified",
+            "rotary_tables": gen_rotary_tables()}
+
+
+# (T, r, base): a small table written out whole; the default base; the largest T with the widest,
+# the narrowest and extreme bases (angles up to 4095, the edge of the sin/cos domain's use).
+ROTARY_TABLES = [(8, 6, 500.0), (64, 16, 10000.0), (4096, 64, 10000.0), (4096, 128, 1e9), (4096, 2, 1.0)]
+
+
+def gen_rotary_tables() -> list[dict[str, Any]]:
+    """§10.5 rotary tables COS and SIN [T, r/2]: the bits for the small case, SHA-256 of the
+    little-endian binary32 bytes for every case."""
+    from gpu_ops.layers import rotary_tables
+
+    out = []
+    for t, r, base in ROTARY_TABLES:
+        cos, sin = (a.numpy().astype("<f4") for a in rotary_tables(t, r, base))
+        case: dict[str, Any] = {"T": t, "r": r, "base": base, "cos_sha256": hashlib.sha256(cos.tobytes()).hexdigest(),
+                                "sin_sha256": hashlib.sha256(sin.tobytes()).hexdigest()}
+        if t * r <= 64:
+            case["cos"], case["sin"] = f32_bits(cos.reshape(-1)), f32_bits(sin.reshape(-1))
+        out.append(case)
+    return out
+
+
 def _exact_inputs() -> dict[str, np.ndarray]:
     rs = np.random.default_rng(20261201)
     wide = (rs.standard_normal(1000) * np.exp2(rs.integers(-60, 60, 1000))).astype(np.float32)
@@ -592,7 +638,7 @@ def gen_segments() -> dict[str, Any]:
 
 
 # §11.1: graph tasks covering every graph operator (tied weights, dropout, patches, non-causal
-# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten), built from the presets of §11.3.
+# attention, mean pool, RMS norm, SwiGLU, conv2d k = 5, flatten, rotary, class token and select), built from the presets of §11.3.
 GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-tied-dropout": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "dropout": 0.1}),
     "llama-style": ("gpt2", {"d_model": 16, "n_layers": 1, "n_heads": 4, "context": 6, "norm": "rms_norm",
@@ -602,6 +648,11 @@ GRAPH_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet-flatten": ("resnet", {"channels": 2, "blocks": 2, "stages": 2, "kernel": 5, "pool": False,
                                   "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.05}),
     "mlp-tanh": ("mlp", {"hidden": (12, 8), "activation": "tanh"}),  # the §11.2 mlp expansion, as a graph task
+    # rotary on 6 of each head's 8 columns (copied columns too), base 500, no learned positions
+    "gpt2-rotary": ("gpt2", {"d_model": 16, "n_layers": 2, "n_heads": 2, "context": 8, "positions": "rotary",
+                             "rotary_dims": 6, "rotary_base": 500.0}),
+    # a learned class token before the position table, read out by select instead of the mean
+    "vit-cls": ("vit", {"d_model": 12, "n_layers": 1, "n_heads": 2, "patch": 4, "pool": "cls"}),
 }
 GRAPH_STEPS = 2
 
@@ -657,6 +708,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "sampling.json": gen_sampling,
     "rng.json": gen_rng,
     "elementwise.json": gen_elementwise,
+    "sincos.json": gen_sincos,
     "exact.json": gen_exact,
     "models.json": gen_models,
     "datasets.json": gen_datasets,
