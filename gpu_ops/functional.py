@@ -566,7 +566,7 @@ class _Conv2d(torch.autograd.Function):
             if kern is not None and shard is None:
                 dx, dw, db = kern.conv2d_bwd(dy, saved, w, bool(ctx.needs_input_grad[0]))
                 return dx, dw, db
-            if kern is not None and shard is not None:
+            if kern is not None and shard is not None and hasattr(kern, "conv2d_bwd_sums"):  # another backend may lack it
                 return _conv2d_bwd_sharded(kern, shard, ctx, dy, saved, w)
             cols_t = torch.nn.functional.unfold(saved, k).transpose(1, 2).reshape(n * h * wd, c * k * k)
         else:
