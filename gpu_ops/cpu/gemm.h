@@ -37,6 +37,20 @@ typedef struct {
 /* 0, or -1 when out of memory. */
 int exact_mm_run(const mmspec *s);
 
+/* gemm_pack.c, gemm.c's inner parts. Micro-tiles are MM_MR x MM_NR; a packed strip of w <= W
+ * lines over L indices is p[l * W + i] (zero for i >= w), slices trunc(x * sc[i]). */
+#define MM_MR 6
+#define MM_NR 8
+/* Exponents of the R lines of length L of x (element strides sr between lines, sl along one). */
+void mm_line_exps(const float *x, i64 R, i64 L, i64 sr, i64 sl, int32_t *e, uint32_t *tmp);
+/* Lines x + i * sr, elements at stride sl. */
+void mm_pack_lines(const float *x, i64 w, i64 W, i64 L, i64 sr, i64 sl, const double *sc, double *p);
+/* Lines r .. r + w - 1 of a table operand (mmtab), indices l0 .. l0 + L - 1. */
+void mm_pack_tab(const float *x, const i64 *lo, const i64 *io, i64 r, i64 w, i64 W, i64 l0, i64 L, const double *sc,
+                 double *p);
+/* ct[MR][NR] = (load ? ct : +0) + sum over K of ap[k][:] (outer) bp[k][:]. */
+void mm_ukernel(i64 K, const double *ap, const double *bp, double *ct, int load);
+
 /* frexp exponent of the largest |x| from its bits; 0 for 0, inf and NaN (like torch.frexp). */
 static inline int mm_exp_of_absbits(uint32_t mb) {
     int e = 0;
