@@ -139,18 +139,19 @@ class BackendUnavailable(RuntimeError):
 
 _triton_obj: Any = None
 _triton_failed = False
+_triton_error = ""
 
 
 def _load_triton() -> Any:
     """The TritonKernels object, or None (once, with a WARNING) when triton cannot be imported."""
-    global _triton_obj, _triton_failed
+    global _triton_obj, _triton_failed, _triton_error
     if _triton_obj is None and not _triton_failed:
         try:
             from .triton_backend import TritonKernels
 
             _triton_obj = TritonKernels()
         except Exception as exc:  # ImportError, or a triton that fails to initialise
-            _triton_failed = True
+            _triton_failed, _triton_error = True, f"{type(exc).__name__}: {exc}"
             log.warning("Triton kernels unavailable, CUDA tensors use the (bit-identical) reference ops: %s", exc)
     return _triton_obj
 
@@ -160,7 +161,7 @@ def require_triton() -> Any:
     obj = _load_triton()
     if obj is None:
         raise BackendUnavailable("the Triton backend needs the 'triton' package (pip install -e '.[gpu]'), "
-                                 "which cannot be imported here")
+                                 f"which cannot be used here: {_triton_error}")
     return obj
 
 

@@ -70,7 +70,9 @@ def _uniform_f64(seed: int, index: int, count: int) -> np.ndarray:
     kernel when available (the same words: tests/gpu_ops/test_graph_models.py), since numpy's
     Philox takes minutes for a 124M-parameter model."""
     k = backend.kernels()
-    if k is None or not 0 <= seed < 2**64:
+    # Only the C kernels: parameters are drawn on the host, and a compiled Triton kernel (a forced triton
+    # backend on a GPU machine) cannot read host memory.
+    if not isinstance(k, backend.Kernels) or not 0 <= seed < 2**64:
         return compute_uniform_f64(seed, STREAM_INIT, index, 0, count)
     words: np.ndarray = k.philox_u32(seed, STREAM_INIT, index, 0, count).cpu().numpy()
     return (words >> 8).astype(np.float64) * 2.0**-24 + 2.0**-25

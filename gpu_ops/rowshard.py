@@ -161,7 +161,7 @@ def _reduce_rows(shard: RowShard, sums: Sequence[torch.Tensor], matmuls: Sequenc
     for x, e in zip(sums, exps):
         p = ref.grid_bits(shard.get_global_rows(x.shape[0]))
         q = torch.trunc(x.to(F64) * ref.pow2_f64(p - e))
-        partials.append(q.sum(dim=0).to(I64))  # an integer below 2^52 in magnitude: converted exactly
+        partials.append(q.sum(dim=0))  # an integer below 2^52 in magnitude (or non-finite: see _sum_exact)
         scales.append((p, e, None))
     for i, (a, b) in enumerate(matmuls):
         t = ref.slice_bits(shard.get_global_rows(a.shape[1]))
@@ -171,12 +171,10 @@ def _reduce_rows(shard: RowShard, sums: Sequence[torch.Tensor], matmuls: Sequenc
         # Integer products below 2^(2t), partial sums below 2^53: a float64 GEMM is exact here.
         if ai.shape[0] * ai.shape[1] * bi.shape[1] >= _PARALLEL_GEMM:
             torch.set_num_threads(threads)
-        partials.append(torch.matmul(ai, bi).to(I64))
+        partials.append(torch.matmul(ai, bi))
         torch.set_num_threads(1)
         scales.append((t, ea, eb))
-    flat = torch.cat([s.reshape(-1) for s in partials])
-    shard.collective.all_reduce_sum(flat)  # step 4: integers, exact in any order
-    totals = [(s.to(F64) + 0.0) for s in _unflatten(flat, partials)]
+    totals = _sum_exact(shard, partials)  # step 4: integers, exact in any order
     out_sums = [(s * ref.pow2_f64(e - p)).to(F32) for s, (p, e, _) in zip(totals[:len(sums)], scales)]
     out_mm = []
     for s, (t, row_e, col_e) in zip(totals[len(sums):], scales[len(sums):]):
@@ -196,10 +194,29 @@ def reduce_precomputed(shard: RowShard, local_amax: Sequence[torch.Tensor],
     as float64 (+0 for a zero sum), for the caller to unscale as ``ref`` does. The same two
     collectives as ``reduce_rows`` (steps 1 and 3 of the module's scheme)."""
     exps = _agree(shard, *[_local_exponent(a) for a in local_amax])
-    partials = [s.to(I64) for s in partial_sums(exps)]  # integers below 2^53: converted exactly
-    flat = torch.cat([s.reshape(-1) for s in partials])
+    return exps, _sum_exact(shard, list(partial_sums(exps)))
+
+
+class NonFiniteGradient(ArithmeticError):
+    """A row-sharded gradient sum met inf or NaN; every worker raises it at the same step."""
+
+
+def _sum_exact(shard: RowShard, partials: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The float64 integer partials summed over all workers as int64 (exact in any order), as float64
+    with +0 for a zero sum.
+
+    A non-finite partial cannot travel as an integer (it would become a finite, worker-count-dependent
+    value where one process gets inf or NaN), so each worker also sends how many it has, and if any
+    worker has one, all of them raise NonFiniteGradient together (none is left waiting in a collective).
+    A single process carries the NaN into the state and stops at the next step's non-finite loss."""
+    finite = [torch.isfinite(s) for s in partials]
+    bad = sum(int((~f).sum()) for f in finite)
+    ints = [torch.where(f, s, torch.zeros_like(s)).to(I64) for s, f in zip(partials, finite)]
+    flat = torch.cat([s.reshape(-1) for s in ints] + [torch.tensor([bad], dtype=I64)])
     shard.collective.all_reduce_sum(flat)
-    return exps, [s.to(F64) + 0.0 for s in _unflatten(flat, partials)]
+    if int(flat[-1]) > 0:
+        raise NonFiniteGradient(f"{int(flat[-1])} non-finite gradient sums across the row shards")
+    return [s.to(F64) + 0.0 for s in _unflatten(flat[:-1], ints)]
 
 
 def exact_sum_rows(x: torch.Tensor, shard: RowShard) -> torch.Tensor:

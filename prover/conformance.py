@@ -83,6 +83,14 @@ _FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.tensor, to
               torch.rand, torch.randn, torch.randint, torch.linspace, torch.eye, torch.scalar_tensor}
 
 
+def _same_device(a: torch.device, want: torch.device | str) -> bool:
+    """``cuda`` names the current device, while a tensor's device always carries its index (``cuda:0``)."""
+    want = torch.device(want)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
+    return a.type == want.type and (a.index or 0) == (want.index or 0)
+
+
 def _caller() -> str:
     """The first frame outside torch: where a factory call came from."""
     for fr in inspect.stack()[2:]:
@@ -128,7 +136,7 @@ def watch_triton_calls(device: torch.device, audit: Audit) -> Iterator[None]:
         def wrapped(self: Any, *args: Any, _fn: Any = fn, _name: str = name, **kw: Any) -> Any:
             audit.methods.add(_name)
             for a in list(args) + list(kw.values()):
-                if isinstance(a, torch.Tensor) and a.device != device:
+                if isinstance(a, torch.Tensor) and not _same_device(a.device, device):
                     audit.wrong_device.append(f"{_name}: a {tuple(a.shape)} tensor on {a.device}, not {device}")
             return _fn(self, *args, **kw)
 

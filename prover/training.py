@@ -109,9 +109,15 @@ def check_device(device: str) -> torch.device:
 
     if os.environ.get(backend.ENV, "").strip().lower() != "ref":  # ref: the operator chose the plain-torch ops
         try:
-            backend.require_triton()
+            kern = backend.require_triton()
         except backend.BackendUnavailable as exc:
             raise DeviceUnavailable(f"--device cuda: {exc}; CUDA training runs the Triton kernels") from None
+        try:  # compile and launch one kernel now: a missing compiler or an unsupported GPU fails here, not mid-run
+            kern.exact_sum(torch.ones(4, device="cuda"))
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 - whatever Triton raises, the device cannot train here
+            raise DeviceUnavailable(f"--device cuda: a Triton kernel cannot run on this GPU: "
+                                    f"{type(exc).__name__}: {exc}") from None
     return torch.device("cuda")
 
 

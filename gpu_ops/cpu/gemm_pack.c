@@ -154,7 +154,7 @@ static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, 
                 __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(src + 4)), _mm256_loadu_pd(sc + 4));
                 _mm256_storeu_pd(p + l * W + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
             } else {
-                __m128 t2 = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)(src + 4)));
+                __m128 t2 = _mm_castsi128_ps(_mm_loadu_si64(src + 4));  /* two floats, unaligned: no double* access */
                 __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(t2), _mm_loadu_pd(sc + 4));
                 _mm_storeu_pd(p + l * W + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
             }

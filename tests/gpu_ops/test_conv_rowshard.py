@@ -146,3 +146,32 @@ def test_fused_and_im2col_workers_interoperate(monkeypatch: pytest.MonkeyPatch) 
     for _, dw_w, db_w in got:
         assert _bits_equal(dw_w, want[1]) and _bits_equal(db_w, want[2])
     assert _bits_equal(torch.cat([g[0] for g in got]), want[0])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_gradient_stops_every_worker_instead_of_summing_garbage(
+        fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """inf in dy has no integer partial: converted to int64 it became a finite, worker-count-dependent
+    weight gradient where one process gets NaN/inf. Now every worker raises at that step, on the fused
+    path and on the im2col path alike."""
+    x, w, b, dy = _case(4, 3, 8, 8, 5, 3, seed=3)
+    dy[3, 0, 0, 0] = float("inf")  # on the second worker only
+    if not fused:
+        monkeypatch.setattr(backend, "kernels", lambda *ts, **kw: None)
+    with backend.use_backend("ref"):
+        single = _grads(x, w, b, dy, True)
+    assert not torch.isfinite(single[1]).all()  # one process: a non-finite weight gradient
+    coll, errors = ThreadCollective(2), []
+
+    def worker(lo: int, hi: int) -> None:
+        try:
+            with rowshard.sharded(rowshard.RowShard(coll, lo, hi, 4)):
+                _grads(x[lo:hi], w, b, dy[lo:hi], True)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=span) for span in rowshard.split_batch(4, 2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert len(errors) == 2 and all(isinstance(e, rowshard.NonFiniteGradient) for e in errors), errors

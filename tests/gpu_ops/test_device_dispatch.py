@@ -106,3 +106,41 @@ def test_check_device_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> 
                         lambda: (_ for _ in ()).throw(backend.BackendUnavailable("no triton (test)")))
     with pytest.raises(DeviceUnavailable, match="--device cuda: no triton"):
         check_device("cuda")
+
+
+def test_parameters_are_drawn_on_the_host_whatever_backend_is_forced() -> None:
+    """A forced triton backend on a GPU machine must not hand host tensors to a compiled kernel: the
+    §11 init words come from the C kernel or the protocol's numpy Philox, never from Triton."""
+    from gpu_ops import nn
+    from protocol.rng import STREAM_INIT, compute_uniform_f64
+
+    want = compute_uniform_f64(7, STREAM_INIT, 3, 0, 1000)
+    calls: list[str] = []
+    if _triton_importable():
+        from gpu_ops.triton_backend import TritonKernels
+
+        orig = TritonKernels.philox_u32
+
+        def spy(self: object, *a: object, **kw: object) -> object:
+            calls.append("philox_u32")
+            return orig(self, *a, **kw)  # type: ignore[arg-type]
+
+        TritonKernels.philox_u32 = spy  # type: ignore[method-assign]
+    try:
+        with backend.use_backend("triton"):
+            got = nn._uniform_f64(7, 3, 1000)
+    finally:
+        if _triton_importable():
+            TritonKernels.philox_u32 = orig  # type: ignore[method-assign]
+    assert calls == []
+    assert got.tobytes() == want.tobytes()
+
+
+def test_gpucheck_counts_a_missing_output_as_a_mismatch() -> None:
+    from prover.gpucheck import _same_bits
+
+    a = torch.ones(3)
+    assert _same_bits((a, a), (a, a)) is None
+    assert _same_bits((a, a), (a,)) is not None  # zip alone would have passed it
+    assert _same_bits((a,), a) is not None
+    assert _same_bits((a, torch.zeros(3)), (a, a)) is not None
