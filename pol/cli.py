@@ -265,11 +265,22 @@ def _read_posting_id_only(value: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def _model_limit(task: str | None) -> int:
+    """The most bytes a node's final checkpoint may send: the task's own state when the task is known
+    (a dishonest node cannot make us buffer more than the model we asked for), else the protocol's."""
+    from prover.checkpoint import MAX_CHECKPOINT_BYTES
+    from protocol.budget import get_task_cost
+    from protocol.constants import MAX_SAFETENSORS_HEADER
+
+    if not task or _is_hex(task, 64):
+        return MAX_CHECKPOINT_BYTES
+    return 8 + MAX_SAFETENSORS_HEADER + get_task_cost(_read_task(task)).state_bytes
+
+
 def cmd_fetch_model(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from prover.checkpoint import MAX_CHECKPOINT_BYTES
     from prover.model import export_model, read_final_from_dir
     from protocol.claim import decode_claim
     from protocol.constants import MAX_CLAIM_BYTES
@@ -296,7 +307,10 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
             except (urllib.error.URLError, TimeoutError) as exc:
                 raise CliError(f"{base}/{what}: {exc}") from None
 
-        claim, checkpoint = decode_claim(get("claim", MAX_CLAIM_BYTES)), get("model", MAX_CHECKPOINT_BYTES)
+        claim = decode_claim(get("claim", MAX_CLAIM_BYTES))
+        if args.task and claim.body.task_id != _resolve_task_id(args.task):
+            raise CliError(f"the claim is for task {claim.body.task_id.hex()}, not the task asked for")
+        checkpoint = get("model", _model_limit(args.task))
     else:
         path = Path(args.source)
         if not path.is_dir():

@@ -159,6 +159,53 @@ def test_fetch_model_from_proof_dir_loads_in_plain_torch(proof_dir: Path, tmp_pa
     assert not bad.exists()
 
 
+def test_fetch_model_from_a_node_reads_no_more_than_the_tasks_state(proof_dir: Path, tmp_path: Path) -> None:
+    """A node that answers /model with endless bytes: given the task, the client stops at the task's own
+    checkpoint size (header bound + state bytes), not the protocol's 2 GiB, and writes nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from protocol.claim import compute_claim_id
+
+    claim_bytes = (proof_dir / "claim.msgpack").read_bytes()
+    claim_id = compute_claim_id(ProofDir(proof_dir).read_claim().body).hex()
+    sent: list[int] = []
+
+    class Flood(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.end_headers()
+            if self.path.endswith("/claim"):
+                self.wfile.write(claim_bytes)
+                return
+            total = 0
+            try:
+                while total < 64 << 20:  # bounded: 64 MiB at most, far above this task's state
+                    self.wfile.write(b"\0" * (1 << 20))
+                    total += 1 << 20
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            sent.append(total)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flood)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "model.safetensors"
+        res = _pol("fetch-model", f"http://127.0.0.1:{server.server_address[1]}", "--claim", claim_id,
+                   "--task", str(proof_dir / "task.toml"), "--out", str(out))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 2 and "sent more than" in res.stderr, res.stderr
+    limit = int(res.stderr.split("sent more than ")[1].split()[0])
+    assert limit < 2 << 20  # the tiny task's state plus the 1 MiB header bound
+    assert not out.exists()
+
+
 def test_cli_economics_table_json_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "econ.png"
     res = _pol("economics", "--verifiers", "4", "64", "--segments", "100", "--json", "--plot", str(png))
