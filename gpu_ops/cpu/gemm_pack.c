@@ -97,6 +97,22 @@ static inline void tr8(__m256 *v) {
     v[6] = _mm256_permute2f128_ps(u2, u6, 0x31); v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+/* One packed line of 8 (put_nr) or 6 (put_mr) lanes from 8 float lanes: each lane converted to
+ * double, multiplied by its scale and truncated, the scalar path's operations 4 lanes at a time. */
+static inline void put_nr(double *dst, __m256 v, __m256d s0, __m256d s1) {
+    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+    __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+    _mm256_storeu_pd(dst, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+    _mm256_storeu_pd(dst + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+}
+
+static inline void put_mr(double *dst, __m256 v, __m256d s0, __m128d s1) {
+    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
+    __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
+    _mm256_storeu_pd(dst, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+    _mm_storeu_pd(dst + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+}
+
 /* mm_pack_lines for W = MR or NR full lines, each contiguous along K (stride sr between lines): per
  * 8 indices, 8 contiguous loads per line and a transpose in registers; the conversion, product
  * and truncation are the scalar path's operations, 4 lanes at a time. */
@@ -110,16 +126,8 @@ static void pack_rows_tr(const float *x, i64 W, i64 L, i64 sr, const double *sc,
         for (i64 i = W; i < 8; i++) v[i] = _mm256_setzero_ps();
         tr8(v);
         for (int q = 0; q < 8; q++) {
-            double *pl = p + (l + q) * W;
-            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[q])), s0);
-            _mm256_storeu_pd(pl, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-            if (W == NR) {
-                __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), s1);
-                _mm256_storeu_pd(pl + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-            } else {
-                __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), _mm256_castpd256_pd128(s1));
-                _mm_storeu_pd(pl + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-            }
+            if (W == NR) put_nr(p + (l + q) * W, v[q], s0, s1);
+            else put_mr(p + (l + q) * W, v[q], s0, _mm256_castpd256_pd128(s1));
         }
     }
     for (; l < L; l++)
@@ -169,20 +177,11 @@ static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, 
                 __m256 v[8];
                 for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(xb + off[i] + ik[l]);
                 tr8(v);
-                for (int q = 0; q < 8; q++) {
-                    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[q])), s0);
-                    __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), s1);
-                    _mm256_storeu_pd(p + (l + q) * NR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-                    _mm256_storeu_pd(p + (l + q) * NR + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-                }
+                for (int q = 0; q < 8; q++) put_nr(p + (l + q) * NR, v[q], s0, s1);
                 l += 7;
                 continue;
             }
-            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
-            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
-            __m256d d1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
-            _mm256_storeu_pd(p + l * NR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-            _mm256_storeu_pd(p + l * NR + 4, _mm256_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            put_nr(p + l * NR, _mm256_i32gather_ps(xb + io[l0 + l], vi, 4), s0, s1);
         }
     } else {
         const __m128d s1 = _mm_loadu_pd(sc + 4);
@@ -192,20 +191,11 @@ static int pack_tab_gather(const float *x, const i64 *lo, const i64 *io, i64 r, 
                 for (int i = 0; i < MR; i++) v[i] = _mm256_loadu_ps(xb + off[i] + ik[l]);
                 v[6] = v[7] = _mm256_setzero_ps();
                 tr8(v);
-                for (int q = 0; q < 8; q++) {
-                    __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v[q])), s0);
-                    __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v[q], 1)), s1);
-                    _mm256_storeu_pd(p + (l + q) * MR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-                    _mm_storeu_pd(p + (l + q) * MR + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-                }
+                for (int q = 0; q < 8; q++) put_mr(p + (l + q) * MR, v[q], s0, s1);
                 l += 7;
                 continue;
             }
-            __m256 v = _mm256_i32gather_ps(xb + io[l0 + l], vi, 4);
-            __m256d d0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), s0);
-            __m128d d1 = _mm_mul_pd(_mm_cvtps_pd(_mm256_extractf128_ps(v, 1)), s1);
-            _mm256_storeu_pd(p + l * MR, _mm256_round_pd(d0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
-            _mm_storeu_pd(p + l * MR + 4, _mm_round_pd(d1, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+            put_mr(p + l * MR, _mm256_i32gather_ps(xb + io[l0 + l], vi, 4), s0, s1);
         }
     }
     return 1;
